@@ -1,0 +1,379 @@
+/* SPDX-License-Identifier: MIT */
+/* The dispatcher: probing, opening, and the one place where every request
+ * is validated before it reaches a driver. */
+#include "block/driver.h"
+#include "common/opts.h"
+#include "common/util.h"
+#include "io/file.h"
+#include "prl/error.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define PROBE_BYTES 4096
+
+static const struct prl_driver *const drivers[] = {
+    &prl_driver_parallels,
+    &prl_driver_raw,
+};
+
+static const char *const driver_names[] = {"parallels", "raw", NULL};
+
+const char *const *prl_block_formats(void)
+{
+    return driver_names;
+}
+
+static const struct prl_driver *find_driver(const char *name)
+{
+    for (size_t i = 0; i < PRL_ARRAY_SIZE(drivers); i++) {
+        if (strcmp(drivers[i]->name, name) == 0) {
+            return drivers[i];
+        }
+    }
+    return NULL;
+}
+
+static int unknown_format(const char *name)
+{
+    return prl_error(EINVAL, "unknown format '%s' (known: parallels, raw)",
+                     name);
+}
+
+static bool has_parallels_suffix(const char *path)
+{
+    size_t n = strlen(path);
+
+    while (n > 1 && path[n - 1] == '/') {
+        n--;
+    }
+    return n >= 4 && (strncasecmp(path + n - 4, ".hdd", 4) == 0 ||
+                      strncasecmp(path + n - 4, ".hds", 4) == 0);
+}
+
+static int probe(const char *path, const struct prl_driver **out)
+{
+    uint8_t buf[PROBE_BYTES];
+    struct prl_file f;
+    struct stat st;
+    uint64_t size;
+    int best = 0, r;
+
+    *out = NULL;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        return prl_error(EISDIR, "'%s' is a directory, not an image", path);
+    }
+    r = prl_file_open(&f, path, false, false);
+    if (r < 0) {
+        return r;
+    }
+    r = prl_file_size(&f, &size);
+    if (r == 0) {
+        size_t n = size < sizeof(buf) ? (size_t)size : sizeof(buf);
+        r = prl_file_pread(&f, buf, n, 0);
+        if (r == 0) {
+            for (size_t i = 0; i < PRL_ARRAY_SIZE(drivers); i++) {
+                int score;
+                if (!drivers[i]->probe) {
+                    continue;
+                }
+                score = drivers[i]->probe(buf, n);
+                if (score > best) {
+                    best = score;
+                    *out = drivers[i];
+                }
+            }
+        }
+    }
+    prl_file_close(&f);
+    if (r < 0) {
+        return r;
+    }
+    if (!*out) {
+        if (has_parallels_suffix(path)) {
+            return prl_error(EINVAL, "'%s' is named like a Parallels image "
+                             "but has no Parallels magic "
+                             "(\"WithoutFreeSpace\" or \"WithouFreSpacExt\");"
+                             " use -f raw to open it as raw", path);
+        }
+        *out = &prl_driver_raw;
+    }
+    return 0;
+}
+
+int prl_block_open(const char *path, const char *format, unsigned flags,
+                   struct prl_block **out)
+{
+    const struct prl_driver *drv;
+    struct prl_block *bs;
+    int r;
+
+    *out = NULL;
+    if (format) {
+        drv = find_driver(format);
+        if (!drv) {
+            return unknown_format(format);
+        }
+    } else {
+        r = probe(path, &drv);
+        if (r < 0) {
+            return r;
+        }
+    }
+    bs = prl_calloc(1, sizeof(*bs));
+    if (!bs) {
+        return -ENOMEM;
+    }
+    bs->drv = drv;
+    bs->open_flags = flags;
+    bs->request_alignment = 1;
+    bs->preferred_size = 4096;
+    bs->filename = strdup(path);
+    if (!bs->filename) {
+        free(bs);
+        return prl_error(ENOMEM, "out of memory");
+    }
+    r = drv->open(bs);
+    if (r < 0) {
+        free(bs->filename);
+        free(bs);
+        return r;
+    }
+    if (!(flags & PRL_OPEN_RDWR)) {
+        bs->caps &= ~PRL_CAP_WRITE;
+    }
+    *out = bs;
+    return 0;
+}
+
+int prl_block_close(struct prl_block *bs)
+{
+    int r;
+
+    if (!bs) {
+        return 0;
+    }
+    r = bs->drv->close(bs);
+    free(bs->filename);
+    free(bs);
+    return r;
+}
+
+uint64_t prl_block_size(const struct prl_block *bs)
+{
+    return bs->size;
+}
+
+const char *prl_block_format(const struct prl_block *bs)
+{
+    return bs->drv->name;
+}
+
+const char *prl_block_filename(const struct prl_block *bs)
+{
+    return bs->filename;
+}
+
+unsigned prl_block_caps(const struct prl_block *bs)
+{
+    return bs->caps;
+}
+
+uint32_t prl_block_preferred_size(const struct prl_block *bs)
+{
+    return bs->preferred_size;
+}
+
+/* The checks every request passes before a driver sees it. */
+static int check_request(struct prl_block *bs, const char *op,
+                         uint64_t length, uint64_t offset, unsigned flags,
+                         unsigned allowed_flags, bool write)
+{
+    uint64_t end;
+
+    if (flags & ~allowed_flags) {
+        return prl_error(EINVAL, "%s: unsupported flags 0x%x", op,
+                         flags & ~allowed_flags);
+    }
+    if (write && !(bs->caps & PRL_CAP_WRITE)) {
+        return prl_error(EROFS, "%s: '%s' is open read-only", op,
+                         bs->filename);
+    }
+    if (prl_add_overflow(offset, length, &end) || end > bs->size) {
+        return prl_error(EINVAL, "%s: range %" PRIu64 "+%" PRIu64
+                         " is past the end of '%s' (%" PRIu64 " bytes)",
+                         op, offset, length, bs->filename, bs->size);
+    }
+    if ((offset | length) & (bs->request_alignment - 1)) {
+        return prl_error(EINVAL, "%s: range %" PRIu64 "+%" PRIu64
+                         " is not aligned to %" PRIu32 " bytes", op, offset,
+                         length, bs->request_alignment);
+    }
+    return 0;
+}
+
+int prl_block_pread(struct prl_block *bs, void *buf, uint64_t length,
+                    uint64_t offset, unsigned flags)
+{
+    int r = check_request(bs, "read", length, offset, flags, 0, false);
+    if (r < 0 || length == 0) {
+        return r;
+    }
+    return bs->drv->pread(bs, buf, length, offset);
+}
+
+int prl_block_pwrite(struct prl_block *bs, const void *buf, uint64_t length,
+                     uint64_t offset, unsigned flags)
+{
+    int r = check_request(bs, "write", length, offset, flags, PRL_REQ_FUA,
+                          true);
+    if (r < 0 || length == 0) {
+        return r;
+    }
+    return bs->drv->pwrite(bs, buf, length, offset, flags);
+}
+
+/* Zeroing for drivers without a zero op: plain writes of zeroes. */
+static int zero_by_writing(struct prl_block *bs, uint64_t length,
+                           uint64_t offset, unsigned flags)
+{
+    size_t chunk = (size_t)PRL_MIN(length, (uint64_t)1 << 20);
+    void *buf = prl_calloc(1, chunk);
+    int r = 0;
+
+    if (!buf) {
+        return -ENOMEM;
+    }
+    while (length > 0 && r == 0) {
+        size_t n = (size_t)PRL_MIN(length, (uint64_t)chunk);
+        r = bs->drv->pwrite(bs, buf, n, offset, flags & PRL_REQ_FUA);
+        offset += n;
+        length -= n;
+    }
+    free(buf);
+    return r;
+}
+
+int prl_block_zero(struct prl_block *bs, uint64_t length, uint64_t offset,
+                   unsigned flags)
+{
+    int r = check_request(bs, "zero", length, offset, flags,
+                          PRL_REQ_FUA | PRL_REQ_NO_UNMAP | PRL_REQ_FAST_ZERO,
+                          true);
+    if (r < 0 || length == 0) {
+        return r;
+    }
+    if (bs->drv->zero) {
+        return bs->drv->zero(bs, length, offset, flags);
+    }
+    if (flags & PRL_REQ_FAST_ZERO) {
+        return prl_error(ENOTSUP, "zero: '%s' cannot zero fast",
+                         bs->filename);
+    }
+    return zero_by_writing(bs, length, offset, flags);
+}
+
+int prl_block_trim(struct prl_block *bs, uint64_t length, uint64_t offset,
+                   unsigned flags)
+{
+    int r = check_request(bs, "trim", length, offset, flags, PRL_REQ_FUA,
+                          true);
+    if (r < 0 || length == 0) {
+        return r;
+    }
+    if (!bs->drv->trim) {
+        return (flags & PRL_REQ_FUA) ? bs->drv->flush(bs) : 0;
+    }
+    return bs->drv->trim(bs, length, offset, flags);
+}
+
+int prl_block_flush(struct prl_block *bs)
+{
+    return bs->drv->flush(bs);
+}
+
+int prl_block_status(struct prl_block *bs, uint64_t offset, uint64_t length,
+                     struct prl_extent *ext)
+{
+    int r = check_request(bs, "block status", length, offset, 0, 0, false);
+    if (r < 0) {
+        return r;
+    }
+    if (length == 0) {
+        return prl_error(EINVAL, "block status: empty range");
+    }
+    memset(ext, 0, sizeof(*ext));
+    if (!bs->drv->block_status) {
+        ext->length = length;
+        ext->flags = PRL_EXT_DATA | PRL_EXT_ALLOCATED;
+        ext->depth = 1;
+        return 0;
+    }
+    r = bs->drv->block_status(bs, offset, length, ext);
+    if (r < 0) {
+        return r;
+    }
+    if (ext->length == 0 || ext->length > length) {
+        return prl_error(EIO, "block status: driver %s returned length %"
+                         PRIu64 " for a request of %" PRIu64,
+                         bs->drv->name, ext->length, length);
+    }
+    return 0;
+}
+
+int prl_block_info(struct prl_block *bs, struct prl_image_info *info)
+{
+    memset(info, 0, sizeof(*info));
+    info->format = bs->drv->name;
+    info->filename = bs->filename;
+    info->virtual_size = bs->size;
+    info->read_only = !(bs->caps & PRL_CAP_WRITE);
+    if (bs->drv->info) {
+        return bs->drv->info(bs, info);
+    }
+    return 0;
+}
+
+int prl_block_resize(struct prl_block *bs, uint64_t new_size, bool shrink)
+{
+    if (!(bs->caps & PRL_CAP_WRITE)) {
+        return prl_error(EROFS, "resize: '%s' is open read-only",
+                         bs->filename);
+    }
+    if (new_size == bs->size) {
+        return 0;
+    }
+    if (!bs->drv->resize) {
+        return prl_error(ENOTSUP, "resize: format %s cannot be resized",
+                         bs->drv->name);
+    }
+    return bs->drv->resize(bs, new_size, shrink);
+}
+
+int prl_block_create(const char *path, const char *format, uint64_t size,
+                     const char *options)
+{
+    const struct prl_driver *drv = find_driver(format);
+    struct prl_opts opts;
+    int r;
+
+    if (!drv) {
+        return unknown_format(format);
+    }
+    if (!drv->create) {
+        return prl_error(ENOTSUP, "format %s cannot create images",
+                         drv->name);
+    }
+    r = prl_opts_parse(&opts, options);
+    if (r < 0) {
+        return r;
+    }
+    r = drv->create(path, size, &opts);
+    prl_opts_free(&opts);
+    return r;
+}

@@ -1,0 +1,86 @@
+/* SPDX-License-Identifier: MIT */
+/* The driver interface: what a format implements and what the core
+ * (block.c) guarantees before calling it. */
+#ifndef PRL_BLOCK_DRIVER_H
+#define PRL_BLOCK_DRIVER_H
+
+#include "prl/block.h"
+#include "common/opts.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct prl_block {
+    const struct prl_driver *drv;
+    void *opaque;          /* the driver's state */
+    char *filename;
+    unsigned open_flags;   /* PRL_OPEN_* */
+    uint64_t size;         /* guest bytes; drivers update it on resize */
+    unsigned caps;         /* PRL_CAP_*, set by the driver's open */
+    uint32_t request_alignment; /* bytes, power of two; 1 = any */
+    uint32_t preferred_size;    /* bytes */
+};
+
+/*
+ * The core guarantees, for every call below:
+ *  - bs was opened by this driver and is not closed;
+ *  - offset + length <= bs->size without overflow, length > 0, and
+ *    offset and length are multiples of bs->request_alignment;
+ *  - writing calls (pwrite, zero, trim, resize) only when PRL_CAP_WRITE
+ *    is in bs->caps;
+ *  - flags hold only the PRL_REQ_* bits meaningful to the call:
+ *    pwrite FUA; zero FUA, NO_UNMAP, FAST_ZERO; trim FUA;
+ *  - requests run concurrently only when PRL_CAP_PARALLEL is set, so a
+ *    driver without it needs no locking.
+ * Every op returns 0 or a negative errno with a prl_error message set.
+ */
+struct prl_driver {
+    const char *name;
+
+    /* Score how sure we are that |buf| (the first |len| bytes of the file,
+     * len may be short) is this format: 0 no, 100 certain.  Optional. */
+    int (*probe)(const uint8_t *buf, size_t len);
+
+    /* Open |bs->filename| with bs->open_flags; set bs->size, bs->caps,
+     * bs->request_alignment, bs->preferred_size and bs->opaque. */
+    int (*open)(struct prl_block *bs);
+
+    /* Write back metadata, mark closed cleanly, free bs->opaque. */
+    int (*close)(struct prl_block *bs);
+
+    /* Create |path| of |size| bytes.  Take the options it knows from
+     * |opts| with prl_opts_get*, then call prl_opts_check_unused before
+     * touching the file, so an unknown option changes nothing. */
+    int (*create)(const char *path, uint64_t size, struct prl_opts *opts);
+
+    int (*pread)(struct prl_block *bs, void *buf, uint64_t length,
+                 uint64_t offset);
+    int (*pwrite)(struct prl_block *bs, const void *buf, uint64_t length,
+                  uint64_t offset, unsigned flags);
+    /* Optional: the core writes zeroes through pwrite without it (or
+     * answers -ENOTSUP to FAST_ZERO). */
+    int (*zero)(struct prl_block *bs, uint64_t length, uint64_t offset,
+                unsigned flags);
+    /* Optional: trim is then a no-op. */
+    int (*trim)(struct prl_block *bs, uint64_t length, uint64_t offset,
+                unsigned flags);
+    int (*flush)(struct prl_block *bs);
+
+    /* Fill *ext for the prefix of [offset, offset+length) (see
+     * prl_block_status); ext->length in 1..length.  Optional: without it
+     * everything is allocated data at depth 1. */
+    int (*block_status)(struct prl_block *bs, uint64_t offset,
+                        uint64_t length, struct prl_extent *ext);
+
+    /* Fill the format-specific part of *info; the core has set format,
+     * filename, virtual_size and read_only.  Optional. */
+    int (*info)(struct prl_block *bs, struct prl_image_info *info);
+
+    /* new_size != bs->size.  Optional: -ENOTSUP without it. */
+    int (*resize)(struct prl_block *bs, uint64_t new_size, bool shrink);
+};
+
+extern const struct prl_driver prl_driver_raw;
+extern const struct prl_driver prl_driver_parallels;
+
+#endif
