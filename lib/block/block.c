@@ -355,6 +355,47 @@ int prl_block_resize(struct prl_block *bs, uint64_t new_size, bool shrink)
     return bs->drv->resize(bs, new_size, shrink);
 }
 
+int prl_block_check(const char *path, const char *format, unsigned fix,
+                    struct prl_check_result *res)
+{
+    const struct prl_driver *drv;
+    int r;
+
+    memset(res, 0, sizeof(*res));
+    res->filename = strdup(path);
+    if (!res->filename) {
+        return prl_error(ENOMEM, "out of memory");
+    }
+    if (format) {
+        drv = find_driver(format);
+        if (!drv) {
+            return unknown_format(format);
+        }
+    } else {
+        r = probe(path, &drv);
+        if (r < 0) {
+            return r;
+        }
+    }
+    res->format = drv->name;
+    if (!drv->check) {
+        return prl_error(ENOTSUP, "format '%s' does not support checks",
+                         drv->name);
+    }
+    return drv->check(path, fix, res);
+}
+
+void prl_check_result_free(struct prl_check_result *res)
+{
+    for (size_t i = 0; i < res->n_findings; i++) {
+        free(res->findings[i].message);
+        free(res->findings[i].action);
+    }
+    free(res->findings);
+    free(res->filename);
+    memset(res, 0, sizeof(*res));
+}
+
 int prl_block_create(const char *path, const char *format, uint64_t size,
                      const char *options)
 {

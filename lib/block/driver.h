@@ -5,6 +5,7 @@
 #define PRL_BLOCK_DRIVER_H
 
 #include "prl/block.h"
+#include "prl/check.h"
 #include "common/opts.h"
 
 #include <stdbool.h>
@@ -78,6 +79,13 @@ struct prl_driver {
 
     /* new_size != bs->size.  Optional: -ENOTSUP without it. */
     int (*resize)(struct prl_block *bs, uint64_t new_size, bool shrink);
+
+    /* Check the image at |path| (not open through this driver: the check
+     * must work on images open refuses) and repair what |fix| asks.
+     * res->filename and res->format are set by the core.  Optional: the
+     * core answers -ENOTSUP. */
+    int (*check)(const char *path, unsigned fix,
+                 struct prl_check_result *res);
 };
 
 extern const struct prl_driver prl_driver_raw;

@@ -2,6 +2,7 @@
 /* The Parallels expandable image driver (parallels.rst): both magics, BAT
  * translation, cluster allocation, zero/trim, resize and create. */
 #include "block/driver.h"
+#include "block/parallels-check.h"
 #include "block/parallels-format.h"
 #include "common/util.h"
 #include "io/file.h"
@@ -645,6 +646,53 @@ static void parallels_free_state(struct parallels_state *s)
     free(s);
 }
 
+/* A read-write open of an image that was not closed cleanly repairs it
+ * first, as `prl-img check -r all` would, and logs what it did. */
+static int repair_if_dirty(const char *path)
+{
+    uint8_t buf[PARALLELS_HEADER_SIZE];
+    struct parallels_header h;
+    struct prl_check_result res;
+    struct prl_file f;
+    int r;
+
+    r = prl_file_open(&f, path, false, false);
+    if (r < 0) {
+        return r;
+    }
+    r = prl_file_pread(&f, buf, sizeof(buf), 0);
+    prl_file_close(&f);
+    if (r < 0) {
+        return r;
+    }
+    parallels_header_decode(buf, &h);
+    if (!h.magic_ok || h.in_use != PARALLELS_IN_USE_DIRTY) {
+        return 0;
+    }
+    memset(&res, 0, sizeof(res));
+    prl_warn("'%s' was not closed cleanly; repairing it as 'prl-img check "
+             "-r all' would", path);
+    r = parallels_check(path, PRL_CHECK_FIX_ALL, &res);
+    for (size_t i = 0; i < res.n_findings; i++) {
+        struct prl_finding *fd = &res.findings[i];
+        prl_log(fd->cls == PRL_FINDING_CORRUPTION && !fd->fixed
+                    ? PRL_LOG_WARNING : PRL_LOG_INFO,
+                "'%s': %s%s%s", path, fd->message,
+                fd->action ? ": " : "", fd->action ? fd->action : "");
+    }
+    if (r == 0 && res.corruptions > 0) {
+        r = prl_error(EINVAL, "'%s': %d corruption(s) remain after repair; "
+                      "run 'prl-img check' for details", path,
+                      res.corruptions);
+    }
+    for (size_t i = 0; i < res.n_findings; i++) {
+        free(res.findings[i].message);
+        free(res.findings[i].action);
+    }
+    free(res.findings);
+    return r;
+}
+
 static int parallels_open(struct prl_block *bs)
 {
     uint8_t buf[PARALLELS_HEADER_SIZE];
@@ -653,6 +701,12 @@ static int parallels_open(struct prl_block *bs)
     bool rw = bs->open_flags & PRL_OPEN_RDWR;
     int r;
 
+    if (rw && !(bs->open_flags & PRL_OPEN_UNSAFE)) {
+        r = repair_if_dirty(bs->filename);
+        if (r < 0) {
+            return r;
+        }
+    }
     s = prl_calloc(1, sizeof(*s));
     if (!s) {
         return -ENOMEM;
@@ -1248,4 +1302,5 @@ const struct prl_driver prl_driver_parallels = {
     .block_status = parallels_block_status,
     .info = parallels_info,
     .resize = parallels_resize,
+    .check = parallels_check,
 };

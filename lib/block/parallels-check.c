@@ -1,0 +1,1014 @@
+/* SPDX-License-Identifier: MIT */
+/* Check and repair of Parallels images: every header, BAT and file-level
+ * rule of parallels.rst, repaired without losing data that can be kept. */
+#include "block/parallels-check.h"
+#include "block/parallels-ext.h"
+#include "block/parallels-format.h"
+#include "common/util.h"
+#include "io/file.h"
+#include "prl/error.h"
+
+#include <endian.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* A byte range of the file that something references. */
+struct ref {
+    uint64_t off;
+    uint64_t len;
+    int64_t owner; /* BAT index, or REF_EXT / REF_BITMAP */
+};
+
+#define REF_EXT (-1)
+#define REF_BITMAP (-2)
+
+struct chk {
+    struct prl_file f;
+    struct prl_check_result *res;
+    bool fix_leaks, fix_errors;
+    struct parallels_header h;
+    struct parallels_layout lay;
+    uint64_t file_size;
+    uint32_t *bat;
+    uint64_t nbat;
+    uint64_t needed;   /* BAT entries the virtual size needs */
+    bool header_changed, bat_changed;
+    bool ext_valid;    /* ext_off points at a parsed, checksummed cluster */
+    struct ref *refs;
+    size_t n_refs;
+    uint64_t append;   /* next free grid-aligned offset for copies */
+};
+
+static int add_finding(struct chk *k, enum prl_finding_class cls,
+                       const char *kind, int64_t idx, uint64_t off,
+                       const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+
+static int add_finding(struct chk *k, enum prl_finding_class cls,
+                       const char *kind, int64_t idx, uint64_t off,
+                       const char *fmt, ...)
+{
+    struct prl_check_result *res = k->res;
+    struct prl_finding *n, *f;
+    va_list ap;
+    char buf[512];
+
+    n = realloc(res->findings, (res->n_findings + 1) * sizeof(*n));
+    if (!n) {
+        return prl_error(ENOMEM, "out of memory");
+    }
+    res->findings = n;
+    f = &n[res->n_findings++];
+    memset(f, 0, sizeof(*f));
+    f->cls = cls;
+    f->kind = kind;
+    f->bat_index = idx;
+    f->offset = off;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    f->message = strdup(buf);
+    if (cls == PRL_FINDING_CORRUPTION) {
+        res->corruptions++;
+    } else if (cls == PRL_FINDING_LEAK) {
+        res->leaks++;
+    }
+    return f->message ? 0 : prl_error(ENOMEM, "out of memory");
+}
+
+static struct prl_finding *last_finding(struct chk *k)
+{
+    return &k->res->findings[k->res->n_findings - 1];
+}
+
+/* Record what was done about the last finding. */
+static void fixed(struct chk *k, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void fixed(struct chk *k, const char *fmt, ...)
+{
+    struct prl_finding *f = last_finding(k);
+    char buf[512];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    free(f->action);
+    f->action = strdup(buf);
+    f->fixed = true;
+    if (f->cls == PRL_FINDING_CORRUPTION) {
+        k->res->corruptions--;
+        k->res->corruptions_fixed++;
+    } else if (f->cls == PRL_FINDING_LEAK) {
+        k->res->leaks--;
+        k->res->leaks_fixed++;
+    }
+}
+
+static void lost(struct chk *k, uint64_t guest)
+{
+    struct prl_finding *f = last_finding(k);
+
+    f->data_lost = true;
+    f->guest_offset = guest;
+}
+
+/* Grid-aligned offset of the next cluster at or after |off|. */
+static uint64_t grid_up(const struct chk *k, uint64_t off)
+{
+    uint64_t cs = k->lay.cluster_size;
+
+    if (off <= k->lay.data_off) {
+        return k->lay.data_off;
+    }
+    return k->lay.data_off + prl_round_up(off - k->lay.data_off, cs);
+}
+
+static uint64_t entry_off(const struct chk *k, uint32_t e)
+{
+    return (uint64_t)e * k->lay.entry_unit;
+}
+
+/* Copy |len| bytes at |from| into a fresh cluster at the end of the file;
+ * returns the new offset in *to. */
+static int copy_to_new_cluster(struct chk *k, uint64_t from, uint64_t len,
+                               uint64_t *to)
+{
+    uint64_t cs = k->lay.cluster_size;
+    uint64_t dst = k->append;
+    uint8_t *buf;
+    int r;
+
+    if (dst / k->lay.entry_unit > UINT32_MAX) {
+        return prl_error(ENOSPC, "no room for a new cluster: the BAT cannot "
+                         "address byte %" PRIu64, dst);
+    }
+    buf = prl_calloc(1, (size_t)cs);
+    if (!buf) {
+        return -ENOMEM;
+    }
+    if (from < k->file_size) {
+        len = PRL_MIN(len, k->file_size - from);
+        r = prl_file_pread(&k->f, buf, (size_t)len, from);
+    } else {
+        r = 0;
+    }
+    if (r == 0) {
+        r = prl_file_pwrite(&k->f, buf, (size_t)cs, dst);
+    }
+    free(buf);
+    if (r < 0) {
+        return r;
+    }
+    k->append = dst + cs;
+    k->file_size = PRL_MAX(k->file_size, dst + cs);
+    *to = dst;
+    return 0;
+}
+
+/* Header fields that can be judged before the BAT is read.  Returns 1
+ * when the check must stop here (not this format or unrepairable). */
+static int check_header(struct chk *k)
+{
+    struct parallels_header *h = &k->h;
+
+    if (!h->magic_ok) {
+        add_finding(k, PRL_FINDING_CORRUPTION, "magic", -1, 0,
+                    "not a Parallels image: the magic is neither \""
+                    PARALLELS_MAGIC_LEGACY "\" nor \"" PARALLELS_MAGIC_EXT
+                    "\"");
+        return 1;
+    }
+    if (h->version != PARALLELS_VERSION) {
+        add_finding(k, PRL_FINDING_CORRUPTION, "version", -1,
+                    PARALLELS_OFF_VERSION, "header field version = %" PRIu32
+                    " (must be 2): not an image of this format",
+                    h->version);
+        return 1;
+    }
+    if (h->tracks == 0 || h->tracks > PARALLELS_MAX_TRACKS) {
+        add_finding(k, PRL_FINDING_CORRUPTION, "tracks", -1,
+                    PARALLELS_OFF_TRACKS, "header field tracks = %" PRIu32
+                    " (cluster size in sectors must be 1..%u); the cluster "
+                    "size cannot be recovered", h->tracks,
+                    PARALLELS_MAX_TRACKS);
+        return 1;
+    }
+    if (!h->ext && (h->nb_sectors >> 32)) {
+        add_finding(k, PRL_FINDING_CORRUPTION, "nb-sectors-high", -1,
+                    PARALLELS_OFF_NB_SECTORS, "header field nb_sectors = %"
+                    PRIu64 " has upper 32 bits set in a \""
+                    PARALLELS_MAGIC_LEGACY "\" image", h->nb_sectors);
+        if (k->fix_errors) {
+            h->nb_sectors &= 0xffffffffu;
+            k->header_changed = true;
+            fixed(k, "cleared the upper 32 bits: nb_sectors = %" PRIu64,
+                  h->nb_sectors);
+        }
+    }
+    if (h->nb_sectors > UINT64_MAX / PARALLELS_SECTOR) {
+        add_finding(k, PRL_FINDING_CORRUPTION, "nb-sectors", -1,
+                    PARALLELS_OFF_NB_SECTORS, "header field nb_sectors = %"
+                    PRIu64 " overflows a byte size", h->nb_sectors);
+        if (k->fix_errors) {
+            h->nb_sectors = (uint64_t)h->bat_entries * h->tracks;
+            k->header_changed = true;
+            fixed(k, "set nb_sectors = %" PRIu64 " from the BAT size",
+                  h->nb_sectors);
+        } else {
+            return 1;
+        }
+    }
+    if (h->flags & ~PARALLELS_FLAG_EMPTY) {
+        add_finding(k, PRL_FINDING_CORRUPTION, "flags", -1,
+                    PARALLELS_OFF_FLAGS, "header field flags = 0x%08" PRIx32
+                    " has unknown bits 0x%08" PRIx32, h->flags,
+                    h->flags & ~PARALLELS_FLAG_EMPTY);
+        if (k->fix_errors) {
+            h->flags &= PARALLELS_FLAG_EMPTY;
+            k->header_changed = true;
+            fixed(k, "cleared the unknown bits");
+        }
+    }
+    if (h->in_use == PARALLELS_IN_USE_DIRTY) {
+        add_finding(k, PRL_FINDING_NOTE, "unclean-close", -1,
+                    PARALLELS_OFF_IN_USE, "the image was not closed cleanly"
+                    " (in_use = 0x%08" PRIx32 ")", h->in_use);
+    } else if (h->in_use != 0 && h->in_use != PARALLELS_IN_USE_CLEAN) {
+        add_finding(k, PRL_FINDING_NOTE, "in-use-value", -1,
+                    PARALLELS_OFF_IN_USE, "header field in_use = 0x%08"
+                    PRIx32 " is not a value of the spec; treated as closed",
+                    h->in_use);
+    }
+
+    /* The BAT must lie inside the file. */
+    uint64_t bat_end = PARALLELS_HEADER_SIZE + (uint64_t)h->bat_entries * 4;
+    if (bat_end > k->file_size) {
+        add_finding(k, PRL_FINDING_CORRUPTION, "bat-past-eof", -1,
+                    PARALLELS_OFF_BAT_ENTRIES, "header field nb_bat_entries"
+                    " = %" PRIu32 ": the BAT ends at byte %" PRIu64 ", past "
+                    "the end of the file (%" PRIu64 " bytes)",
+                    h->bat_entries, bat_end, k->file_size);
+        if (k->fix_errors) {
+            int r = prl_file_truncate(&k->f, bat_end);
+            if (r < 0) {
+                return r;
+            }
+            fixed(k, "extended the file to %" PRIu64 " bytes; the missing "
+                  "BAT entries read as unallocated", bat_end);
+        }
+        /* Missing entries read as zero either way. */
+        k->file_size = PRL_MAX(k->file_size, bat_end);
+    }
+
+    /* data_off rules. */
+    bool bad = false;
+    if (h->ext && h->data_off == 0) {
+        add_finding(k, PRL_FINDING_CORRUPTION, "data-off", -1,
+                    PARALLELS_OFF_DATA_OFF, "header field data_off = 0, but"
+                    " \"" PARALLELS_MAGIC_EXT "\" images need a non-zero "
+                    "cluster-aligned data offset");
+        bad = true;
+    } else if (h->data_off &&
+               (uint64_t)h->data_off * PARALLELS_SECTOR < bat_end) {
+        add_finding(k, PRL_FINDING_CORRUPTION, "data-off", -1,
+                    PARALLELS_OFF_DATA_OFF, "header field data_off = %"
+                    PRIu32 " lies inside the BAT, which ends at byte %"
+                    PRIu64, h->data_off, bat_end);
+        bad = true;
+    } else if (h->ext && ((uint64_t)h->data_off * PARALLELS_SECTOR) %
+                             ((uint64_t)h->tracks * PARALLELS_SECTOR)) {
+        add_finding(k, PRL_FINDING_CORRUPTION, "data-off", -1,
+                    PARALLELS_OFF_DATA_OFF, "header field data_off = %"
+                    PRIu32 " is not aligned to the cluster size %" PRIu64,
+                    h->data_off, (uint64_t)h->tracks * PARALLELS_SECTOR);
+        bad = true;
+    }
+    if (bad) {
+        /* Fixed once the BAT is known: see fix_data_off. */
+        return 2;
+    }
+    return 0;
+}
+
+static int read_bat(struct chk *k)
+{
+    uint64_t n = k->h.bat_entries;
+    int r;
+
+    if (n * 4 > ((uint64_t)1 << 32)) {
+        return prl_error(EFBIG, "a BAT of %" PRIu64 " entries is too large "
+                         "to check", n);
+    }
+    k->bat = prl_calloc((size_t)PRL_MAX(n, 1), 4);
+    if (!k->bat) {
+        return -ENOMEM;
+    }
+    r = prl_file_pread(&k->f, k->bat, (size_t)(n * 4), PARALLELS_HEADER_SIZE);
+    if (r < 0) {
+        return r;
+    }
+    for (uint64_t c = 0; c < n; c++) {
+        k->bat[c] = le32toh(k->bat[c]);
+    }
+    k->nbat = n;
+    return 0;
+}
+
+/* Choose a valid data offset that keeps the most BAT entries valid. */
+static void fix_data_off(struct chk *k)
+{
+    uint64_t bat_end = PARALLELS_HEADER_SIZE + k->nbat * 4;
+    uint64_t cs = (uint64_t)k->h.tracks * PARALLELS_SECTOR;
+    uint64_t unit = k->h.ext ? cs : PARALLELS_SECTOR;
+    uint64_t base, min_off = UINT64_MAX, v;
+
+    for (uint64_t c = 0; c < k->nbat; c++) {
+        uint64_t off = (uint64_t)k->bat[c] * unit;
+        if (k->bat[c] && off >= bat_end && off < min_off) {
+            min_off = off;
+        }
+    }
+    if (k->h.ext) {
+        v = prl_round_up(bat_end, cs);
+    } else {
+        base = prl_round_up(bat_end, PARALLELS_SECTOR);
+        v = base;
+        if (min_off != UINT64_MAX && min_off >= base) {
+            v = base + (min_off - base) % cs;
+        }
+    }
+    k->h.data_off = (uint32_t)(v / PARALLELS_SECTOR);
+    k->header_changed = true;
+    fixed(k, "set data_off = %" PRIu32 " (byte %" PRIu64 ")", k->h.data_off,
+          v);
+}
+
+/* nb_bat_entries must cover nb_sectors: grow the BAT into zeroed space
+ * before the data area when there is room, else reduce the size to what
+ * the BAT covers (no cluster can hold data beyond it). */
+static int check_bat_covers(struct chk *k)
+{
+    struct parallels_header *h = &k->h;
+    uint64_t need = prl_div_round_up(h->nb_sectors, h->tracks);
+    uint64_t data_off;
+
+    if (need <= h->bat_entries) {
+        return 0;
+    }
+    add_finding(k, PRL_FINDING_CORRUPTION, "bat-size", -1,
+                PARALLELS_OFF_BAT_ENTRIES, "header field nb_bat_entries = %"
+                PRIu32 " covers %" PRIu64 " sectors, but nb_sectors = %"
+                PRIu64, h->bat_entries, (uint64_t)h->bat_entries * h->tracks,
+                h->nb_sectors);
+    if (!k->fix_errors) {
+        return 0;
+    }
+    data_off = h->data_off ? (uint64_t)h->data_off * PARALLELS_SECTOR
+                           : UINT64_MAX;
+    uint64_t new_end = PARALLELS_HEADER_SIZE + need * 4;
+    uint64_t old_end = PARALLELS_HEADER_SIZE + (uint64_t)h->bat_entries * 4;
+    bool room = need <= UINT32_MAX && new_end <= data_off &&
+                new_end <= k->file_size;
+    for (uint64_t c = 0; room && c < k->nbat; c++) {
+        uint64_t unit = h->ext ? (uint64_t)h->tracks * PARALLELS_SECTOR
+                               : PARALLELS_SECTOR;
+        if (k->bat[c] && (uint64_t)k->bat[c] * unit < new_end) {
+            room = false;
+        }
+    }
+    if (room) {
+        uint8_t *buf = prl_malloc((size_t)(new_end - old_end));
+        int r;
+        if (!buf) {
+            return -ENOMEM;
+        }
+        r = prl_file_pread(&k->f, buf, (size_t)(new_end - old_end), old_end);
+        room = r == 0 && prl_is_zero(buf, (size_t)(new_end - old_end));
+        free(buf);
+        if (r < 0) {
+            return r;
+        }
+    }
+    if (room) {
+        uint32_t *nb = realloc(k->bat, (size_t)need * 4);
+        if (!nb) {
+            return prl_error(ENOMEM, "out of memory");
+        }
+        memset(nb + k->nbat, 0, (size_t)(need - k->nbat) * 4);
+        k->bat = nb;
+        k->nbat = need;
+        h->bat_entries = (uint32_t)need;
+        k->header_changed = true;
+        fixed(k, "grew nb_bat_entries to %" PRIu64 " into zeroed space "
+              "before the data area", need);
+    } else {
+        uint64_t old = h->nb_sectors;
+        h->nb_sectors = (uint64_t)h->bat_entries * h->tracks;
+        k->header_changed = true;
+        fixed(k, "reduced nb_sectors from %" PRIu64 " to %" PRIu64
+              " (the BAT could not grow; no cluster held data there)", old,
+              h->nb_sectors);
+    }
+    return 0;
+}
+
+static int cmp_ref(const void *a, const void *b)
+{
+    const struct ref *x = a, *y = b;
+
+    if (x->off != y->off) {
+        return x->off < y->off ? -1 : 1;
+    }
+    /* BAT entries (owner >= 0) sort after metadata, lower index first. */
+    return x->owner < y->owner ? -1 : x->owner > y->owner;
+}
+
+static int add_ref(struct chk *k, uint64_t off, uint64_t len, int64_t owner)
+{
+    struct ref *n = realloc(k->refs, (k->n_refs + 1) * sizeof(*n));
+
+    if (!n) {
+        return prl_error(ENOMEM, "out of memory");
+    }
+    k->refs = n;
+    n[k->n_refs++] = (struct ref){off, len, owner};
+    return 0;
+}
+
+/* Per-entry rules: position, alignment, inside the file, inside the
+ * virtual size. */
+static int check_entries(struct chk *k)
+{
+    uint64_t cs = k->lay.cluster_size;
+    int r;
+
+    for (uint64_t c = 0; c < k->nbat; c++) {
+        uint32_t e = k->bat[c];
+        uint64_t off = entry_off(k, e);
+        const char *why;
+        uint64_t to;
+
+        if (e == 0) {
+            continue;
+        }
+        if (c >= k->needed) {
+            add_finding(k, PRL_FINDING_CORRUPTION, "bat-beyond-size", (int64_t)c,
+                        off, "BAT entry %" PRIu64 " = %" PRIu32 " maps guest "
+                        "offset %" PRIu64 ", beyond the virtual size %"
+                        PRIu64, c, e, c * cs, k->lay.virtual_size);
+            if (k->fix_errors) {
+                k->bat[c] = 0;
+                k->bat_changed = true;
+                fixed(k, "cleared the entry (not guest-visible)");
+            }
+            continue;
+        }
+        if (off < k->lay.bat_end || off >= k->file_size) {
+            why = off < k->lay.bat_end ? "lies inside the header or BAT"
+                                       : "is past the end of the file";
+            add_finding(k, PRL_FINDING_CORRUPTION,
+                        off < k->lay.bat_end ? "bat-in-header"
+                                             : "bat-past-eof",
+                        (int64_t)c, off, "BAT entry %" PRIu64 " = %" PRIu32
+                        " (byte offset %" PRIu64 ") %s", c, e, off, why);
+            if (k->fix_errors) {
+                k->bat[c] = 0;
+                k->bat_changed = true;
+                fixed(k, "cleared the entry: the data of guest offset %"
+                      PRIu64 " is lost", c * cs);
+                lost(k, c * cs);
+            }
+            continue;
+        }
+        if (off < k->lay.data_off ||
+            (off - k->lay.data_off) % cs != 0) {
+            add_finding(k, PRL_FINDING_CORRUPTION,
+                        off < k->lay.data_off ? "bat-below-data"
+                                              : "bat-misaligned",
+                        (int64_t)c, off, "BAT entry %" PRIu64 " = %" PRIu32
+                        " (byte offset %" PRIu64 ") %s", c, e, off,
+                        off < k->lay.data_off
+                            ? "lies below the data area"
+                            : "is not aligned to a cluster of the data "
+                              "area");
+            if (k->fix_errors) {
+                r = copy_to_new_cluster(k, off, cs, &to);
+                if (r < 0) {
+                    return r;
+                }
+                k->bat[c] = (uint32_t)(to / k->lay.entry_unit);
+                k->bat_changed = true;
+                fixed(k, "copied the cluster to byte offset %" PRIu64, to);
+            }
+            continue;
+        }
+        if (k->file_size - off < cs) {
+            add_finding(k, PRL_FINDING_CORRUPTION, "bat-partial", (int64_t)c,
+                        off, "BAT entry %" PRIu64 " = %" PRIu32 " (byte "
+                        "offset %" PRIu64 "): its cluster is only partly "
+                        "inside the file (%" PRIu64 " bytes)", c, e, off,
+                        k->file_size);
+            if (k->fix_errors) {
+                r = prl_file_truncate(&k->f, off + cs);
+                if (r < 0) {
+                    return r;
+                }
+                k->file_size = off + cs;
+                k->append = PRL_MAX(k->append, off + cs);
+                fixed(k, "extended the file to %" PRIu64 " bytes; the "
+                      "missing part reads as zeroes", off + cs);
+            }
+        }
+    }
+    return 0;
+}
+
+/* ext_off and the Format Extension: the clusters it owns, or why it is
+ * dropped. */
+static int check_ext(struct chk *k)
+{
+    uint64_t cs = k->lay.cluster_size, off;
+    const char *why = NULL;
+    struct parallels_ext ext;
+    uint8_t *buf;
+    char err[256];
+    int r;
+
+    if (k->h.ext_off == 0) {
+        return 0;
+    }
+    if (k->h.ext_off > UINT64_MAX / PARALLELS_SECTOR) {
+        why = "overflows a byte offset";
+        off = 0;
+    } else {
+        off = k->h.ext_off * PARALLELS_SECTOR;
+        why = parallels_offset_problem(&k->lay, off, k->file_size);
+    }
+    if (why) {
+        add_finding(k, PRL_FINDING_CORRUPTION, "ext-off", -1,
+                    PARALLELS_OFF_EXT_OFF, "header field ext_off = %" PRIu64
+                    " (byte %" PRIu64 ") %s", k->h.ext_off, off, why);
+        if (k->fix_errors) {
+            k->h.ext_off = 0;
+            k->header_changed = true;
+            fixed(k, "dropped the Format Extension");
+        }
+        return 0;
+    }
+    buf = prl_malloc((size_t)cs);
+    if (!buf) {
+        return -ENOMEM;
+    }
+    r = prl_file_pread(&k->f, buf, (size_t)cs, off);
+    if (r < 0) {
+        free(buf);
+        return r;
+    }
+    r = parallels_ext_parse(buf, (size_t)cs, &ext, err, sizeof(err));
+    if (r == 0 && (!ext.magic_ok || !ext.checksum_ok)) {
+        snprintf(err, sizeof(err), "%s", !ext.magic_ok
+                 ? "its magic is not 0xAB234CEF23DCEA87"
+                 : "its MD5 checksum does not match");
+        parallels_ext_free(&ext);
+        r = -EINVAL;
+    }
+    if (r == 0) {
+        /* The clusters of every bitmap belong to the image. */
+        for (size_t i = 0; r == 0 && i < ext.n_features; i++) {
+            struct parallels_feature *f = &ext.features[i];
+            struct parallels_bitmap_info b;
+            if (f->magic != PARALLELS_FEATURE_DIRTY_BITMAP) {
+                continue;
+            }
+            r = parallels_bitmap_decode(buf + f->data_pos, f->data_size, &b,
+                                        err, sizeof(err));
+            for (uint32_t j = 0; r == 0 && j < b.l1_size; j++) {
+                uint64_t e = parallels_get_le64(b.l1 + (size_t)j * 8);
+                const char *p;
+                if (e <= 1) {
+                    continue;
+                }
+                p = e > UINT64_MAX / PARALLELS_SECTOR
+                        ? "overflows"
+                        : parallels_offset_problem(&k->lay,
+                                                   e * PARALLELS_SECTOR,
+                                                   k->file_size);
+                if (p) {
+                    snprintf(err, sizeof(err), "dirty bitmap L1 entry %"
+                             PRIu32 " = %" PRIu64 " %s", j, e, p);
+                    r = -EINVAL;
+                } else {
+                    r = add_ref(k, e * PARALLELS_SECTOR, cs, REF_BITMAP);
+                }
+            }
+        }
+        parallels_ext_free(&ext);
+    }
+    free(buf);
+    if (r == -ENOMEM) {
+        return r;
+    }
+    if (r < 0) {
+        /* Drop the bitmap clusters we may have added. */
+        size_t w = 0;
+        for (size_t i = 0; i < k->n_refs; i++) {
+            if (k->refs[i].owner != REF_BITMAP) {
+                k->refs[w++] = k->refs[i];
+            }
+        }
+        k->n_refs = w;
+        add_finding(k, PRL_FINDING_CORRUPTION, "ext-invalid", -1, off,
+                    "the Format Extension at byte %" PRIu64 " is invalid: %s",
+                    off, err);
+        if (k->fix_errors) {
+            k->h.ext_off = 0;
+            k->header_changed = true;
+            fixed(k, "dropped the Format Extension");
+        }
+        return 0;
+    }
+    k->ext_valid = true;
+    return add_ref(k, off, cs, REF_EXT);
+}
+
+/* Overlapping clusters: a BAT entry sharing bytes with another gets its
+ * own copy; one sharing with extension metadata wins over it. */
+static int check_overlaps(struct chk *k)
+{
+    uint64_t cs = k->lay.cluster_size;
+    int r;
+
+    for (uint64_t c = 0; c < k->nbat; c++) {
+        uint64_t off = entry_off(k, k->bat[c]);
+        if (k->bat[c] && off < k->file_size) {
+            r = add_ref(k, off, cs, (int64_t)c);
+            if (r < 0) {
+                return r;
+            }
+        }
+    }
+    qsort(k->refs, k->n_refs, sizeof(*k->refs), cmp_ref);
+
+    /* Extension metadata colliding with guest data: guest data wins. */
+    bool drop_ext = false;
+    for (size_t i = 1; i < k->n_refs; i++) {
+        struct ref *a = &k->refs[i - 1], *b = &k->refs[i];
+        for (size_t j = i; j < k->n_refs && k->refs[j].off < a->off + a->len;
+             j++) {
+            b = &k->refs[j];
+            if ((a->owner < 0) != (b->owner < 0)) {
+                drop_ext = true;
+            }
+        }
+    }
+    if (drop_ext) {
+        add_finding(k, PRL_FINDING_CORRUPTION, "ext-collision", -1,
+                    k->h.ext_off * PARALLELS_SECTOR, "the Format Extension "
+                    "or its bitmaps share clusters with guest data");
+        if (k->fix_errors) {
+            size_t w = 0;
+            for (size_t i = 0; i < k->n_refs; i++) {
+                if (k->refs[i].owner >= 0) {
+                    k->refs[w++] = k->refs[i];
+                }
+            }
+            k->n_refs = w;
+            k->h.ext_off = 0;
+            k->header_changed = true;
+            fixed(k, "dropped the Format Extension; guest data kept");
+        }
+    }
+
+    /* BAT entries sharing bytes. */
+    uint64_t end = 0;
+    int64_t holder = -1;
+    for (size_t i = 0; i < k->n_refs; i++) {
+        struct ref *x = &k->refs[i];
+        if (x->owner < 0) {
+            end = PRL_MAX(end, x->off + x->len);
+            continue;
+        }
+        if (holder >= 0 && x->off < end) {
+            uint64_t c = (uint64_t)x->owner, to;
+            add_finding(k, PRL_FINDING_CORRUPTION,
+                        entry_off(k, k->bat[holder]) == x->off
+                            ? "bat-duplicate" : "bat-overlap",
+                        x->owner, x->off, "BAT entry %" PRIu64 " = %" PRIu32
+                        " (byte offset %" PRIu64 ") shares bytes with BAT "
+                        "entry %" PRId64, c, k->bat[c], x->off, holder);
+            if (k->fix_errors) {
+                r = copy_to_new_cluster(k, x->off, cs, &to);
+                if (r < 0) {
+                    return r;
+                }
+                k->bat[c] = (uint32_t)(to / k->lay.entry_unit);
+                k->bat_changed = true;
+                x->off = to;
+                fixed(k, "copied the shared cluster to byte offset %" PRIu64
+                      " so both entries keep their data", to);
+            }
+            continue;
+        }
+        if (x->off + x->len > end) {
+            end = x->off + x->len;
+            holder = x->owner;
+        }
+    }
+    /* Copies moved refs: keep the list sorted for the leak scan. */
+    qsort(k->refs, k->n_refs, sizeof(*k->refs), cmp_ref);
+    return 0;
+}
+
+/* Clusters of the data area that occupy space nothing references: an
+ * interior gap counts only where it holds data (a punched hole costs
+ * nothing and is reused by the driver), the tail past the last referenced
+ * cluster always counts. */
+static int count_data_clusters(struct chk *k, uint64_t from, uint64_t to,
+                               bool punch, uint64_t *n)
+{
+    uint64_t cs = k->lay.cluster_size;
+    uint64_t pos = from;
+    int r;
+
+    *n = 0;
+    while (pos < to) {
+        bool data;
+        uint64_t len;
+        r = prl_file_extent(&k->f, pos, to - pos, &data, &len);
+        if (r < 0) {
+            return r;
+        }
+        if (data) {
+            /* Whole grid clusters touched by this data run. */
+            uint64_t a = k->lay.data_off +
+                         prl_round_down(pos - k->lay.data_off, cs);
+            uint64_t b = PRL_MIN(grid_up(k, pos + len), to);
+            *n += prl_div_round_up(b - a, cs);
+            if (punch) {
+                r = prl_file_punch(&k->f, a, b - a);
+                if (r < 0 && r != -ENOTSUP) {
+                    return r;
+                }
+            }
+            pos = b;
+        } else {
+            pos += len;
+        }
+    }
+    return 0;
+}
+
+static int check_leaks(struct chk *k)
+{
+    uint64_t cs = k->lay.cluster_size;
+    uint64_t pos = k->lay.data_off, used_end = k->lay.data_off;
+    uint64_t interior = 0, tail = 0, n;
+    int r;
+
+    for (size_t i = 0; i < k->n_refs; i++) {
+        struct ref *x = &k->refs[i];
+        if (x->off > pos && pos < k->file_size) {
+            r = count_data_clusters(k, pos, PRL_MIN(x->off, k->file_size),
+                                    k->fix_leaks, &n);
+            if (r < 0) {
+                return r;
+            }
+            interior += n;
+        }
+        pos = PRL_MAX(pos, x->off + x->len);
+        used_end = PRL_MAX(used_end, x->off + x->len);
+    }
+    k->res->image_end_offset = used_end;
+    if (k->file_size > used_end) {
+        tail = prl_div_round_up(k->file_size - used_end, cs);
+    }
+    if (interior) {
+        add_finding(k, PRL_FINDING_LEAK, "leak", -1, k->lay.data_off,
+                    "%" PRIu64 " cluster(s) inside the data area hold data "
+                    "that nothing references", interior);
+        k->res->leaks += (int)PRL_MIN(interior - 1, (uint64_t)INT32_MAX);
+        if (k->fix_leaks) {
+            fixed(k, "punched holes over them");
+            k->res->leaks -= (int)PRL_MIN(interior - 1, (uint64_t)INT32_MAX);
+            k->res->leaks_fixed += (int)PRL_MIN(interior - 1,
+                                                (uint64_t)INT32_MAX);
+        }
+    }
+    if (tail) {
+        add_finding(k, PRL_FINDING_LEAK, "leak-tail", -1, used_end,
+                    "%" PRIu64 " bytes (%" PRIu64 " cluster(s)) past the last "
+                    "referenced cluster (byte %" PRIu64 ") are leaked",
+                    k->file_size - used_end, tail, used_end);
+        k->res->leaks += (int)PRL_MIN(tail - 1, (uint64_t)INT32_MAX);
+        if (k->fix_leaks) {
+            r = prl_file_truncate(&k->f, used_end);
+            if (r < 0) {
+                return r;
+            }
+            k->file_size = used_end;
+            fixed(k, "truncated the file to %" PRIu64 " bytes", used_end);
+            k->res->leaks -= (int)PRL_MIN(tail - 1, (uint64_t)INT32_MAX);
+            k->res->leaks_fixed += (int)PRL_MIN(tail - 1,
+                                                (uint64_t)INT32_MAX);
+        }
+    }
+    return 0;
+}
+
+static int write_back(struct chk *k)
+{
+    uint8_t hbuf[PARALLELS_HEADER_SIZE];
+    int r = 0;
+
+    if (k->bat_changed || k->header_changed) {
+        /* Copies first, then the BAT, then the header. */
+        r = prl_file_sync(&k->f);
+    }
+    if (r == 0 && k->bat_changed) {
+        uint32_t *le = prl_malloc((size_t)PRL_MAX(k->nbat, 1) * 4);
+        if (!le) {
+            return -ENOMEM;
+        }
+        for (uint64_t c = 0; c < k->nbat; c++) {
+            le[c] = htole32(k->bat[c]);
+        }
+        r = prl_file_pwrite(&k->f, le, (size_t)k->nbat * 4,
+                            PARALLELS_HEADER_SIZE);
+        free(le);
+        if (r == 0) {
+            r = prl_file_sync(&k->f);
+        }
+    }
+    if (r == 0 && k->header_changed) {
+        parallels_header_encode(&k->h, hbuf);
+        r = prl_file_pwrite(&k->f, hbuf, sizeof(hbuf), 0);
+        if (r == 0) {
+            r = prl_file_sync(&k->f);
+        }
+    }
+    return r;
+}
+
+static int run_check(struct chk *k)
+{
+    uint8_t hbuf[PARALLELS_HEADER_SIZE];
+    char why[256];
+    int r, stop;
+
+    r = prl_file_size(&k->f, &k->file_size);
+    if (r < 0) {
+        return r;
+    }
+    if (k->file_size < PARALLELS_HEADER_SIZE) {
+        add_finding(k, PRL_FINDING_CORRUPTION, "header-truncated", -1, 0,
+                    "the file (%" PRIu64 " bytes) is too short for a "
+                    "Parallels header (64 bytes)", k->file_size);
+        return 0;
+    }
+    r = prl_file_pread(&k->f, hbuf, sizeof(hbuf), 0);
+    if (r < 0) {
+        return r;
+    }
+    parallels_header_decode(hbuf, &k->h);
+    stop = check_header(k);
+    if (stop < 0) {
+        return stop;
+    }
+    if (stop == 1) {
+        return 0;
+    }
+    r = read_bat(k);
+    if (r < 0) {
+        return r;
+    }
+    if (stop == 2) {
+        if (k->fix_errors) {
+            fix_data_off(k);
+        } else {
+            return 0; /* no layout to check the rest against */
+        }
+    }
+    r = check_bat_covers(k);
+    if (r < 0) {
+        return r;
+    }
+    /* For the rest, judge the header as repaired (or as it is). */
+    struct parallels_header lh = k->h;
+    if (!k->fix_errors && lh.data_off == 0 && lh.ext) {
+        return 0;
+    }
+    if ((uint64_t)lh.bat_entries * lh.tracks < lh.nb_sectors) {
+        lh.nb_sectors = (uint64_t)lh.bat_entries * lh.tracks;
+    }
+    lh.nb_sectors &= lh.ext ? UINT64_MAX : 0xffffffffu;
+    r = parallels_layout(&lh, k->file_size, &k->lay, why, sizeof(why));
+    if (r < 0) {
+        add_finding(k, PRL_FINDING_CORRUPTION, "header", -1, 0,
+                    "invalid header: %s", why);
+        return 0;
+    }
+    k->needed = prl_div_round_up(lh.nb_sectors, lh.tracks);
+    k->res->total_clusters = k->nbat;
+    k->res->has_clusters = true;
+
+    /* Copies go past every referenced cluster inside the file; what lies
+     * beyond is leaked space. */
+    k->append = k->lay.data_off;
+    for (uint64_t c = 0; c < k->nbat; c++) {
+        uint64_t e = entry_off(k, k->bat[c]);
+        if (k->bat[c] && e < k->file_size) {
+            k->append = PRL_MAX(k->append, grid_up(k, e +
+                                                   k->lay.cluster_size));
+        }
+    }
+    r = check_ext(k);
+    for (size_t i = 0; r == 0 && i < k->n_refs; i++) {
+        k->append = PRL_MAX(k->append, grid_up(k, k->refs[i].off +
+                                               k->refs[i].len));
+    }
+    if (r == 0) {
+        r = check_entries(k);
+    }
+    if (r == 0) {
+        r = check_overlaps(k);
+    }
+    if (r == 0) {
+        r = write_back(k);
+    }
+    if (r < 0) {
+        return r;
+    }
+    /* Empty flag while clusters are allocated: the data is kept. */
+    uint64_t allocated = 0;
+    for (uint64_t c = 0; c < k->nbat; c++) {
+        allocated += k->bat[c] != 0;
+    }
+    k->res->allocated_clusters = allocated;
+    if ((k->h.flags & PARALLELS_FLAG_EMPTY) && allocated) {
+        add_finding(k, PRL_FINDING_CORRUPTION, "empty-flag", -1,
+                    PARALLELS_OFF_FLAGS, "the Empty flag is set but %" PRIu64
+                    " cluster(s) are allocated", allocated);
+        if (k->fix_errors) {
+            k->h.flags &= ~PARALLELS_FLAG_EMPTY;
+            k->header_changed = true;
+            fixed(k, "cleared the Empty flag; the allocated clusters are "
+                  "kept");
+        }
+    }
+    r = check_leaks(k);
+    if (r < 0) {
+        return r;
+    }
+    /* A repair that leaves no corruption closes the image cleanly. */
+    if ((k->fix_errors || k->fix_leaks) && k->res->corruptions == 0 &&
+        (k->header_changed || k->h.in_use == PARALLELS_IN_USE_DIRTY ||
+         k->res->leaks_fixed)) {
+        if (k->h.in_use == PARALLELS_IN_USE_DIRTY) {
+            for (size_t i = 0; i < k->res->n_findings; i++) {
+                struct prl_finding *f = &k->res->findings[i];
+                if (strcmp(f->kind, "unclean-close") == 0) {
+                    f->action = strdup("marked the image closed cleanly");
+                    f->fixed = true;
+                }
+            }
+            k->h.in_use = PARALLELS_IN_USE_CLEAN;
+        }
+        k->header_changed = true;
+        k->bat_changed = false;
+        r = prl_file_sync(&k->f);
+        if (r == 0) {
+            r = write_back(k);
+        }
+    }
+    return r;
+}
+
+int parallels_check(const char *path, unsigned fix,
+                    struct prl_check_result *res)
+{
+    struct chk k;
+    int r;
+
+    memset(&k, 0, sizeof(k));
+    k.res = res;
+    k.fix_leaks = fix & PRL_CHECK_FIX_LEAKS;
+    k.fix_errors = fix & PRL_CHECK_FIX_ERRORS;
+    r = prl_file_open(&k.f, path, fix != 0, false);
+    if (r < 0) {
+        return r;
+    }
+    r = run_check(&k);
+    if (r < 0) {
+        res->check_errors++;
+    }
+    free(k.bat);
+    free(k.refs);
+    int r2 = prl_file_close(&k.f);
+    return r < 0 ? r : r2;
+}
