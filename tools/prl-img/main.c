@@ -1,14 +1,105 @@
 /* SPDX-License-Identifier: MIT */
-/* prl-img: placeholder entry point. */
-#include "prl/block.h"
-#include "prl/error.h"
-#include <stdio.h>
+/* prl-img entry point: global options, the log handler and dispatch to
+ * the subcommands. */
+#include "prl-img.h"
+
+#include "prl/log.h"
+
+#include <string.h>
+
+#ifndef PRL_VERSION
+#define PRL_VERSION "0.1.0"
+#endif
+
+struct command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *synopsis;
+    int error_status; /* exit status of a failure */
+};
+
+static const struct command commands[] = {
+#ifdef IMG_HAVE_CHECK
+    {"check", cmd_check,
+     "check [-q] [-f FMT] [-r leaks|all] [--output=human|json] FILE", 1},
+#endif
+    {"compare", cmd_compare,
+     "compare [-f FMT] [-F FMT] [-p] [-q] [-s] FILE1 FILE2", 2},
+    {"convert", cmd_convert,
+     "convert [-n] [-p] [-q] [-W] [-f FMT] [-O FMT] [-o OPTS] [-S SIZE] "
+     "[-m NUM] SRC DST", IMG_EXIT_FAIL},
+    {"create", cmd_create, "create [-q] [-f FMT] [-o OPTS] FILE [SIZE]",
+     IMG_EXIT_FAIL},
+    {"info", cmd_info, "info [-f FMT] [--output=human|json] FILE",
+     IMG_EXIT_FAIL},
+    {"map", cmd_map,
+     "map [-f FMT] [--output=human|json] [--start-offset=N] "
+     "[--max-length=N] FILE", IMG_EXIT_FAIL},
+    {"resize", cmd_resize,
+     "resize [-q] [-f FMT] [--shrink] FILE [+|-]SIZE", IMG_EXIT_FAIL},
+};
+
+static void log_handler(enum prl_log_level level, const char *msg,
+                        void *opaque)
+{
+    fflush(stdout);
+    if (level == PRL_LOG_WARNING) {
+        fprintf(stderr, IMG_NAME ": warning: %s\n", msg);
+    } else {
+        fprintf(stderr, IMG_NAME ": %s\n", msg);
+    }
+}
+
+static void print_help(void)
+{
+    printf("Usage: " IMG_NAME " COMMAND [OPTIONS] ARGS...\n"
+           "       " IMG_NAME " --help | --version\n"
+           "\n"
+           "Create, inspect, convert and compare Parallels and raw disk "
+           "images.\n"
+           "\n"
+           "Commands:\n");
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+        printf("  %s\n", commands[i].synopsis);
+    }
+    printf("\n"
+           "FMT is 'parallels' or 'raw'; without -f the format is probed "
+           "from the\n"
+           "file's contents.  SIZE takes the suffixes K, M, G, T, P and E "
+           "(powers\n"
+           "of 1024).  '" IMG_NAME " COMMAND --help' describes a command.\n");
+}
+
 int main(int argc, char **argv)
 {
-    struct prl_block *bs;
-    if (argc < 2) return 1;
-    int r = prl_block_open(argv[1], NULL, 0, &bs);
-    if (r < 0) { fprintf(stderr, "%s\n", prl_error_message()); return 1; }
-    printf("%s %llu\n", prl_block_format(bs), (unsigned long long)prl_block_size(bs));
-    return prl_block_close(bs) < 0;
+    const char *name;
+
+    prl_log_set_handler(log_handler, NULL, PRL_LOG_WARNING);
+    if (argc < 2) {
+        return img_usage(NULL, IMG_EXIT_FAIL, "expecting a command");
+    }
+    name = argv[1];
+    if (strcmp(name, "-h") == 0 || strcmp(name, "--help") == 0) {
+        print_help();
+        return IMG_EXIT_OK;
+    }
+    if (strcmp(name, "-V") == 0 || strcmp(name, "--version") == 0) {
+        printf(IMG_NAME " " PRL_VERSION "\n");
+        return IMG_EXIT_OK;
+    }
+    if (name[0] == '-') {
+        return img_usage(NULL, IMG_EXIT_FAIL, "unrecognized option '%s'",
+                         name);
+    }
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+        if (strcmp(name, commands[i].name) == 0) {
+            int status = commands[i].run(argc - 1, argv + 1);
+            if (fflush(stdout) != 0 || ferror(stdout)) {
+                img_err("error writing to standard output");
+                return commands[i].error_status;
+            }
+            return status;
+        }
+    }
+    return img_usage(NULL, IMG_EXIT_FAIL, "unknown command '%s'", name);
 }
