@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* The dispatcher: probing, opening, and the one place where every request
  * is validated before it reaches a driver. */
+#include "block/bitmap.h"
 #include "block/driver.h"
 #include "common/opts.h"
 #include "common/util.h"
@@ -106,6 +107,16 @@ static int probe(const char *path, const struct prl_driver **out)
     return 0;
 }
 
+static void free_bitmaps(struct prl_block *bs)
+{
+    for (size_t i = 0; i < bs->n_bitmaps; i++) {
+        prl_dirty_bitmap_free(bs->bitmaps[i]);
+    }
+    free(bs->bitmaps);
+    bs->bitmaps = NULL;
+    bs->n_bitmaps = 0;
+}
+
 int prl_block_open(const char *path, const char *format, unsigned flags,
                    struct prl_block **out)
 {
@@ -138,8 +149,11 @@ int prl_block_open(const char *path, const char *format, unsigned flags,
         free(bs);
         return prl_error(ENOMEM, "out of memory");
     }
+    pthread_rwlock_init(&bs->bitmap_lock, NULL);
     r = drv->open(bs);
     if (r < 0) {
+        free_bitmaps(bs);
+        pthread_rwlock_destroy(&bs->bitmap_lock);
         free(bs->filename);
         free(bs);
         return r;
@@ -159,6 +173,8 @@ int prl_block_close(struct prl_block *bs)
         return 0;
     }
     r = bs->drv->close(bs);
+    free_bitmaps(bs);
+    pthread_rwlock_destroy(&bs->bitmap_lock);
     free(bs->filename);
     free(bs);
     return r;
@@ -235,6 +251,8 @@ int prl_block_pwrite(struct prl_block *bs, const void *buf, uint64_t length,
     if (r < 0 || length == 0) {
         return r;
     }
+    /* Mark before writing: a bitmap reader never misses a change. */
+    prl_block_mark_dirty(bs, offset, length);
     return bs->drv->pwrite(bs, buf, length, offset, flags);
 }
 
@@ -268,6 +286,7 @@ int prl_block_zero(struct prl_block *bs, uint64_t length, uint64_t offset,
     if (r < 0 || length == 0) {
         return r;
     }
+    prl_block_mark_dirty(bs, offset, length);
     if (bs->drv->zero) {
         return bs->drv->zero(bs, length, offset, flags);
     }
@@ -286,6 +305,7 @@ int prl_block_trim(struct prl_block *bs, uint64_t length, uint64_t offset,
     if (r < 0 || length == 0) {
         return r;
     }
+    prl_block_mark_dirty(bs, offset, length);
     if (!bs->drv->trim) {
         return (flags & PRL_REQ_FUA) ? bs->drv->flush(bs) : 0;
     }
@@ -339,6 +359,38 @@ int prl_block_info(struct prl_block *bs, struct prl_image_info *info)
     return 0;
 }
 
+/* Bitmaps follow the disk size; new space starts clean. */
+static int resize_bitmaps(struct prl_block *bs)
+{
+    int r = 0;
+
+    pthread_rwlock_wrlock(&bs->bitmap_lock);
+    for (size_t i = 0; i < bs->n_bitmaps && r == 0; i++) {
+        struct prl_dirty_bitmap *b = bs->bitmaps[i];
+        uint64_t nbits = prl_div_round_up(bs->size, b->granularity);
+        uint64_t old_bytes = prl_div_round_up(b->nbits, 8);
+        uint64_t bytes = prl_div_round_up(nbits, 8);
+        uint8_t *nb = realloc(b->bits, (size_t)PRL_MAX(bytes, 1));
+        if (!nb) {
+            r = prl_error(ENOMEM, "out of memory resizing bitmaps");
+            break;
+        }
+        if (bytes > old_bytes) {
+            memset(nb + old_bytes, 0, (size_t)(bytes - old_bytes));
+        }
+        /* Clear bits past the new end inside the last byte. */
+        for (uint64_t j = nbits; j < PRL_MIN(b->nbits, bytes * 8); j++) {
+            nb[j / 8] &= (uint8_t)~(1u << (j % 8));
+        }
+        b->bits = nb;
+        b->nbits = nbits;
+        b->size = bs->size;
+        bs->bitmaps_changed = true;
+    }
+    pthread_rwlock_unlock(&bs->bitmap_lock);
+    return r;
+}
+
 int prl_block_resize(struct prl_block *bs, uint64_t new_size, bool shrink)
 {
     if (!(bs->caps & PRL_CAP_WRITE)) {
@@ -352,7 +404,12 @@ int prl_block_resize(struct prl_block *bs, uint64_t new_size, bool shrink)
         return prl_error(ENOTSUP, "resize: format %s cannot be resized",
                          bs->drv->name);
     }
-    return bs->drv->resize(bs, new_size, shrink);
+    int r;
+    r = bs->drv->resize(bs, new_size, shrink);
+    if (r == 0) {
+        r = resize_bitmaps(bs);
+    }
+    return r;
 }
 
 int prl_block_check(const char *path, const char *format, unsigned fix,

@@ -8,8 +8,11 @@
 #include "prl/check.h"
 #include "common/opts.h"
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+
+struct prl_dirty_bitmap;
 
 struct prl_block {
     const struct prl_driver *drv;
@@ -20,7 +23,19 @@ struct prl_block {
     unsigned caps;         /* PRL_CAP_*, set by the driver's open */
     uint32_t request_alignment; /* bytes, power of two; 1 = any */
     uint32_t preferred_size;    /* bytes */
+    /* Dirty bitmaps (block/bitmap.h).  The driver fills the list on open
+     * when its format stores bitmaps and stores it on close; the core
+     * marks enabled bitmaps on every write, zero and trim and frees them
+     * after close.  bitmap_lock guards the list and the bits' metadata. */
+    struct prl_dirty_bitmap **bitmaps;
+    size_t n_bitmaps;
+    pthread_rwlock_t bitmap_lock;
+    bool bitmaps_changed;       /* added, removed, cleared, merged... */
 };
+
+/* Mark every enabled bitmap of |bs| dirty over [offset, offset+length). */
+void prl_block_mark_dirty(struct prl_block *bs, uint64_t offset,
+                          uint64_t length);
 
 /*
  * The core guarantees, for every call below:
@@ -37,6 +52,10 @@ struct prl_block {
  */
 struct prl_driver {
     const char *name;
+
+    /* The format stores dirty bitmaps: prl_bitmap_add/remove/... work on
+     * read-write handles, and close must store bs->bitmaps. */
+    bool persistent_bitmaps;
 
     /* Score how sure we are that |buf| (the first |len| bytes of the file,
      * len may be short) is this format: 0 no, 100 certain.  Optional. */

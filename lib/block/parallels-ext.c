@@ -112,3 +112,122 @@ int parallels_bitmap_decode(const uint8_t *data, uint32_t data_size,
     b->l1 = data + PARALLELS_BITMAP_FIXED;
     return 0;
 }
+
+void parallels_ext_writer_init(struct parallels_ext_writer *w, uint8_t *buf,
+                               size_t cluster_size)
+{
+    memset(buf, 0, cluster_size);
+    w->buf = buf;
+    w->cluster_size = cluster_size;
+    w->pos = PARALLELS_EXT_HEADER;
+}
+
+uint8_t *parallels_ext_writer_reserve(struct parallels_ext_writer *w,
+                                      uint64_t magic, uint64_t flags,
+                                      uint32_t size)
+{
+    size_t need = PARALLELS_FEATURE_HEADER + (((size_t)size + 7) & ~7ul);
+    uint8_t *p;
+
+    /* The End record must still fit behind. */
+    if (need > w->cluster_size ||
+        w->pos + need + PARALLELS_FEATURE_HEADER > w->cluster_size) {
+        return NULL;
+    }
+    p = w->buf + w->pos;
+    parallels_put_le64(p, magic);
+    parallels_put_le64(p + 8, flags);
+    parallels_put_le32(p + 16, size);
+    w->pos += need;
+    return p + PARALLELS_FEATURE_HEADER;
+}
+
+int parallels_ext_writer_add(struct parallels_ext_writer *w, uint64_t magic,
+                             uint64_t flags, const void *data, uint32_t size)
+{
+    uint8_t *p = parallels_ext_writer_reserve(w, magic, flags, size);
+
+    if (!p) {
+        return prl_error(ENOSPC, "the Format Extension features do not fit "
+                         "in one cluster of %zu bytes", w->cluster_size);
+    }
+    memcpy(p, data, size);
+    return 0;
+}
+
+int parallels_ext_writer_finish(struct parallels_ext_writer *w)
+{
+    parallels_put_le64(w->buf, PARALLELS_EXT_MAGIC);
+    return parallels_ext_checksum(w->buf, w->cluster_size, w->buf + 8);
+}
+
+int parallels_ext_mark_inconsistent(const uint8_t *old, uint8_t *out,
+                                    size_t cs)
+{
+    struct parallels_ext ext;
+    struct parallels_ext_writer w;
+    uint8_t *attrs = NULL;
+    uint32_t n_bitmaps = 0, n_old = 0;
+    const uint8_t *old_attrs = NULL;
+    char err[128];
+    int r;
+
+    r = parallels_ext_parse(old, cs, &ext, err, sizeof(err));
+    if (r < 0) {
+        return prl_error(EINVAL, "Format Extension: %s", err);
+    }
+    parallels_ext_writer_init(&w, out, cs);
+    for (size_t i = 0; i < ext.n_features; i++) {
+        struct parallels_feature *f = &ext.features[i];
+        if (f->magic == PARALLELS_FEATURE_PRL_ATTRS) {
+            if (f->data_size >= 8) {
+                old_attrs = old + f->data_pos;
+                n_old = parallels_get_le32(old_attrs);
+                if ((uint64_t)n_old * PARALLELS_ATTR_ENTRY >
+                    f->data_size - 8) {
+                    n_old = 0;
+                }
+            }
+            continue;
+        }
+        if (f->magic == PARALLELS_FEATURE_DIRTY_BITMAP) {
+            n_bitmaps++;
+        }
+        r = parallels_ext_writer_add(&w, f->magic, f->flags,
+                                     old + f->data_pos, f->data_size);
+        if (r < 0) {
+            parallels_ext_free(&ext);
+            return r;
+        }
+    }
+    attrs = parallels_ext_writer_reserve(
+        &w, PARALLELS_FEATURE_PRL_ATTRS, PARALLELS_FEATURE_TRANSIT,
+        8 + n_bitmaps * PARALLELS_ATTR_ENTRY);
+    if (!attrs) {
+        parallels_ext_free(&ext);
+        return prl_error(ENOSPC, "no room in the Format Extension to mark "
+                         "its bitmaps inconsistent");
+    }
+    parallels_put_le32(attrs, n_bitmaps);
+    uint8_t *e = attrs + 8;
+    for (size_t i = 0; i < ext.n_features; i++) {
+        struct parallels_feature *f = &ext.features[i];
+        uint32_t flags = PARALLELS_ATTR_INCONSISTENT;
+        if (f->magic != PARALLELS_FEATURE_DIRTY_BITMAP ||
+            f->data_size < PARALLELS_BITMAP_FIXED) {
+            continue;
+        }
+        const uint8_t *id = old + f->data_pos + 8;
+        for (uint32_t j = 0; old_attrs && j < n_old; j++) {
+            const uint8_t *oe = old_attrs + 8 + j * PARALLELS_ATTR_ENTRY;
+            if (memcmp(oe, id, 16) == 0) {
+                flags |= parallels_get_le32(oe + 16);
+            }
+        }
+        memcpy(e, id, 16);
+        parallels_put_le32(e + 16, flags);
+        e += PARALLELS_ATTR_ENTRY;
+    }
+    parallels_ext_free(&ext);
+    return parallels_ext_writer_finish(&w);
+}

@@ -14,6 +14,16 @@
 #define PARALLELS_FEATURE_NECESSARY (1ULL << 0)
 #define PARALLELS_FEATURE_TRANSIT (1ULL << 1)
 
+/* prl's own feature: per-bitmap attributes the spec has no field for
+ * (disabled, inconsistent).  Written with TRANSIT, and only when some
+ * bitmap needs it, since QEMU refuses features with flags.  Data: u32
+ * count, u32 zero, then count entries of 16-byte id, u32 flags, u32 zero,
+ * all little-endian. */
+#define PARALLELS_FEATURE_PRL_ATTRS 0x50524C4254414753ULL /* "PRLBTAGS" */
+#define PARALLELS_ATTR_DISABLED (1u << 0)
+#define PARALLELS_ATTR_INCONSISTENT (1u << 1)
+#define PARALLELS_ATTR_ENTRY 24
+
 #define PARALLELS_EXT_HEADER 24      /* magic + MD5 */
 #define PARALLELS_FEATURE_HEADER 24  /* magic, flags, data_size, unused */
 #define PARALLELS_BITMAP_FIXED 32    /* size, id, granularity, l1_size */
@@ -57,6 +67,48 @@ struct parallels_bitmap_info {
 int parallels_bitmap_decode(const uint8_t *data, uint32_t data_size,
                             struct parallels_bitmap_info *b, char *err,
                             size_t errlen);
+
+/* Building a Format Extension cluster. */
+struct parallels_ext_writer {
+    uint8_t *buf;  /* cluster_size bytes */
+    size_t cluster_size;
+    size_t pos;
+};
+
+/* Zero |buf| and start a feature list. */
+void parallels_ext_writer_init(struct parallels_ext_writer *w, uint8_t *buf,
+                               size_t cluster_size);
+/* Append one feature; -ENOSPC when it and the End record do not fit. */
+int parallels_ext_writer_add(struct parallels_ext_writer *w, uint64_t magic,
+                             uint64_t flags, const void *data,
+                             uint32_t size);
+/* Reserve room for a feature of |size| data bytes and return where its
+ * data goes (zeroed), or NULL when it does not fit. */
+uint8_t *parallels_ext_writer_reserve(struct parallels_ext_writer *w,
+                                      uint64_t magic, uint64_t flags,
+                                      uint32_t size);
+/* Write the magic and the checksum. */
+int parallels_ext_writer_finish(struct parallels_ext_writer *w);
+
+/* Copy of |old| (a valid extension cluster) whose attributes feature says
+ * every bitmap is inconsistent, keeping every other feature byte for
+ * byte, into |out|.  Returns 0, or -ENOSPC when it does not fit. */
+int parallels_ext_mark_inconsistent(const uint8_t *old, uint8_t *out,
+                                    size_t cluster_size);
+
+static inline void parallels_put_le64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++) {
+        p[i] = (uint8_t)(v >> (8 * i));
+    }
+}
+
+static inline void parallels_put_le32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++) {
+        p[i] = (uint8_t)(v >> (8 * i));
+    }
+}
 
 static inline uint64_t parallels_get_le64(const uint8_t *p)
 {

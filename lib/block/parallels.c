@@ -2,7 +2,9 @@
 /* The Parallels expandable image driver (parallels.rst): both magics, BAT
  * translation, cluster allocation, zero/trim, resize and create. */
 #include "block/driver.h"
+#include "block/bitmap.h"
 #include "block/parallels-check.h"
+#include "block/parallels-ext.h"
 #include "block/parallels-format.h"
 #include "common/util.h"
 #include "io/file.h"
@@ -14,6 +16,7 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <string.h>
 
 /*
@@ -45,6 +48,15 @@ struct parallels_state {
     bool rw;
     bool validated;       /* false with PRL_OPEN_UNSAFE */
     bool found_dirty;     /* in_use was DIRTY at open */
+    /* The Format Extension as on disk: its cluster and the bitmap data
+     * clusters it references (host offsets), freed once a rewrite is
+     * committed. */
+    uint64_t *meta;
+    size_t n_meta;
+    uint8_t *transit;     /* unknown TRANSIT features, kept byte for byte */
+    size_t transit_len;
+    bool ext_dirty;       /* the extension must be rewritten on close */
+    uint64_t alloc_floor; /* no new cluster below this data-area index */
 };
 
 static bool used_get(const struct parallels_state *s, uint64_t i)
@@ -212,10 +224,11 @@ static int clear_empty_locked(struct parallels_state *s)
  * it used.  Caller holds the lock exclusive. */
 static int find_free_cluster_locked(struct parallels_state *s, uint64_t *idx)
 {
-    uint64_t i = s->data_end;
+    uint64_t i = PRL_MAX(s->data_end, s->alloc_floor);
 
     if (s->reuse_ok) {
-        for (uint64_t j = s->free_hint; j < s->data_end; j++) {
+        for (uint64_t j = PRL_MAX(s->free_hint, s->alloc_floor);
+             j < s->data_end; j++) {
             if (!used_get(s, j)) {
                 i = j;
                 break;
@@ -632,14 +645,570 @@ static int load_bat(struct parallels_state *s, const char *path)
         if (r < 0) {
             return r;
         }
-        /* Extension features may own more clusters (bitmaps). */
-        s->reuse_ok = false;
     }
     return 0;
 }
 
+static int add_meta(struct parallels_state *s, uint64_t off)
+{
+    uint64_t *n = realloc(s->meta, (s->n_meta + 1) * sizeof(*n));
+
+    if (!n) {
+        return prl_error(ENOMEM, "out of memory");
+    }
+    s->meta = n;
+    s->meta[s->n_meta++] = off;
+    return 0;
+}
+
+/* Load one dirty-bitmap feature into a new bitmap object.  On -EINVAL,
+ * |err| says which field is wrong. */
+static int load_bitmap(struct prl_block *bs, struct parallels_state *s,
+                       const uint8_t *data, uint32_t size,
+                       struct prl_dirty_bitmap **out, uint64_t **clusters,
+                       size_t *n_clusters, char *err, size_t errlen)
+{
+    uint64_t cs = s->lay.cluster_size;
+    struct parallels_bitmap_info bi;
+    struct prl_dirty_bitmap *b;
+    uint64_t bytes, want;
+    uint8_t *buf = NULL;
+    int r;
+
+    r = parallels_bitmap_decode(data, size, &bi, err, errlen);
+    if (r < 0) {
+        return r;
+    }
+    if (bi.size != s->hdr.nb_sectors) {
+        snprintf(err, errlen, "size = %" PRIu64 " sectors, but the disk has "
+                 "%" PRIu64, bi.size, s->hdr.nb_sectors);
+        return -EINVAL;
+    }
+    if (bi.granularity == 0 || !prl_is_power_of_2(bi.granularity) ||
+        bi.granularity > (UINT32_MAX / PARALLELS_SECTOR)) {
+        snprintf(err, errlen, "granularity = %" PRIu32 " sectors is not a "
+                 "power of two in 1..%u", bi.granularity,
+                 UINT32_MAX / PARALLELS_SECTOR);
+        return -EINVAL;
+    }
+    b = prl_dirty_bitmap_new(bi.id, (uint64_t)bi.granularity *
+                             PARALLELS_SECTOR, bs->size);
+    if (!b) {
+        return -ENOMEM;
+    }
+    bytes = prl_dirty_bitmap_bytes(b);
+    want = prl_div_round_up(bytes, cs);
+    if (bi.l1_size != want) {
+        snprintf(err, errlen, "l1_size = %" PRIu32 ", but %" PRIu64 " bytes "
+                 "of bitmap in clusters of %" PRIu64 " need %" PRIu64,
+                 bi.l1_size, bytes, cs, want);
+        prl_dirty_bitmap_free(b);
+        return -EINVAL;
+    }
+    *clusters = prl_calloc(PRL_MAX(bi.l1_size, 1), sizeof(**clusters));
+    *n_clusters = 0;
+    if (!*clusters) {
+        prl_dirty_bitmap_free(b);
+        return -ENOMEM;
+    }
+    for (uint32_t i = 0; i < bi.l1_size; i++) {
+        uint64_t e = parallels_get_le64(bi.l1 + (size_t)i * 8);
+        uint64_t from = (uint64_t)i * cs;
+        size_t n = (size_t)PRL_MIN(cs, bytes - from);
+        const char *why;
+
+        if (e == 0) {
+            continue;
+        }
+        if (e == 1) {
+            memset(b->bits + from, 0xff, n);
+            continue;
+        }
+        why = e > UINT64_MAX / PARALLELS_SECTOR
+                  ? "overflows a byte offset"
+                  : parallels_offset_problem(&s->lay, e * PARALLELS_SECTOR,
+                                             s->file_size);
+        if (!why && used_get(s, host_index(s, e * PARALLELS_SECTOR))) {
+            why = "is a cluster already in use";
+        }
+        if (why) {
+            snprintf(err, errlen, "L1 entry %" PRIu32 " = %" PRIu64 " %s", i,
+                     e, why);
+            r = -EINVAL;
+            break;
+        }
+        if (!buf) {
+            buf = prl_malloc((size_t)cs);
+            if (!buf) {
+                r = -ENOMEM;
+                break;
+            }
+        }
+        r = prl_file_pread(&s->file, buf, (size_t)cs, e * PARALLELS_SECTOR);
+        if (r < 0) {
+            break;
+        }
+        memcpy(b->bits + from, buf, n);
+        (*clusters)[(*n_clusters)++] = e * PARALLELS_SECTOR;
+    }
+    free(buf);
+    if (r < 0) {
+        prl_dirty_bitmap_free(b);
+        free(*clusters);
+        *clusters = NULL;
+        return r;
+    }
+    /* Bits past the disk end are not part of it. */
+    for (uint64_t j = b->nbits; j < bytes * 8; j++) {
+        b->bits[j / 8] &= (uint8_t)~(1u << (j % 8));
+    }
+    *out = b;
+    return 0;
+}
+
+/* Read the Format Extension: bitmaps into bs->bitmaps, unknown TRANSIT
+ * features kept for rewriting, NECESSARY ones that cannot be loaded make
+ * a read-write open fail.  |trusted|: the image was closed cleanly. */
+static int load_ext(struct prl_block *bs, struct parallels_state *s,
+                    bool trusted)
+{
+    uint64_t cs = s->lay.cluster_size;
+    uint64_t off = s->hdr.ext_off * PARALLELS_SECTOR;
+    struct parallels_ext ext;
+    const uint8_t *attrs = NULL;
+    uint32_t n_attrs = 0;
+    uint8_t *buf;
+    char err[256];
+    int r;
+
+    buf = prl_malloc((size_t)cs);
+    if (!buf) {
+        return -ENOMEM;
+    }
+    r = prl_file_pread(&s->file, buf, (size_t)cs, off);
+    if (r < 0) {
+        free(buf);
+        return r;
+    }
+    r = parallels_ext_parse(buf, (size_t)cs, &ext, err, sizeof(err));
+    if (r == 0 && !ext.magic_ok) {
+        snprintf(err, sizeof(err), "its magic is 0x%016" PRIx64 ", not "
+                 "0xAB234CEF23DCEA87", parallels_get_le64(buf));
+        parallels_ext_free(&ext);
+        r = -EINVAL;
+    } else if (r == 0 && !ext.checksum_ok) {
+        snprintf(err, sizeof(err), "its MD5 checksum does not match");
+        parallels_ext_free(&ext);
+        r = -EINVAL;
+    }
+    if (r < 0) {
+        free(buf);
+        if (r != -EINVAL) {
+            return r;
+        }
+        if (s->rw) {
+            return prl_error(EINVAL, "'%s': the Format Extension at byte %"
+                             PRIu64 " is invalid (%s); run 'prl-img check "
+                             "-r all' to drop it", bs->filename, off, err);
+        }
+        prl_warn("'%s': ignoring the invalid Format Extension at byte %"
+                 PRIu64 " (%s)", bs->filename, off, err);
+        /* Its bitmaps' clusters are unknown: never reuse space. */
+        s->reuse_ok = false;
+        return 0;
+    }
+    r = add_meta(s, off);
+    for (size_t i = 0; r == 0 && i < ext.n_features; i++) {
+        struct parallels_feature *f = &ext.features[i];
+        bool necessary = f->flags & PARALLELS_FEATURE_NECESSARY;
+        struct prl_dirty_bitmap *b = NULL, **nv;
+        uint64_t *clusters = NULL;
+        size_t n_clusters = 0;
+
+        if (f->magic == PARALLELS_FEATURE_PRL_ATTRS) {
+            if (f->data_size >= 8) {
+                attrs = buf + f->data_pos;
+                n_attrs = parallels_get_le32(attrs);
+                if ((uint64_t)n_attrs * PARALLELS_ATTR_ENTRY >
+                    f->data_size - 8) {
+                    n_attrs = 0;
+                }
+            }
+            continue;
+        }
+        if (f->magic != PARALLELS_FEATURE_DIRTY_BITMAP) {
+            if (necessary) {
+                if (s->rw) {
+                    r = prl_error(EROFS, "'%s': Format Extension feature "
+                                  "0x%016" PRIx64 " is unknown and marked "
+                                  "NECESSARY; the image can only be opened "
+                                  "read-only", bs->filename, f->magic);
+                }
+                s->reuse_ok = false;
+            } else if (f->flags & PARALLELS_FEATURE_TRANSIT) {
+                /* Kept byte for byte; it may own clusters we cannot see. */
+                size_t len = PARALLELS_FEATURE_HEADER +
+                             (((size_t)f->data_size + 7) & ~(size_t)7);
+                len = PRL_MIN(len, (size_t)cs - (f->data_pos -
+                                                 PARALLELS_FEATURE_HEADER));
+                uint8_t *nt = realloc(s->transit, s->transit_len + len);
+                if (!nt) {
+                    r = prl_error(ENOMEM, "out of memory");
+                    break;
+                }
+                s->transit = nt;
+                memcpy(s->transit + s->transit_len,
+                       buf + f->data_pos - PARALLELS_FEATURE_HEADER, len);
+                s->transit_len += len;
+                s->reuse_ok = false;
+            } else {
+                prl_info("'%s': Format Extension feature 0x%016" PRIx64
+                         " is unknown and will be dropped on rewrite",
+                         bs->filename, f->magic);
+                s->ext_dirty = true;
+            }
+            continue;
+        }
+        r = load_bitmap(bs, s, buf + f->data_pos, f->data_size, &b,
+                        &clusters, &n_clusters, err, sizeof(err));
+        if (r == -EINVAL) {
+            if (necessary && s->rw) {
+                r = prl_error(EROFS, "'%s': dirty bitmap feature marked "
+                              "NECESSARY cannot be loaded (%s); the image can "
+                              "only be opened read-only", bs->filename, err);
+                break;
+            }
+            prl_warn("'%s': dropping an invalid dirty bitmap: %s",
+                     bs->filename, err);
+            s->ext_dirty = true;
+            r = 0;
+            continue;
+        }
+        if (r < 0) {
+            break;
+        }
+        for (size_t j = 0; r == 0 && j < n_clusters; j++) {
+            r = used_set(s, host_index(s, clusters[j]), true);
+            if (r == 0) {
+                r = add_meta(s, clusters[j]);
+            }
+        }
+        free(clusters);
+        b->consistent = trusted;
+        nv = r == 0 ? realloc(bs->bitmaps, (bs->n_bitmaps + 1) *
+                                               sizeof(*nv))
+                    : NULL;
+        if (!nv) {
+            prl_dirty_bitmap_free(b);
+            r = r < 0 ? r : prl_error(ENOMEM, "out of memory");
+            break;
+        }
+        bs->bitmaps = nv;
+        bs->bitmaps[bs->n_bitmaps++] = b;
+    }
+    /* prl's attributes: disabled and inconsistent bitmaps. */
+    for (uint32_t j = 0; r == 0 && j < n_attrs; j++) {
+        const uint8_t *e = attrs + 8 + (size_t)j * PARALLELS_ATTR_ENTRY;
+        uint32_t fl = parallels_get_le32(e + 16);
+        for (size_t i = 0; i < bs->n_bitmaps; i++) {
+            if (memcmp(bs->bitmaps[i]->id, e, 16) == 0) {
+                if (fl & PARALLELS_ATTR_DISABLED) {
+                    bs->bitmaps[i]->enabled = false;
+                }
+                if (fl & PARALLELS_ATTR_INCONSISTENT) {
+                    bs->bitmaps[i]->consistent = false;
+                }
+            }
+        }
+    }
+    parallels_ext_free(&ext);
+    free(buf);
+    return r;
+}
+
+/* Serialize bitmap |b| into feature data at |p| (room checked by the
+ * caller), writing data clusters as needed.  Lock held exclusive. */
+static int store_bitmap_locked(struct parallels_state *s,
+                               struct prl_block *bs,
+                               const struct prl_dirty_bitmap *b, uint8_t *p,
+                               uint32_t l1_size, uint64_t **fresh,
+                               size_t *n_fresh)
+{
+    uint64_t cs = s->lay.cluster_size;
+    uint64_t bytes = prl_dirty_bitmap_bytes(b);
+    uint8_t *buf = NULL;
+    int r = 0;
+
+    parallels_put_le64(p, bs->size / PARALLELS_SECTOR);
+    memcpy(p + 8, b->id, 16);
+    parallels_put_le32(p + 24, (uint32_t)(b->granularity /
+                                          PARALLELS_SECTOR));
+    parallels_put_le32(p + 28, l1_size);
+    for (uint32_t i = 0; i < l1_size && r == 0; i++) {
+        uint64_t from = (uint64_t)i * cs;
+        size_t n = (size_t)PRL_MIN(cs, bytes - from);
+        const uint8_t *chunk = b->bits + from;
+        uint64_t entry, idx, host;
+        bool ones = true;
+
+        if (prl_is_zero(chunk, n)) {
+            entry = 0;
+        } else {
+            /* All ones, counting only bits inside the disk. */
+            uint64_t first_bit = from * 8;
+            uint64_t last_bit = PRL_MIN(b->nbits, (from + n) * 8);
+            for (uint64_t j = first_bit; j < last_bit && ones;) {
+                if (j % 8 == 0 && last_bit - j >= 8) {
+                    ones = b->bits[j / 8] == 0xff;
+                    j += 8;
+                } else {
+                    ones = prl_dirty_bitmap_get(b, j);
+                    j++;
+                }
+            }
+            entry = ones ? 1 : 0;
+        }
+        if (entry == 0 && !prl_is_zero(chunk, n)) {
+            if (!buf) {
+                buf = prl_malloc((size_t)cs);
+                if (!buf) {
+                    r = -ENOMEM;
+                    break;
+                }
+            }
+            memset(buf, 0, (size_t)cs);
+            memcpy(buf, chunk, n);
+            r = find_free_cluster_locked(s, &idx);
+            if (r < 0) {
+                break;
+            }
+            host = index_host(s, idx);
+            r = prl_file_pwrite(&s->file, buf, (size_t)cs, host);
+            if (r < 0) {
+                break;
+            }
+            s->file_size = PRL_MAX(s->file_size, host + cs);
+            r = used_set(s, idx, true);
+            if (r < 0) {
+                break;
+            }
+            uint64_t *nf = realloc(*fresh, (*n_fresh + 1) * sizeof(*nf));
+            if (!nf) {
+                r = prl_error(ENOMEM, "out of memory");
+                break;
+            }
+            *fresh = nf;
+            (*fresh)[(*n_fresh)++] = host;
+            entry = host / PARALLELS_SECTOR;
+        }
+        parallels_put_le64(p + PARALLELS_BITMAP_FIXED + (size_t)i * 8,
+                           entry);
+    }
+    free(buf);
+    return r;
+}
+
+/* QEMU 7.2's check counts everything past the last BAT cluster as leaked
+ * and its repair truncates it, which would destroy the extension.  Keep a
+ * BAT cluster last in the file: move the highest one past the metadata.
+ * Lock held exclusive. */
+static int keep_data_last_locked(struct parallels_state *s)
+{
+    uint64_t cs = s->lay.cluster_size, max_meta = 0, hmax = 0, c_max = 0;
+    uint64_t idx, to;
+    uint8_t *buf;
+    int r;
+
+    for (size_t i = 0; i < s->n_meta; i++) {
+        max_meta = PRL_MAX(max_meta, s->meta[i]);
+    }
+    for (uint64_t c = 0; c < s->lay.bat_entries; c++) {
+        uint64_t h = s->bat[c] ? parallels_entry_offset(&s->lay, s->bat[c])
+                               : 0;
+        if (h > hmax) {
+            hmax = h;
+            c_max = c;
+        }
+    }
+    if (s->n_meta == 0 || hmax == 0 || hmax > max_meta) {
+        return 0;
+    }
+    uint64_t floor = s->alloc_floor;
+    s->alloc_floor = host_index(s, max_meta) + 1;
+    r = find_free_cluster_locked(s, &idx);
+    s->alloc_floor = floor;
+    if (r < 0) {
+        return r;
+    }
+    to = index_host(s, idx);
+    buf = prl_malloc((size_t)cs);
+    if (!buf) {
+        return -ENOMEM;
+    }
+    r = prl_file_pread(&s->file, buf, (size_t)cs, hmax);
+    if (r == 0) {
+        r = prl_file_pwrite(&s->file, buf, (size_t)cs, to);
+    }
+    free(buf);
+    if (r == 0) {
+        s->file_size = PRL_MAX(s->file_size, to + cs);
+        r = used_set(s, idx, true);
+    }
+    if (r == 0) {
+        r = prl_file_sync(&s->file);
+    }
+    if (r < 0) {
+        return r;
+    }
+    s->bat[c_max] = (uint32_t)(to / s->lay.entry_unit);
+    r = write_bat_entry(s, c_max);
+    if (r == 0) {
+        r = prl_file_sync(&s->file);
+    }
+    if (r == 0) {
+        r = used_set(s, host_index(s, hmax), false);
+    }
+    if (r == 0) {
+        r = prl_file_punch(&s->file, hmax, cs);
+        r = r == -ENOTSUP ? 0 : r;
+    }
+    return r;
+}
+
+/* Write the bitmaps and kept features as a new Format Extension: data
+ * clusters and the extension cluster first (never over the old ones),
+ * synced, then ext_off in the header, then the old clusters are freed.
+ * Every step leaves a valid image.  Lock held exclusive. */
+static int store_ext_locked(struct prl_block *bs, struct parallels_state *s)
+{
+    uint64_t cs = s->lay.cluster_size;
+    struct parallels_ext_writer w;
+    uint64_t *fresh = NULL, idx, host = 0;
+    size_t n_fresh = 0, n_attrs = 0;
+    uint8_t *buf;
+    int r = 0;
+
+    buf = prl_malloc((size_t)cs);
+    if (!buf) {
+        return -ENOMEM;
+    }
+    parallels_ext_writer_init(&w, buf, (size_t)cs);
+    pthread_rwlock_rdlock(&bs->bitmap_lock);
+    for (size_t i = 0; i < bs->n_bitmaps && r == 0; i++) {
+        struct prl_dirty_bitmap *b = bs->bitmaps[i];
+        uint64_t l1 = prl_div_round_up(prl_dirty_bitmap_bytes(b), cs);
+        uint8_t *p;
+
+        if (!b->enabled || !b->consistent) {
+            n_attrs++;
+        }
+        p = l1 > (UINT32_MAX - PARALLELS_BITMAP_FIXED) / 8
+                ? NULL
+                : parallels_ext_writer_reserve(
+                      &w, PARALLELS_FEATURE_DIRTY_BITMAP, 0,
+                      (uint32_t)(PARALLELS_BITMAP_FIXED + l1 * 8));
+        if (!p) {
+            r = prl_error(ENOSPC, "'%s': the dirty bitmaps do not fit in "
+                          "the Format Extension cluster (%" PRIu64 " bytes)",
+                          bs->filename, cs);
+            break;
+        }
+        r = store_bitmap_locked(s, bs, b, p, (uint32_t)l1, &fresh, &n_fresh);
+    }
+    if (r == 0 && n_attrs) {
+        uint8_t *p = parallels_ext_writer_reserve(
+            &w, PARALLELS_FEATURE_PRL_ATTRS, PARALLELS_FEATURE_TRANSIT,
+            (uint32_t)(8 + n_attrs * PARALLELS_ATTR_ENTRY));
+        if (!p) {
+            r = prl_error(ENOSPC, "'%s': the bitmap attributes do not fit "
+                          "in the Format Extension cluster", bs->filename);
+        } else {
+            parallels_put_le32(p, (uint32_t)n_attrs);
+            p += 8;
+            for (size_t i = 0; i < bs->n_bitmaps; i++) {
+                struct prl_dirty_bitmap *b = bs->bitmaps[i];
+                if (b->enabled && b->consistent) {
+                    continue;
+                }
+                memcpy(p, b->id, 16);
+                parallels_put_le32(p + 16,
+                                   (b->enabled ? 0 : PARALLELS_ATTR_DISABLED) |
+                                   (b->consistent ? 0
+                                                  : PARALLELS_ATTR_INCONSISTENT));
+                p += PARALLELS_ATTR_ENTRY;
+            }
+        }
+    }
+    bool empty = bs->n_bitmaps == 0 && s->transit_len == 0;
+    pthread_rwlock_unlock(&bs->bitmap_lock);
+    if (r == 0 && s->transit_len) {
+        if (w.pos + s->transit_len + PARALLELS_FEATURE_HEADER > cs) {
+            r = prl_error(ENOSPC, "'%s': kept features do not fit in the "
+                          "Format Extension cluster", bs->filename);
+        } else {
+            memcpy(buf + w.pos, s->transit, s->transit_len);
+            w.pos += s->transit_len;
+        }
+    }
+    if (r == 0 && !empty) {
+        r = parallels_ext_writer_finish(&w);
+        if (r == 0) {
+            r = find_free_cluster_locked(s, &idx);
+        }
+        if (r == 0) {
+            host = index_host(s, idx);
+            r = prl_file_pwrite(&s->file, buf, (size_t)cs, host);
+        }
+        if (r == 0) {
+            s->file_size = PRL_MAX(s->file_size, host + cs);
+            r = used_set(s, idx, true);
+        }
+        if (r == 0) {
+            uint64_t *nf = realloc(fresh, (n_fresh + 1) * sizeof(*nf));
+            if (!nf) {
+                r = prl_error(ENOMEM, "out of memory");
+            } else {
+                fresh = nf;
+                fresh[n_fresh++] = host;
+            }
+        }
+    }
+    free(buf);
+    if (r == 0) {
+        r = prl_file_sync(&s->file);
+    }
+    if (r == 0) {
+        s->hdr.ext_off = empty ? 0 : host / PARALLELS_SECTOR;
+        r = write_header(s);
+    }
+    if (r == 0) {
+        r = prl_file_sync(&s->file);
+    }
+    if (r < 0) {
+        /* The header still names the old clusters; give back ours. */
+        for (size_t i = 0; i < n_fresh; i++) {
+            used_set(s, host_index(s, fresh[i]), false);
+        }
+        free(fresh);
+        return r;
+    }
+    for (size_t i = 0; i < s->n_meta; i++) {
+        used_set(s, host_index(s, s->meta[i]), false);
+        int pr = prl_file_punch(&s->file, s->meta[i], cs);
+        (void)pr; /* freed space is zeroed again on reuse */
+    }
+    free(s->meta);
+    s->meta = fresh;
+    s->n_meta = n_fresh;
+    s->ext_dirty = false;
+    bs->bitmaps_changed = false;
+    return s->reuse_ok ? keep_data_last_locked(s) : 0;
+}
+
 static void parallels_free_state(struct parallels_state *s)
 {
+    free(s->meta);
+    free(s->transit);
     free(s->bat);
     free(s->used);
     pthread_rwlock_destroy(&s->lock);
@@ -685,6 +1254,9 @@ static int repair_if_dirty(const char *path)
                       "run 'prl-img check' for details", path,
                       res.corruptions);
     }
+    if (r == 0) {
+        r = 1;
+    }
     for (size_t i = 0; i < res.n_findings; i++) {
         free(res.findings[i].message);
         free(res.findings[i].action);
@@ -701,11 +1273,13 @@ static int parallels_open(struct prl_block *bs)
     bool rw = bs->open_flags & PRL_OPEN_RDWR;
     int r;
 
+    bool repaired = false;
     if (rw && !(bs->open_flags & PRL_OPEN_UNSAFE)) {
         r = repair_if_dirty(bs->filename);
         if (r < 0) {
             return r;
         }
+        repaired = r == 1;
     }
     s = prl_calloc(1, sizeof(*s));
     if (!s) {
@@ -762,8 +1336,20 @@ static int parallels_open(struct prl_block *bs)
                       "read-write", bs->filename);
         goto fail;
     }
-    bs->opaque = s;
     bs->size = s->lay.virtual_size;
+    if (s->hdr.ext_off && s->validated) {
+        /* Bitmaps are trusted only after a clean close; a repair of an
+         * unclean image leaves them inconsistent, and says so on disk. */
+        bool trusted = s->hdr.in_use == PARALLELS_IN_USE_CLEAN && !repaired;
+        r = load_ext(bs, s, trusted);
+        if (r < 0) {
+            goto fail;
+        }
+        if (!trusted && bs->n_bitmaps) {
+            s->ext_dirty = rw;
+        }
+    }
+    bs->opaque = s;
     bs->caps = PRL_CAP_PARALLEL | PRL_CAP_ZERO | PRL_CAP_TRIM |
                PRL_CAP_FAST_ZERO | (rw ? PRL_CAP_WRITE : 0);
     bs->request_alignment = 1;
@@ -777,12 +1363,33 @@ fail:
     return r;
 }
 
+/* Bitmaps or kept features need writing back on close. */
+static bool need_store(struct prl_block *bs, struct parallels_state *s)
+{
+    if (!s->rw || !s->validated) {
+        return false;
+    }
+    if (!atomic_load(&s->marked_dirty) && !bs->bitmaps_changed &&
+        !s->ext_dirty) {
+        return false;
+    }
+    return bs->n_bitmaps || s->hdr.ext_off || s->transit_len;
+}
+
 static int parallels_close(struct prl_block *bs)
 {
     struct parallels_state *s = bs->opaque;
     int r = 0, r2;
 
-    if (s->rw && atomic_load(&s->marked_dirty)) {
+    if (need_store(bs, s)) {
+        r = mark_dirty(s);
+        if (r == 0) {
+            pthread_rwlock_wrlock(&s->lock);
+            r = store_ext_locked(bs, s);
+            pthread_rwlock_unlock(&s->lock);
+        }
+    }
+    if (r == 0 && s->rw && atomic_load(&s->marked_dirty)) {
         /* Give back a tail of freed clusters. */
         if (s->reuse_ok) {
             uint64_t end = index_host(s, s->data_end);
@@ -1007,6 +1614,16 @@ static int grow_locked(struct prl_block *bs, struct parallels_state *s,
 
     if (new_bat_end > s->lay.data_off) {
         k = prl_div_round_up(new_bat_end - s->lay.data_off, cs);
+    }
+    if (k && s->n_meta && s->reuse_ok) {
+        /* Rewrite the extension and bitmaps past the space the BAT is
+         * about to take, so only BAT clusters need moving. */
+        s->alloc_floor = k;
+        r = store_ext_locked(bs, s);
+        s->alloc_floor = 0;
+        if (r < 0) {
+            return r;
+        }
     }
     new_data_off = s->lay.data_off + k * cs;
     if (new_data_off / PARALLELS_SECTOR > UINT32_MAX) {
@@ -1290,6 +1907,7 @@ static int parallels_create(const char *path, uint64_t size,
 
 const struct prl_driver prl_driver_parallels = {
     .name = "parallels",
+    .persistent_bitmaps = true,
     .probe = parallels_probe,
     .open = parallels_open,
     .close = parallels_close,
