@@ -41,6 +41,7 @@ struct chk {
     struct ref *refs;
     size_t n_refs;
     uint64_t append;   /* next free grid-aligned offset for copies */
+    uint64_t pending_free; /* old extension cluster to punch after commit */
 };
 
 static int add_finding(struct chk *k, enum prl_finding_class cls,
@@ -855,6 +856,63 @@ static int write_back(struct chk *k)
     return r;
 }
 
+/* Rewrite the extension into a fresh cluster with every bitmap marked
+ * inconsistent; the header switch happens in write_back. */
+static int mark_bitmaps_inconsistent(struct chk *k)
+{
+    uint64_t cs = k->lay.cluster_size;
+    uint64_t old = k->h.ext_off * PARALLELS_SECTOR, to;
+    uint8_t *in, *out;
+    bool has_bitmaps = false;
+    struct parallels_ext ext;
+    char err[128];
+    int r;
+
+    in = prl_malloc((size_t)cs);
+    out = prl_malloc((size_t)cs);
+    if (!in || !out) {
+        free(in);
+        free(out);
+        return -ENOMEM;
+    }
+    r = prl_file_pread(&k->f, in, (size_t)cs, old);
+    if (r == 0 && parallels_ext_parse(in, (size_t)cs, &ext, err,
+                                      sizeof(err)) == 0) {
+        for (size_t i = 0; i < ext.n_features; i++) {
+            has_bitmaps |= ext.features[i].magic ==
+                           PARALLELS_FEATURE_DIRTY_BITMAP;
+        }
+        parallels_ext_free(&ext);
+    }
+    if (r == 0 && has_bitmaps) {
+        r = parallels_ext_mark_inconsistent(in, out, (size_t)cs);
+        if (r == 0) {
+            to = k->append;
+            r = prl_file_pwrite(&k->f, out, (size_t)cs, to);
+        }
+        if (r == 0) {
+            k->append = to + cs;
+            k->file_size = PRL_MAX(k->file_size, to + cs);
+            r = prl_file_sync(&k->f);
+        }
+        if (r == 0) {
+            r = add_finding(k, PRL_FINDING_NOTE, "bitmaps-inconsistent", -1,
+                            to, "the dirty bitmaps missed the writes of the "
+                            "unclean session");
+        }
+        if (r == 0) {
+            fixed(k, "marked them inconsistent (Format Extension moved to "
+                  "byte %" PRIu64 ")", to);
+            k->h.ext_off = to / PARALLELS_SECTOR;
+            k->header_changed = true;
+            k->pending_free = old;
+        }
+    }
+    free(in);
+    free(out);
+    return r;
+}
+
 static int run_check(struct chk *k)
 {
     uint8_t hbuf[PARALLELS_HEADER_SIZE];
@@ -969,6 +1027,15 @@ static int run_check(struct chk *k)
     if ((k->fix_errors || k->fix_leaks) && k->res->corruptions == 0 &&
         (k->header_changed || k->h.in_use == PARALLELS_IN_USE_DIRTY ||
          k->res->leaks_fixed)) {
+        if (k->h.in_use == PARALLELS_IN_USE_DIRTY && k->ext_valid &&
+            k->h.ext_off) {
+            /* Bitmaps missed the writes of the unclean session: say so
+             * on disk before the image is marked clean. */
+            r = mark_bitmaps_inconsistent(k);
+            if (r < 0) {
+                return r;
+            }
+        }
         if (k->h.in_use == PARALLELS_IN_USE_DIRTY) {
             for (size_t i = 0; i < k->res->n_findings; i++) {
                 struct prl_finding *f = &k->res->findings[i];
@@ -984,6 +1051,10 @@ static int run_check(struct chk *k)
         r = prl_file_sync(&k->f);
         if (r == 0) {
             r = write_back(k);
+        }
+        if (r == 0 && k->pending_free) {
+            r = prl_file_punch(&k->f, k->pending_free, k->lay.cluster_size);
+            r = r == -ENOTSUP ? 0 : r;
         }
     }
     return r;
