@@ -730,6 +730,32 @@ static int check_overlaps(struct chk *k)
  * interior gap counts only where it holds data (a punched hole costs
  * nothing and is reused by the driver), the tail past the last referenced
  * cluster always counts. */
+/* True when [off, off+len) of the file reads as zeroes. */
+static int range_is_zero(struct chk *k, uint64_t off, uint64_t len,
+                         bool *zero)
+{
+    size_t chunk = (size_t)PRL_MIN(len, (uint64_t)1 << 20);
+    uint8_t *buf = prl_malloc(chunk);
+    int r = 0;
+
+    if (!buf) {
+        return -ENOMEM;
+    }
+    *zero = true;
+    while (len > 0 && *zero) {
+        size_t n = (size_t)PRL_MIN(len, (uint64_t)chunk);
+        r = prl_file_pread(&k->f, buf, n, off);
+        if (r < 0) {
+            break;
+        }
+        *zero = prl_is_zero(buf, n);
+        off += n;
+        len -= n;
+    }
+    free(buf);
+    return r;
+}
+
 static int count_data_clusters(struct chk *k, uint64_t from, uint64_t to,
                                bool punch, uint64_t *n)
 {
@@ -745,21 +771,38 @@ static int count_data_clusters(struct chk *k, uint64_t from, uint64_t to,
         if (r < 0) {
             return r;
         }
-        if (data) {
-            /* Whole grid clusters touched by this data run. */
+        if (!data) {
+            pos += len;
+            continue;
+        }
+        /* Each grid cluster (clipped to the gap) touched by this data run
+         * is a leak when it holds non-zero bytes; a cluster smaller than
+         * a file-system block can sit in "data" and still be zero. */
+        uint64_t end = PRL_MIN(pos + len, to);
+        while (pos < end) {
             uint64_t a = k->lay.data_off +
                          prl_round_down(pos - k->lay.data_off, cs);
-            uint64_t b = PRL_MIN(grid_up(k, pos + len), to);
-            *n += prl_div_round_up(b - a, cs);
-            if (punch) {
-                r = prl_file_punch(&k->f, a, b - a);
-                if (r < 0 && r != -ENOTSUP) {
-                    return r;
+            uint64_t b = PRL_MIN(a + cs, to);
+            bool zero;
+            a = PRL_MAX(a, from);
+            r = range_is_zero(k, a, b - a, &zero);
+            if (r < 0) {
+                return r;
+            }
+            if (!zero) {
+                (*n)++;
+                if (punch) {
+                    /* A punch zeroes partial blocks too. */
+                    r = prl_file_punch(&k->f, a, b - a);
+                    if (r == -ENOTSUP) {
+                        r = prl_file_zero(&k->f, a, b - a, false, false);
+                    }
+                    if (r < 0) {
+                        return r;
+                    }
                 }
             }
             pos = b;
-        } else {
-            pos += len;
         }
     }
     return 0;
