@@ -1,0 +1,219 @@
+/* SPDX-License-Identifier: MIT */
+/* What the server's files share: exports, the socket ops table,
+ * connections, metadata contexts, requests and the reply helpers. */
+#ifndef PRL_NBD_SERVER_INTERNAL_H
+#define PRL_NBD_SERVER_INTERNAL_H
+
+#include "nbd/server/server.h"
+#include "nbd/wire.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+/* Largest payload of a request or a reply's data (the protocol's
+ * portable maximum); advertised as the maximum block size. */
+#define PRL_NBD_MAX_PAYLOAD (32u << 20)
+/* Option data we parse; longer options are drained and refused. */
+#define PRL_NBD_MAX_OPTION (64u << 10)
+/* Option data we are willing to drain; longer drops the connection. */
+#define PRL_NBD_MAX_DRAIN (16u << 20)
+/* Options one connection may send before it is dropped. */
+#define PRL_NBD_MAX_OPTIONS 512u
+/* Metadata contexts one connection may select at once. */
+#define PRL_NBD_MAX_META 64u
+/* Descriptors in one block status chunk (the spec asks <= 2^20). */
+#define PRL_NBD_MAX_EXTENTS 65536u
+/* Bytes of the per-connection receive buffer. */
+#define PRL_NBD_RBUF_SIZE (64u << 10)
+/* Worker data buffers up to this size are kept between requests. */
+#define PRL_NBD_KEEP_BUF (4u << 20)
+
+struct prl_nbd_export {
+    char *name;
+    char *description;            /* NULL: none */
+    struct prl_block *bs;
+    uint64_t size;
+    unsigned caps;                /* PRL_CAP_* */
+    bool read_only;
+    bool serialize;               /* driver lacks PRL_CAP_PARALLEL */
+    pthread_mutex_t lock;         /* held around block calls if serialize */
+    uint32_t min_block;           /* bytes, power of two */
+    uint32_t pref_block;          /* bytes, power of two >= 512 */
+};
+
+/* ---- sockets: an ops table so TLS can replace the plain one ---- */
+
+struct prl_nbd_sock;
+
+struct prl_nbd_sock_ops {
+    /* Receive at most |len| (> 0) bytes.  Returns the count (> 0), 0 at
+     * end of stream or after shutdown_read, or a negative errno. */
+    ssize_t (*recv)(struct prl_nbd_sock *s, void *buf, size_t len);
+    /* Send every byte of |iov| (modified).  0 or a negative errno. */
+    int (*sendv)(struct prl_nbd_sock *s, struct iovec *iov, int iovcnt);
+    /* Bytes already received and buffered by this layer (TLS records),
+     * which poll() on the descriptor would not show. */
+    size_t (*pending)(struct prl_nbd_sock *s);
+    /* Make blocked and future recv calls return 0.  Thread-safe. */
+    void (*shutdown_read)(struct prl_nbd_sock *s);
+    /* Make every further send and recv fail at once.  Thread-safe. */
+    void (*shutdown_all)(struct prl_nbd_sock *s);
+    /* Release the layer; closes the descriptors when |owned|. */
+    void (*close)(struct prl_nbd_sock *s);
+};
+
+struct prl_nbd_sock {
+    const struct prl_nbd_sock_ops *ops;
+    int rfd, wfd;                 /* the same for a socket */
+    bool owned;                   /* close() closes the descriptors */
+    bool is_socket;               /* shutdown(2) works on rfd */
+    bool w_socket;                /* wfd is a socket: sendmsg(2) */
+    int wake_fd;                  /* readable when the server stops */
+    atomic_bool down;             /* shutdown_read was called */
+    void *opaque;                 /* the layer's state (TLS session) */
+};
+
+/* Set up the plain (unencrypted) layer over |rfd|/|wfd|. */
+void prl_nbd_sock_plain(struct prl_nbd_sock *s, int rfd, int wfd,
+                        bool owned, int wake_fd);
+
+/* ---- metadata contexts ---- */
+
+struct prl_nbd_meta_def {
+    const char *name;
+    /* Whether |exp| offers it. */
+    bool (*available)(const struct prl_nbd_export *exp);
+    /* Status of the longest uniform prefix of [offset, offset+length)
+     * (length > 0, inside the export): *plen in 1..length. */
+    int (*status)(struct prl_nbd_export *exp, uint64_t offset,
+                  uint64_t length, uint64_t *plen, uint32_t *status);
+    /* Status to report for a block that straddles two extents. */
+    uint32_t (*merge)(uint32_t a, uint32_t b);
+};
+
+struct prl_nbd_meta_sel {
+    uint32_t id;                  /* as sent in NBD_REP_META_CONTEXT */
+    const struct prl_nbd_meta_def *def;
+};
+
+/* Call |fn| for every context of |exp| that |query| selects: exact
+ * names, and with |wildcards| a query ending in ':' selects every name
+ * that starts with it and "" selects all.  Returns the count. */
+size_t prl_nbd_meta_match(const struct prl_nbd_export *exp,
+                          const char *query, bool wildcards,
+                          void (*fn)(void *opaque,
+                                     const struct prl_nbd_meta_def *def),
+                          void *opaque);
+
+/* ---- connections ---- */
+
+struct prl_nbd_server;
+
+struct prl_nbd_conn {
+    struct prl_nbd_server *srv;
+    struct prl_nbd_sock sock;
+    char peer[80];                /* for log messages */
+    struct prl_nbd_conn *next;    /* server's list, under srv->lock */
+
+    /* Negotiated in the handshake. */
+    bool fixed_newstyle;
+    bool no_zeroes;
+    bool structured;
+    bool extended;                /* implies structured chunk types */
+    unsigned n_options;
+    struct prl_nbd_export *exp;   /* chosen export */
+    struct prl_nbd_export *meta_exp; /* export the contexts were set for */
+    struct prl_nbd_meta_sel meta[PRL_NBD_MAX_META];
+    size_t n_meta;
+    uint32_t next_meta_id;
+    uint16_t tflags;              /* transmission flags sent */
+    bool in_transmission;         /* under the server's lock */
+
+    /* Transmission. */
+    pthread_mutex_t read_lock;    /* lock order: read_lock, then send_lock */
+    uint8_t *rbuf;                /* received, not yet parsed: [rpos,rend) */
+    size_t rpos, rend;
+    bool read_done;               /* under read_lock: no more requests */
+    pthread_mutex_t send_lock;
+    atomic_bool dead;             /* a send failed: drop the connection */
+    bool got_disc;
+};
+
+/* A parsed request; the payload (if any) is in the worker's buffer. */
+struct prl_nbd_req {
+    uint16_t flags;
+    uint16_t type;
+    uint64_t cookie;
+    uint64_t offset;
+    uint64_t length;              /* effect length, or payload length */
+    uint32_t payload_len;         /* bytes of payload in the buffer */
+    uint32_t error;               /* PRL_NBD_E* decided while reading */
+    const char *error_msg;
+};
+
+struct prl_nbd_worker {
+    struct prl_nbd_conn *conn;
+    pthread_t thread;
+    uint8_t *buf;                 /* request payload or read data */
+    size_t buf_size;
+    void *scratch;                /* descriptors, chunk headers */
+    size_t scratch_size;
+};
+
+/* Grow the worker's buffers; -ENOMEM with a message on failure. */
+int prl_nbd_worker_buf(struct prl_nbd_worker *w, size_t size);
+int prl_nbd_worker_scratch(struct prl_nbd_worker *w, size_t size);
+void prl_nbd_worker_trim(struct prl_nbd_worker *w);
+
+/* handshake.c: negotiate until transmission.  0 with conn->exp set,
+ * or a negative errno: the connection is to be closed. */
+int prl_nbd_handshake(struct prl_nbd_conn *conn);
+
+/* Transmission flags of |exp| for what |conn| negotiated. */
+uint16_t prl_nbd_export_tflags(const struct prl_nbd_conn *conn,
+                               const struct prl_nbd_export *exp);
+
+/* transmit.c: serve requests with the configured number of workers
+ * until the client leaves or the server stops.  Flushes the export
+ * when the connection ends. */
+void prl_nbd_transmit(struct prl_nbd_conn *conn);
+
+/* reply.c */
+/* Map a negative errno from the block layer to an NBD error; |type| is
+ * the command, as ENOTSUP is only meaningful for WRITE_ZEROES. */
+uint32_t prl_nbd_errno_to_wire(int err, uint16_t type);
+/* Send iovecs whole under the connection's send lock. */
+int prl_nbd_send_locked(struct prl_nbd_conn *conn, struct iovec *iov,
+                        int iovcnt);
+/* Fill a reply chunk header for the negotiated style (structured or
+ * extended) into |hdr| (32 bytes); returns its size. */
+size_t prl_nbd_chunk_header(const struct prl_nbd_conn *conn, void *hdr,
+                            const struct prl_nbd_req *req, uint16_t flags,
+                            uint16_t type, uint64_t length);
+/* Success without data: simple reply or NONE chunk. */
+int prl_nbd_reply_ok(struct prl_nbd_conn *conn, const struct prl_nbd_req *req);
+/* Failure |error| (PRL_NBD_E*) with a message for structured clients. */
+int prl_nbd_reply_error(struct prl_nbd_conn *conn,
+                        const struct prl_nbd_req *req, uint32_t error,
+                        const char *msg);
+
+/* server.c */
+bool prl_nbd_server_stopping(const struct prl_nbd_server *srv);
+const struct prl_nbd_server_config *
+prl_nbd_server_cfg(const struct prl_nbd_server *srv);
+/* Look up an export by name; "" falls back to the first export. */
+struct prl_nbd_export *prl_nbd_server_find(struct prl_nbd_server *srv,
+                                           const char *name);
+size_t prl_nbd_server_n_exports(const struct prl_nbd_server *srv);
+struct prl_nbd_export *prl_nbd_server_export(struct prl_nbd_server *srv,
+                                             size_t i);
+/* Log |what| about |conn| at info level, naming the peer. */
+void prl_nbd_server_conn_log(const struct prl_nbd_conn *conn,
+                             const char *what);
+
+#endif

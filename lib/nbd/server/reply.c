@@ -1,0 +1,148 @@
+/* SPDX-License-Identifier: MIT */
+/* Replies in the transmission phase: the errno table, chunk headers for
+ * structured and extended replies, and whole sends under the send lock. */
+#include "nbd/server/internal.h"
+
+#include <errno.h>
+#include <string.h>
+
+/* errno -> NBD error, the one table.  Anything not listed is EIO. */
+static const struct {
+    int err;
+    uint32_t wire;
+} errno_table[] = {
+    {EPERM, PRL_NBD_EPERM},       {EROFS, PRL_NBD_EPERM},
+    {EACCES, PRL_NBD_EPERM},      {EIO, PRL_NBD_EIO},
+    {ENOMEM, PRL_NBD_ENOMEM},     {EINVAL, PRL_NBD_EINVAL},
+    {ERANGE, PRL_NBD_EINVAL},     {ENOSPC, PRL_NBD_ENOSPC},
+    {EDQUOT, PRL_NBD_ENOSPC},     {EFBIG, PRL_NBD_ENOSPC},
+    {EOVERFLOW, PRL_NBD_EOVERFLOW}, {ENOTSUP, PRL_NBD_ENOTSUP},
+    {ESHUTDOWN, PRL_NBD_ESHUTDOWN},
+};
+
+uint32_t prl_nbd_errno_to_wire(int err, uint16_t type)
+{
+    uint32_t wire = PRL_NBD_EIO;
+
+    if (err < 0) {
+        err = -err;
+    }
+    for (size_t i = 0; i < sizeof(errno_table) / sizeof(errno_table[0]);
+         i++) {
+        if (errno_table[i].err == err) {
+            wire = errno_table[i].wire;
+            break;
+        }
+    }
+    /* The spec reserves ENOTSUP for a refused fast zero. */
+    if (wire == PRL_NBD_ENOTSUP && type != PRL_NBD_CMD_WRITE_ZEROES) {
+        wire = PRL_NBD_EINVAL;
+    }
+    return wire;
+}
+
+int prl_nbd_send_locked(struct prl_nbd_conn *conn, struct iovec *iov,
+                        int iovcnt)
+{
+    int r;
+
+    if (atomic_load_explicit(&conn->dead, memory_order_relaxed)) {
+        return -EPIPE;
+    }
+    pthread_mutex_lock(&conn->send_lock);
+    r = conn->sock.ops->sendv(&conn->sock, iov, iovcnt);
+    pthread_mutex_unlock(&conn->send_lock);
+    if (r < 0) {
+        /* A reply is lost: the stream is unusable, stop serving it. */
+        atomic_store(&conn->dead, true);
+        conn->sock.ops->shutdown_all(&conn->sock);
+    }
+    return r;
+}
+
+size_t prl_nbd_chunk_header(const struct prl_nbd_conn *conn, void *hdr,
+                            const struct prl_nbd_req *req, uint16_t flags,
+                            uint16_t type, uint64_t length)
+{
+    if (conn->extended) {
+        struct prl_nbd_ext_reply h = {
+            .magic = htobe32(PRL_NBD_MAGIC_EXT_REPLY),
+            .flags = htobe16(flags),
+            .type = htobe16(type),
+            .cookie = htobe64(req->cookie),
+            .offset = htobe64(req->offset),
+            .length = htobe64(length),
+        };
+        memcpy(hdr, &h, sizeof(h));
+        return sizeof(h);
+    } else {
+        struct prl_nbd_struct_reply h = {
+            .magic = htobe32(PRL_NBD_MAGIC_STRUCT_REPLY),
+            .flags = htobe16(flags),
+            .type = htobe16(type),
+            .cookie = htobe64(req->cookie),
+            .length = htobe32((uint32_t)length),
+        };
+        memcpy(hdr, &h, sizeof(h));
+        return sizeof(h);
+    }
+}
+
+static int reply_simple(struct prl_nbd_conn *conn,
+                        const struct prl_nbd_req *req, uint32_t error)
+{
+    struct prl_nbd_simple_reply h = {
+        .magic = htobe32(PRL_NBD_MAGIC_SIMPLE_REPLY),
+        .error = htobe32(error),
+        .cookie = htobe64(req->cookie),
+    };
+    struct iovec iov = {.iov_base = &h, .iov_len = sizeof(h)};
+
+    return prl_nbd_send_locked(conn, &iov, 1);
+}
+
+int prl_nbd_reply_ok(struct prl_nbd_conn *conn, const struct prl_nbd_req *req)
+{
+    uint8_t hdr[32];
+    struct iovec iov;
+
+    /* Structured clients accept a simple reply without payload (shorter
+     * to send); extended ones must get a chunk. */
+    if (!conn->extended) {
+        return reply_simple(conn, req, 0);
+    }
+    iov.iov_base = hdr;
+    iov.iov_len = prl_nbd_chunk_header(conn, hdr, req,
+                                       PRL_NBD_REPLY_FLAG_DONE,
+                                       PRL_NBD_REPLY_TYPE_NONE, 0);
+    return prl_nbd_send_locked(conn, &iov, 1);
+}
+
+int prl_nbd_reply_error(struct prl_nbd_conn *conn,
+                        const struct prl_nbd_req *req, uint32_t error,
+                        const char *msg)
+{
+    uint8_t hdr[32];
+    struct prl_nbd_chunk_error ce;
+    struct iovec iov[3];
+    size_t mlen = msg ? strlen(msg) : 0;
+
+    if (!conn->structured && !conn->extended) {
+        return reply_simple(conn, req, error);
+    }
+    if (mlen > PRL_NBD_MAX_STRING) {
+        mlen = PRL_NBD_MAX_STRING;
+    }
+    ce.error = htobe32(error);
+    ce.msg_length = htobe16((uint16_t)mlen);
+    iov[0].iov_base = hdr;
+    iov[0].iov_len = prl_nbd_chunk_header(conn, hdr, req,
+                                          PRL_NBD_REPLY_FLAG_DONE,
+                                          PRL_NBD_REPLY_TYPE_ERROR,
+                                          sizeof(ce) + mlen);
+    iov[1].iov_base = &ce;
+    iov[1].iov_len = sizeof(ce);
+    iov[2].iov_base = (void *)msg;
+    iov[2].iov_len = mlen;
+    return prl_nbd_send_locked(conn, iov, mlen ? 3 : 2);
+}

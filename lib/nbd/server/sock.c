@@ -1,0 +1,137 @@
+/* SPDX-License-Identifier: MIT */
+/* The plain socket layer: whole sends with writev semantics, receives
+ * that a server stop can interrupt, for sockets and for pipes (-s). */
+#include "nbd/server/internal.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static ssize_t plain_recv(struct prl_nbd_sock *s, void *buf, size_t len)
+{
+    for (;;) {
+        ssize_t n;
+
+        if (atomic_load_explicit(&s->down, memory_order_relaxed) &&
+            !s->is_socket) {
+            return 0;
+        }
+        if (!s->is_socket && s->wake_fd >= 0) {
+            /* A pipe cannot be shut down: wait for data or the stop. */
+            struct pollfd pfd[2] = {
+                {.fd = s->rfd, .events = POLLIN},
+                {.fd = s->wake_fd, .events = POLLIN},
+            };
+            if (poll(pfd, 2, -1) < 0) {
+                if (errno == EINTR) {
+                    continue;
+                }
+                return -errno;
+            }
+            if (!(pfd[0].revents & (POLLIN | POLLHUP | POLLERR)) &&
+                (pfd[1].revents & POLLIN)) {
+                return 0;
+            }
+        }
+        n = s->is_socket ? recv(s->rfd, buf, len, 0) : read(s->rfd, buf, len);
+        if (n >= 0) {
+            return n;
+        }
+        if (errno != EINTR) {
+            return -errno;
+        }
+    }
+}
+
+static int plain_sendv(struct prl_nbd_sock *s, struct iovec *iov, int iovcnt)
+{
+    while (iovcnt > 0) {
+        struct msghdr msg = {
+            .msg_iov = iov,
+            .msg_iovlen = (size_t)(iovcnt > IOV_MAX ? IOV_MAX : iovcnt),
+        };
+        ssize_t n = s->w_socket ? sendmsg(s->wfd, &msg, MSG_NOSIGNAL)
+                                 : writev(s->wfd, iov, (int)msg.msg_iovlen);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return -errno;
+        }
+        /* Skip what was sent; a partial vector is advanced in place. */
+        while (iovcnt > 0 && (size_t)n >= iov->iov_len) {
+            n -= (ssize_t)iov->iov_len;
+            iov++;
+            iovcnt--;
+        }
+        if (iovcnt > 0) {
+            iov->iov_base = (uint8_t *)iov->iov_base + n;
+            iov->iov_len -= (size_t)n;
+        }
+    }
+    return 0;
+}
+
+static size_t plain_pending(struct prl_nbd_sock *s)
+{
+    return 0;
+}
+
+static void plain_shutdown_read(struct prl_nbd_sock *s)
+{
+    atomic_store(&s->down, true);
+    if (s->is_socket) {
+        shutdown(s->rfd, SHUT_RD);
+    }
+}
+
+static void plain_shutdown_all(struct prl_nbd_sock *s)
+{
+    atomic_store(&s->down, true);
+    if (s->is_socket) {
+        shutdown(s->rfd, SHUT_RDWR);
+    }
+    if (s->w_socket && s->wfd != s->rfd) {
+        shutdown(s->wfd, SHUT_RDWR);
+    }
+}
+
+static void plain_close(struct prl_nbd_sock *s)
+{
+    if (s->owned) {
+        close(s->rfd);
+        if (s->wfd != s->rfd) {
+            close(s->wfd);
+        }
+    }
+    s->rfd = s->wfd = -1;
+}
+
+static const struct prl_nbd_sock_ops plain_ops = {
+    .recv = plain_recv,
+    .sendv = plain_sendv,
+    .pending = plain_pending,
+    .shutdown_read = plain_shutdown_read,
+    .shutdown_all = plain_shutdown_all,
+    .close = plain_close,
+};
+
+void prl_nbd_sock_plain(struct prl_nbd_sock *s, int rfd, int wfd,
+                        bool owned, int wake_fd)
+{
+    int type;
+    socklen_t len = sizeof(type);
+
+    s->ops = &plain_ops;
+    s->rfd = rfd;
+    s->wfd = wfd;
+    s->owned = owned;
+    s->is_socket = getsockopt(rfd, SOL_SOCKET, SO_TYPE, &type, &len) == 0;
+    len = sizeof(type);
+    s->w_socket = getsockopt(wfd, SOL_SOCKET, SO_TYPE, &type, &len) == 0;
+    s->wake_fd = wake_fd;
+    atomic_init(&s->down, false);
+    s->opaque = NULL;
+}

@@ -1,0 +1,979 @@
+/* SPDX-License-Identifier: MIT */
+/* The transmission phase: workers that take turns reading requests off
+ * the socket (leader/follower, so no request is handed between threads),
+ * run them on the export and answer each as soon as it is done. */
+#include "nbd/server/internal.h"
+#include "common/util.h"
+#include "prl/error.h"
+#include "prl/log.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Structured reads are split into data and hole chunks on this grid. */
+#define READ_GRANULE (64u << 10)
+/* Payloads this small are received through the connection buffer. */
+#define SMALL_PAYLOAD (16u << 10)
+/* CACHE reads ahead in pieces of this size. */
+#define CACHE_PIECE (1u << 20)
+
+/* ---- buffers ---- */
+
+int prl_nbd_worker_buf(struct prl_nbd_worker *w, size_t size)
+{
+    if (w->buf_size >= size) {
+        return 0;
+    }
+    free(w->buf);
+    w->buf = prl_alloc_aligned(size);
+    w->buf_size = w->buf ? size : 0;
+    return w->buf ? 0 : -ENOMEM;
+}
+
+int prl_nbd_worker_scratch(struct prl_nbd_worker *w, size_t size)
+{
+    if (w->scratch_size >= size) {
+        return 0;
+    }
+    free(w->scratch);
+    w->scratch = prl_malloc(size);
+    w->scratch_size = w->scratch ? size : 0;
+    return w->scratch ? 0 : -ENOMEM;
+}
+
+void prl_nbd_worker_trim(struct prl_nbd_worker *w)
+{
+    if (w->buf_size > PRL_NBD_KEEP_BUF) {
+        free(w->buf);
+        w->buf = NULL;
+        w->buf_size = 0;
+    }
+    if (w->scratch_size > PRL_NBD_KEEP_BUF) {
+        free(w->scratch);
+        w->scratch = NULL;
+        w->scratch_size = 0;
+    }
+}
+
+/* ---- receiving, all under conn->read_lock ---- */
+
+/* Make |need| (<= PRL_NBD_RBUF_SIZE) bytes available at rbuf + rpos.
+ * 1 when they are, 0 at end of stream, or a negative errno. */
+static int rbuf_fill(struct prl_nbd_conn *conn, size_t need)
+{
+    if (conn->rend - conn->rpos >= need) {
+        return 1;
+    }
+    if (conn->rpos > 0 && PRL_NBD_RBUF_SIZE - conn->rpos < need) {
+        memmove(conn->rbuf, conn->rbuf + conn->rpos,
+                conn->rend - conn->rpos);
+        conn->rend -= conn->rpos;
+        conn->rpos = 0;
+    }
+    while (conn->rend - conn->rpos < need) {
+        ssize_t n = conn->sock.ops->recv(&conn->sock, conn->rbuf + conn->rend,
+                                         PRL_NBD_RBUF_SIZE - conn->rend);
+        if (n <= 0) {
+            return (int)n;
+        }
+        conn->rend += (size_t)n;
+    }
+    return 1;
+}
+
+/* Take |len| payload bytes into |dst|: 1, 0 at end of stream, -errno. */
+static int read_payload(struct prl_nbd_conn *conn, uint8_t *dst, size_t len)
+{
+    size_t take = PRL_MIN(len, conn->rend - conn->rpos);
+
+    memcpy(dst, conn->rbuf + conn->rpos, take);
+    conn->rpos += take;
+    dst += take;
+    len -= take;
+    if (conn->rpos == conn->rend) {
+        conn->rpos = conn->rend = 0;
+    }
+    if (len == 0) {
+        return 1;
+    }
+    if (len <= SMALL_PAYLOAD) {
+        /* One receive may bring the rest and the next requests too. */
+        int r = rbuf_fill(conn, len);
+        if (r <= 0) {
+            return r;
+        }
+        memcpy(dst, conn->rbuf + conn->rpos, len);
+        conn->rpos += len;
+        return 1;
+    }
+    while (len > 0) {
+        ssize_t n = conn->sock.ops->recv(&conn->sock, dst, len);
+        if (n <= 0) {
+            return (int)n;
+        }
+        dst += n;
+        len -= (size_t)n;
+    }
+    return 1;
+}
+
+static int drain_payload(struct prl_nbd_conn *conn, uint64_t len)
+{
+    while (len > 0) {
+        size_t n;
+        int r = rbuf_fill(conn, 1);
+
+        if (r <= 0) {
+            return r;
+        }
+        n = (size_t)PRL_MIN(len, (uint64_t)(conn->rend - conn->rpos));
+        conn->rpos += n;
+        len -= n;
+    }
+    return 1;
+}
+
+/* Read one request and its payload.  1 with *req filled, 0 at end of
+ * stream, or a negative errno for a stream that cannot go on. */
+static int read_request(struct prl_nbd_worker *w, struct prl_nbd_req *req)
+{
+    struct prl_nbd_conn *conn = w->conn;
+    size_t hsize = conn->extended ? sizeof(struct prl_nbd_ext_request)
+                                  : sizeof(struct prl_nbd_request);
+    const uint8_t *p;
+    uint32_t magic;
+    uint64_t plen = 0;
+    bool has_payload;
+    int r = rbuf_fill(conn, hsize);
+
+    if (r <= 0) {
+        return r;
+    }
+    p = conn->rbuf + conn->rpos;
+    magic = prl_be32_load(p);
+    if (magic != (conn->extended ? PRL_NBD_MAGIC_EXT_REQUEST
+                                 : PRL_NBD_MAGIC_REQUEST)) {
+        return prl_error(EPROTO, "%s: bad request magic 0x%08" PRIx32,
+                         conn->peer, magic);
+    }
+    req->flags = prl_be16_load(p + 4);
+    req->type = prl_be16_load(p + 6);
+    req->cookie = prl_be64_load(p + 8);
+    req->offset = prl_be64_load(p + 16);
+    req->length = conn->extended ? prl_be64_load(p + 24)
+                                 : prl_be32_load(p + 24);
+    req->payload_len = 0;
+    req->error = 0;
+    req->error_msg = NULL;
+    conn->rpos += hsize;
+
+    if (conn->extended) {
+        has_payload = req->flags & PRL_NBD_CMD_FLAG_PAYLOAD_LEN;
+    } else {
+        has_payload = req->type == PRL_NBD_CMD_WRITE;
+    }
+    if (has_payload) {
+        plen = req->length;
+        if (plen > PRL_NBD_MAX_PAYLOAD && conn->extended) {
+            /* The spec's advice for oversized declared payloads. */
+            return prl_error(EPROTO, "%s: request payload of %" PRIu64
+                             " bytes is over the maximum", conn->peer, plen);
+        }
+    }
+    if (has_payload && req->type == PRL_NBD_CMD_WRITE &&
+        plen <= PRL_NBD_MAX_PAYLOAD) {
+        if (prl_nbd_worker_buf(w, (size_t)plen) < 0) {
+            req->error = PRL_NBD_ENOMEM;
+            req->error_msg = "out of memory for the write payload";
+            r = drain_payload(conn, plen);
+        } else {
+            r = read_payload(conn, w->buf, (size_t)plen);
+            req->payload_len = (uint32_t)plen;
+        }
+    } else if (has_payload && req->type == PRL_NBD_CMD_BLOCK_STATUS &&
+               plen <= 8 + 4 * PRL_NBD_MAX_META) {
+        r = prl_nbd_worker_buf(w, (size_t)plen);
+        if (r == 0) {
+            r = read_payload(conn, w->buf, (size_t)plen);
+            req->payload_len = (uint32_t)plen;
+        }
+    } else if (has_payload) {
+        req->error = PRL_NBD_EINVAL;
+        req->error_msg = req->type == PRL_NBD_CMD_WRITE
+                             ? "write payload is over the maximum of 32 MiB"
+                             : "request payload not valid for this command";
+        r = drain_payload(conn, plen);
+    }
+    if (r <= 0) {
+        return r == 0 ? prl_error(ECONNRESET, "%s: client left in the "
+                                  "middle of a request", conn->peer)
+                      : r;
+    }
+    if (prl_nbd_server_stopping(conn->srv) && req->type != PRL_NBD_CMD_DISC) {
+        req->error = PRL_NBD_ESHUTDOWN;
+        req->error_msg = "server is shutting down";
+    }
+    return 1;
+}
+
+/* ---- checks ---- */
+
+static const char *cmd_name(uint16_t type)
+{
+    static const char *const names[] = {
+        "read", "write", "disconnect", "flush", "trim", "cache",
+        "write zeroes", "block status",
+    };
+    return type < PRL_ARRAY_SIZE(names) ? names[type] : "unknown command";
+}
+
+/* 0 when |req| may run, else an NBD error with *msg (into |buf|). */
+static uint32_t check_request(struct prl_nbd_conn *conn,
+                              struct prl_nbd_req *req, char *buf,
+                              size_t bufsize, const char **msg)
+{
+    const struct prl_nbd_export *exp = conn->exp;
+    bool chunky = conn->structured || conn->extended;
+    uint16_t common = conn->tflags & PRL_NBD_FLAG_SEND_FUA
+                          ? PRL_NBD_CMD_FLAG_FUA : 0;
+    uint16_t allowed;
+    bool writes = false, size_err_nospc = false;
+    uint64_t end;
+
+    *msg = buf;
+    switch (req->type) {
+    case PRL_NBD_CMD_READ:
+        allowed = common | (chunky ? PRL_NBD_CMD_FLAG_DF : 0);
+        break;
+    case PRL_NBD_CMD_WRITE:
+        allowed = common |
+                  (conn->extended ? PRL_NBD_CMD_FLAG_PAYLOAD_LEN : 0);
+        writes = size_err_nospc = true;
+        break;
+    case PRL_NBD_CMD_FLUSH:
+        allowed = common;
+        break;
+    case PRL_NBD_CMD_TRIM:
+        allowed = common;
+        writes = true;
+        break;
+    case PRL_NBD_CMD_CACHE:
+        allowed = common;
+        break;
+    case PRL_NBD_CMD_WRITE_ZEROES:
+        allowed = common | PRL_NBD_CMD_FLAG_NO_HOLE |
+                  (conn->tflags & PRL_NBD_FLAG_SEND_FAST_ZERO
+                       ? PRL_NBD_CMD_FLAG_FAST_ZERO : 0);
+        writes = size_err_nospc = true;
+        break;
+    case PRL_NBD_CMD_BLOCK_STATUS:
+        allowed = common | PRL_NBD_CMD_FLAG_REQ_ONE |
+                  (conn->tflags & PRL_NBD_FLAG_BLOCK_STATUS_PAYLOAD
+                       ? PRL_NBD_CMD_FLAG_PAYLOAD_LEN : 0);
+        break;
+    default:
+        snprintf(buf, bufsize, "unknown command %u", req->type);
+        return PRL_NBD_EINVAL;
+    }
+    if (req->flags & ~allowed) {
+        snprintf(buf, bufsize, "flags 0x%x are not valid for %s",
+                 req->flags & ~allowed, cmd_name(req->type));
+        return PRL_NBD_EINVAL;
+    }
+    if (req->type == PRL_NBD_CMD_WRITE && conn->extended &&
+        !(req->flags & PRL_NBD_CMD_FLAG_PAYLOAD_LEN)) {
+        snprintf(buf, bufsize, "write without NBD_CMD_FLAG_PAYLOAD_LEN");
+        return PRL_NBD_EINVAL;
+    }
+    if (writes && exp->read_only) {
+        snprintf(buf, bufsize, "%s on a read-only export",
+                 cmd_name(req->type));
+        return PRL_NBD_EPERM;
+    }
+    if (req->type == PRL_NBD_CMD_FLUSH) {
+        return 0; /* offset and length are reserved */
+    }
+    if (req->type == PRL_NBD_CMD_BLOCK_STATUS) {
+        if (conn->n_meta == 0) {
+            snprintf(buf, bufsize, "block status without a metadata "
+                     "context selected");
+            return PRL_NBD_EINVAL;
+        }
+        if (req->flags & PRL_NBD_CMD_FLAG_PAYLOAD_LEN) {
+            if (req->payload_len < 8 || (req->payload_len - 8) % 4 != 0) {
+                snprintf(buf, bufsize, "block status payload of %" PRIu32
+                         " bytes is malformed", req->payload_len);
+                return PRL_NBD_EINVAL;
+            }
+            /* Check the range against the effect length inside. */
+            req->length = 0;
+        }
+    }
+    if (req->type == PRL_NBD_CMD_READ && req->length > PRL_NBD_MAX_PAYLOAD) {
+        snprintf(buf, bufsize, "read of %" PRIu64 " bytes is over the "
+                 "maximum of %u", req->length, PRL_NBD_MAX_PAYLOAD);
+        return PRL_NBD_EOVERFLOW;
+    }
+    if (prl_add_overflow(req->offset, req->length, &end) ||
+        end > exp->size) {
+        snprintf(buf, bufsize, "%s of %" PRIu64 " bytes at %" PRIu64
+                 " is past the end of the export (%" PRIu64 " bytes)",
+                 cmd_name(req->type), req->length, req->offset, exp->size);
+        return size_err_nospc ? PRL_NBD_ENOSPC : PRL_NBD_EINVAL;
+    }
+    if (((req->offset | req->length) & (exp->min_block - 1)) != 0) {
+        snprintf(buf, bufsize, "%s at %" PRIu64 "+%" PRIu64 " is not "
+                 "aligned to the minimum block size %" PRIu32,
+                 cmd_name(req->type), req->offset, req->length,
+                 exp->min_block);
+        return PRL_NBD_EINVAL;
+    }
+    return 0;
+}
+
+/* ---- commands ---- */
+
+#define EXPORT_LOCK(exp)                                                   \
+    do {                                                                   \
+        if ((exp)->serialize) {                                            \
+            pthread_mutex_lock(&(exp)->lock);                              \
+        }                                                                  \
+    } while (0)
+#define EXPORT_UNLOCK(exp)                                                 \
+    do {                                                                   \
+        if ((exp)->serialize) {                                            \
+            pthread_mutex_unlock(&(exp)->lock);                            \
+        }                                                                  \
+    } while (0)
+
+/* Answer a failed block call: the client hears the errno's text, the
+ * log (at debug level) gets the library's full message. */
+static void reply_failure(struct prl_nbd_conn *conn,
+                          const struct prl_nbd_req *req, int err)
+{
+    char msg[160];
+
+    prl_debug("%s: %s failed: %s", conn->peer, cmd_name(req->type),
+              prl_error_message());
+    snprintf(msg, sizeof(msg), "%s failed: %s", cmd_name(req->type),
+             strerror(-err));
+    prl_nbd_reply_error(conn, req, prl_nbd_errno_to_wire(err, req->type),
+                        msg);
+}
+
+static void reply_result(struct prl_nbd_conn *conn,
+                         const struct prl_nbd_req *req, int r)
+{
+    if (r < 0) {
+        reply_failure(conn, req, r);
+    } else {
+        prl_nbd_reply_ok(conn, req);
+    }
+}
+
+static int block_read(struct prl_nbd_export *exp, void *buf, uint64_t len,
+                      uint64_t off)
+{
+    int r;
+
+    EXPORT_LOCK(exp);
+    r = prl_block_pread(exp->bs, buf, len, off, 0);
+    EXPORT_UNLOCK(exp);
+    return r;
+}
+
+/* A chunk header plus the fixed part of its payload. */
+struct chunk {
+    uint8_t bytes[32 + 12];
+    size_t len;
+};
+
+static void chunk_fill(struct prl_nbd_conn *conn, struct chunk *c,
+                       const struct prl_nbd_req *req, bool done, bool hole,
+                       uint64_t off, uint64_t len)
+{
+    uint16_t type = hole ? PRL_NBD_REPLY_TYPE_OFFSET_HOLE
+                         : PRL_NBD_REPLY_TYPE_OFFSET_DATA;
+    uint64_t plen = hole ? 12 : 8 + len;
+    size_t h = prl_nbd_chunk_header(conn, c->bytes, req,
+                                    done ? PRL_NBD_REPLY_FLAG_DONE : 0,
+                                    type, plen);
+
+    prl_be64_store(c->bytes + h, off);
+    if (hole) {
+        prl_be32_store(c->bytes + h + 8, (uint32_t)len);
+    }
+    c->len = h + (hole ? 12 : 8);
+}
+
+/* Structured read that failed: report data chunks for the pieces that
+ * read back, and the offset of the first one that did not. */
+static void read_failed_structured(struct prl_nbd_worker *w,
+                                   const struct prl_nbd_req *req, int err)
+{
+    struct prl_nbd_conn *conn = w->conn;
+    uint64_t off = req->offset, end = req->offset + req->length;
+    char msg[160];
+    int r = err;
+
+    while (off < end) {
+        uint64_t n = PRL_MIN(end - off, (uint64_t)READ_GRANULE -
+                                            off % READ_GRANULE);
+        struct chunk c;
+        struct iovec iov[2];
+
+        r = block_read(conn->exp, w->buf, n, off);
+        if (r < 0) {
+            break;
+        }
+        chunk_fill(conn, &c, req, false, false, off, n);
+        iov[0].iov_base = c.bytes;
+        iov[0].iov_len = c.len;
+        iov[1].iov_base = w->buf;
+        iov[1].iov_len = (size_t)n;
+        if (prl_nbd_send_locked(conn, iov, 2) < 0) {
+            return;
+        }
+        off += n;
+    }
+    if (r == 0) {
+        r = err; /* the retry read everything: report the first error */
+        off = req->offset;
+    }
+    prl_debug("%s: read failed at %" PRIu64 ": %s", conn->peer, off,
+              prl_error_message());
+    snprintf(msg, sizeof(msg), "read failed at offset %" PRIu64 ": %s", off,
+             strerror(-r));
+    {
+        uint8_t hdr[32];
+        size_t mlen = strlen(msg);
+        struct prl_nbd_chunk_error ce = {
+            .error = htobe32(prl_nbd_errno_to_wire(r, req->type)),
+            .msg_length = htobe16((uint16_t)mlen),
+        };
+        uint64_t boff = htobe64(off);
+        struct iovec iov[4] = {
+            {.iov_base = hdr},
+            {.iov_base = &ce, .iov_len = sizeof(ce)},
+            {.iov_base = msg, .iov_len = mlen},
+            {.iov_base = &boff, .iov_len = sizeof(boff)},
+        };
+        iov[0].iov_len = prl_nbd_chunk_header(
+            conn, hdr, req, PRL_NBD_REPLY_FLAG_DONE,
+            PRL_NBD_REPLY_TYPE_ERROR_OFFSET, sizeof(ce) + mlen + 8);
+        prl_nbd_send_locked(conn, iov, 4);
+    }
+}
+
+static void cmd_read(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
+{
+    struct prl_nbd_conn *conn = w->conn;
+    bool chunky = conn->structured || conn->extended;
+    uint64_t len = req->length;
+    int r;
+
+    if (len == 0) {
+        if (chunky) {
+            uint8_t hdr[32];
+            struct iovec iov = {.iov_base = hdr};
+            iov.iov_len = prl_nbd_chunk_header(conn, hdr, req,
+                                               PRL_NBD_REPLY_FLAG_DONE,
+                                               PRL_NBD_REPLY_TYPE_NONE, 0);
+            prl_nbd_send_locked(conn, &iov, 1);
+        } else {
+            prl_nbd_reply_ok(conn, req);
+        }
+        return;
+    }
+    r = prl_nbd_worker_buf(w, (size_t)len);
+    if (r == 0) {
+        r = block_read(conn->exp, w->buf, len, req->offset);
+    }
+    if (r < 0) {
+        if (chunky && w->buf_size >= len) {
+            read_failed_structured(w, req, r);
+        } else {
+            reply_failure(conn, req, r);
+        }
+        return;
+    }
+    if (!chunky) {
+        struct prl_nbd_simple_reply h = {
+            .magic = htobe32(PRL_NBD_MAGIC_SIMPLE_REPLY),
+            .error = 0,
+            .cookie = htobe64(req->cookie),
+        };
+        struct iovec iov[2] = {
+            {.iov_base = &h, .iov_len = sizeof(h)},
+            {.iov_base = w->buf, .iov_len = (size_t)len},
+        };
+        prl_nbd_send_locked(conn, iov, 2);
+        return;
+    }
+    if ((req->flags & PRL_NBD_CMD_FLAG_DF) || len <= READ_GRANULE) {
+        /* One chunk; a hole if it all reads as zeroes (not with DF). */
+        bool hole = !(req->flags & PRL_NBD_CMD_FLAG_DF) &&
+                    prl_is_zero(w->buf, (size_t)len);
+        struct chunk c;
+        struct iovec iov[2];
+
+        chunk_fill(conn, &c, req, true, hole, req->offset, len);
+        iov[0].iov_base = c.bytes;
+        iov[0].iov_len = c.len;
+        iov[1].iov_base = w->buf;
+        iov[1].iov_len = hole ? 0 : (size_t)len;
+        prl_nbd_send_locked(conn, iov, hole ? 1 : 2);
+        return;
+    }
+
+    /* Longer reads: runs of zero granules go out as holes. */
+    size_t max_chunks = (size_t)(len / READ_GRANULE) + 2;
+    struct chunk *chunks;
+    struct iovec *iov;
+    size_t n = 0, niov = 0;
+    uint64_t pos = 0;
+
+    if (prl_nbd_worker_scratch(w, max_chunks * (sizeof(struct chunk) +
+                                                2 * sizeof(struct iovec)))
+        < 0) {
+        reply_failure(conn, req, -ENOMEM);
+        return;
+    }
+    chunks = w->scratch;
+    iov = (struct iovec *)(chunks + max_chunks);
+    while (pos < len) {
+        uint64_t start = pos;
+        bool hole;
+
+        pos = PRL_MIN(len, pos + READ_GRANULE -
+                               (req->offset + pos) % READ_GRANULE);
+        hole = prl_is_zero(w->buf + start, (size_t)(pos - start));
+        while (pos < len) {
+            uint64_t next = PRL_MIN(len, pos + READ_GRANULE);
+            if (prl_is_zero(w->buf + pos, (size_t)(next - pos)) != hole) {
+                break;
+            }
+            pos = next;
+        }
+        chunk_fill(conn, &chunks[n], req, pos == len, hole,
+                   req->offset + start, pos - start);
+        iov[niov].iov_base = chunks[n].bytes;
+        iov[niov++].iov_len = chunks[n].len;
+        if (!hole) {
+            iov[niov].iov_base = w->buf + start;
+            iov[niov++].iov_len = (size_t)(pos - start);
+        }
+        n++;
+    }
+    prl_nbd_send_locked(conn, iov, (int)niov);
+}
+
+static void cmd_write(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
+{
+    struct prl_nbd_export *exp = w->conn->exp;
+    unsigned flags = req->flags & PRL_NBD_CMD_FLAG_FUA ? PRL_REQ_FUA : 0;
+    int r;
+
+    EXPORT_LOCK(exp);
+    r = prl_block_pwrite(exp->bs, w->buf, req->payload_len, req->offset,
+                         flags);
+    EXPORT_UNLOCK(exp);
+    reply_result(w->conn, req, r);
+}
+
+static void cmd_flush(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
+{
+    struct prl_nbd_export *exp = w->conn->exp;
+    int r;
+
+    EXPORT_LOCK(exp);
+    r = prl_block_flush(exp->bs);
+    EXPORT_UNLOCK(exp);
+    reply_result(w->conn, req, r);
+}
+
+static void cmd_trim(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
+{
+    struct prl_nbd_export *exp = w->conn->exp;
+    bool unmap = prl_nbd_server_cfg(w->conn->srv)->discard ==
+                 PRL_NBD_DISCARD_UNMAP;
+    bool fua = req->flags & PRL_NBD_CMD_FLAG_FUA;
+    int r = 0;
+
+    EXPORT_LOCK(exp);
+    if (unmap) {
+        r = prl_block_trim(exp->bs, req->length, req->offset,
+                           fua ? PRL_REQ_FUA : 0);
+    } else if (fua) {
+        r = prl_block_flush(exp->bs);
+    }
+    EXPORT_UNLOCK(exp);
+    reply_result(w->conn, req, r);
+}
+
+static void cmd_cache(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
+{
+    uint64_t off = req->offset, end = req->offset + req->length;
+    int r = prl_nbd_worker_buf(w, CACHE_PIECE);
+
+    /* Reading the range brings it into the host's page cache. */
+    while (r == 0 && off < end) {
+        uint64_t n = PRL_MIN(end - off, (uint64_t)CACHE_PIECE);
+        r = block_read(w->conn->exp, w->buf, n, off);
+        off += n;
+    }
+    reply_result(w->conn, req, r);
+}
+
+static void cmd_zero(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
+{
+    struct prl_nbd_export *exp = w->conn->exp;
+    bool unmap = prl_nbd_server_cfg(w->conn->srv)->discard ==
+                 PRL_NBD_DISCARD_UNMAP;
+    unsigned flags = 0;
+    int r;
+
+    if (req->flags & PRL_NBD_CMD_FLAG_FUA) {
+        flags |= PRL_REQ_FUA;
+    }
+    if (req->flags & PRL_NBD_CMD_FLAG_FAST_ZERO) {
+        flags |= PRL_REQ_FAST_ZERO;
+    }
+    if ((req->flags & PRL_NBD_CMD_FLAG_NO_HOLE) || !unmap) {
+        flags |= PRL_REQ_NO_UNMAP;
+    }
+    EXPORT_LOCK(exp);
+    r = prl_block_zero(exp->bs, req->length, req->offset, flags);
+    EXPORT_UNLOCK(exp);
+    if ((r == -ENOTSUP || r == -EOPNOTSUPP) &&
+        !(req->flags & PRL_NBD_CMD_FLAG_FAST_ZERO)) {
+        r = -EIO; /* ENOTSUP is reserved for a refused fast zero */
+    }
+    reply_result(w->conn, req, r);
+}
+
+struct extent {
+    uint64_t length;
+    uint32_t status;
+};
+
+static void ext_push(struct extent *e, size_t *n, uint64_t len, uint32_t st)
+{
+    if (*n > 0 && e[*n - 1].status == st) {
+        e[*n - 1].length += len;
+    } else {
+        e[*n].length = len;
+        e[*n].status = st;
+        (*n)++;
+    }
+}
+
+/* Rewrite extents so every boundary is a multiple of |mb| (from an
+ * aligned start): a block that straddles extents gets their merged
+ * status.  |in| and |out| may not overlap. */
+static size_t ext_align(const struct prl_nbd_meta_def *def,
+                        const struct extent *in, size_t n, uint64_t mb,
+                        struct extent *out)
+{
+    size_t o = 0, i = 0;
+    uint64_t pos = 0, in_start = 0; /* relative to the request offset */
+
+    while (i < n) {
+        uint64_t in_end = in_start + in[i].length;
+        uint64_t aend = prl_round_down(in_end, mb);
+        uint32_t st;
+
+        if (aend > pos) {
+            ext_push(out, &o, aend - pos, in[i].status);
+            pos = aend;
+        }
+        if (in_end == pos) {
+            in_start = in_end;
+            i++;
+            continue;
+        }
+        /* The block [pos, pos + mb) straddles in[i] and what follows. */
+        st = in[i].status;
+        in_start = in_end;
+        i++;
+        while (i < n && in_start < pos + mb) {
+            st = def->merge(st, in[i].status);
+            if (in_start + in[i].length > pos + mb) {
+                break; /* goes on past the block: its rest stays */
+            }
+            in_start += in[i].length;
+            i++;
+        }
+        if (i == n && in_start < pos + mb) {
+            break; /* the list ended mid-block: drop the partial block */
+        }
+        ext_push(out, &o, mb, st);
+        pos += mb;
+        if (i < n) {
+            /* in[i] now starts at pos; shorten it by what was merged. */
+            uint64_t cut = pos - in_start;
+            if (cut > 0) {
+                ((struct extent *)in)[i].length -= cut;
+                in_start = pos;
+            }
+        }
+    }
+    return o;
+}
+
+static void cmd_block_status(struct prl_nbd_worker *w,
+                             const struct prl_nbd_req *req_in)
+{
+    struct prl_nbd_conn *conn = w->conn;
+    struct prl_nbd_export *exp = conn->exp;
+    struct prl_nbd_req req = *req_in;
+    const struct prl_nbd_meta_sel *sel[PRL_NBD_MAX_META];
+    size_t nsel = 0;
+    bool one = req.flags & PRL_NBD_CMD_FLAG_REQ_ONE;
+    size_t max_ext = one ? 1 : PRL_NBD_MAX_EXTENTS;
+    size_t desc_size = conn->extended ? 16 : 8;
+    struct extent *ext, *ext2;
+    uint8_t *wire;
+    uint64_t end;
+
+    if (req.flags & PRL_NBD_CMD_FLAG_PAYLOAD_LEN) {
+        /* Payload: effect length, then the context ids wanted. */
+        size_t nid = (req.payload_len - 8) / 4;
+        req.length = prl_be64_load(w->buf);
+        for (size_t i = 0; i < nid; i++) {
+            uint32_t id = prl_be32_load(w->buf + 8 + 4 * i);
+            size_t j;
+            for (j = 0; j < conn->n_meta && conn->meta[j].id != id; j++) {
+            }
+            bool dup = false;
+            for (size_t k = 0; k < nsel; k++) {
+                dup |= sel[k]->id == id;
+            }
+            if (j == conn->n_meta || dup) {
+                prl_nbd_reply_error(conn, &req, PRL_NBD_EINVAL,
+                                    "unknown or repeated context id");
+                return;
+            }
+            sel[nsel++] = &conn->meta[j];
+        }
+        if (nsel == 0) {
+            prl_nbd_reply_error(conn, &req, PRL_NBD_EINVAL,
+                                "block status payload names no context");
+            return;
+        }
+    } else {
+        for (size_t j = 0; j < conn->n_meta; j++) {
+            sel[nsel++] = &conn->meta[j];
+        }
+    }
+    if (req.length == 0 || prl_add_overflow(req.offset, req.length, &end) ||
+        end > exp->size ||
+        ((req.offset | req.length) & (exp->min_block - 1)) != 0) {
+        prl_nbd_reply_error(conn, &req, PRL_NBD_EINVAL,
+                            "block status range is empty, past the end "
+                            "of the export or misaligned");
+        return;
+    }
+    if (!conn->extended && req.length > UINT32_MAX) {
+        req.length = UINT32_MAX; /* only from a payload; keep it 32-bit */
+    }
+    if (prl_nbd_worker_scratch(w, max_ext * (2 * sizeof(struct extent) +
+                                             desc_size) + 8) < 0) {
+        reply_failure(conn, &req, -ENOMEM);
+        return;
+    }
+    ext = w->scratch;
+    ext2 = ext + max_ext;
+    wire = (uint8_t *)(ext2 + max_ext);
+
+    for (size_t s = 0; s < nsel; s++) {
+        const struct prl_nbd_meta_def *def = sel[s]->def;
+        uint64_t pos = req.offset;
+        size_t n = 0, hdr_extra = conn->extended ? 8 : 4;
+        uint8_t hdr[32];
+        struct iovec iov[2];
+
+        while (pos < end && n < max_ext) {
+            uint64_t plen;
+            uint32_t st;
+            int r = def->status(exp, pos, end - pos, &plen, &st);
+            if (r < 0) {
+                reply_failure(conn, &req, r);
+                return;
+            }
+            ext_push(ext, &n, plen, st);
+            pos += plen;
+            if (one) {
+                break;
+            }
+        }
+        if (one && ext[0].length > req.length) {
+            ext[0].length = req.length;
+        }
+        if (exp->min_block > 1) {
+            size_t m = ext_align(def, ext, n, exp->min_block, ext2);
+            if (m == 0) {
+                /* Under one block of information: report it merged. */
+                ext2[0].length = exp->min_block;
+                ext2[0].status = ext[0].status;
+                for (size_t i = 1; i < n; i++) {
+                    ext2[0].status = def->merge(ext2[0].status,
+                                                ext[i].status);
+                }
+                m = 1;
+            }
+            memcpy(ext, ext2, m * sizeof(*ext));
+            n = m;
+        }
+        /* Compact descriptors hold 32-bit lengths. */
+        uint8_t *d = wire + hdr_extra;
+        for (size_t i = 0; i < n; i++) {
+            if (conn->extended) {
+                prl_be64_store(d, ext[i].length);
+                prl_be64_store(d + 8, ext[i].status);
+            } else {
+                prl_be32_store(d, (uint32_t)ext[i].length);
+                prl_be32_store(d + 4, ext[i].status);
+            }
+            d += desc_size;
+        }
+        prl_be32_store(wire, sel[s]->id);
+        if (conn->extended) {
+            prl_be32_store(wire + 4, (uint32_t)n);
+        }
+        iov[0].iov_base = hdr;
+        iov[0].iov_len = prl_nbd_chunk_header(
+            conn, hdr, &req, s + 1 == nsel ? PRL_NBD_REPLY_FLAG_DONE : 0,
+            conn->extended ? PRL_NBD_REPLY_TYPE_BLOCK_STATUS_EXT
+                           : PRL_NBD_REPLY_TYPE_BLOCK_STATUS,
+            hdr_extra + n * desc_size);
+        iov[1].iov_base = wire;
+        iov[1].iov_len = hdr_extra + n * desc_size;
+        if (prl_nbd_send_locked(conn, iov, 2) < 0) {
+            return;
+        }
+    }
+}
+
+static void handle(struct prl_nbd_worker *w, struct prl_nbd_req *req)
+{
+    struct prl_nbd_conn *conn = w->conn;
+    char buf[256];
+    const char *msg = req->error_msg;
+    uint32_t err = req->error;
+
+    if (err == 0) {
+        err = check_request(conn, req, buf, sizeof(buf), &msg);
+    }
+    if (err != 0) {
+        prl_debug("%s: %s refused: %s", conn->peer, cmd_name(req->type), msg);
+        prl_nbd_reply_error(conn, req, err, msg);
+        return;
+    }
+    switch (req->type) {
+    case PRL_NBD_CMD_READ:
+        cmd_read(w, req);
+        break;
+    case PRL_NBD_CMD_WRITE:
+        cmd_write(w, req);
+        break;
+    case PRL_NBD_CMD_FLUSH:
+        cmd_flush(w, req);
+        break;
+    case PRL_NBD_CMD_TRIM:
+        cmd_trim(w, req);
+        break;
+    case PRL_NBD_CMD_CACHE:
+        cmd_cache(w, req);
+        break;
+    case PRL_NBD_CMD_WRITE_ZEROES:
+        cmd_zero(w, req);
+        break;
+    case PRL_NBD_CMD_BLOCK_STATUS:
+        cmd_block_status(w, req);
+        break;
+    }
+}
+
+/* ---- workers ---- */
+
+static void *worker_main(void *opaque)
+{
+    struct prl_nbd_worker *w = opaque;
+    struct prl_nbd_conn *conn = w->conn;
+
+    for (;;) {
+        struct prl_nbd_req req;
+        int r;
+
+        pthread_mutex_lock(&conn->read_lock);
+        if (conn->read_done || atomic_load(&conn->dead)) {
+            pthread_mutex_unlock(&conn->read_lock);
+            break;
+        }
+        r = read_request(w, &req);
+        if (r <= 0 || req.type == PRL_NBD_CMD_DISC) {
+            conn->read_done = true;
+            if (r < 0) {
+                prl_info("%s: %s", conn->peer, prl_error_message());
+            } else if (r > 0) {
+                conn->got_disc = true;
+            }
+            pthread_mutex_unlock(&conn->read_lock);
+            break;
+        }
+        pthread_mutex_unlock(&conn->read_lock);
+        handle(w, &req);
+        prl_nbd_worker_trim(w);
+    }
+    return NULL;
+}
+
+void prl_nbd_transmit(struct prl_nbd_conn *conn)
+{
+    const struct prl_nbd_server_config *cfg = prl_nbd_server_cfg(conn->srv);
+    unsigned nw = cfg->workers ? cfg->workers : 8;
+    struct prl_nbd_worker *w = calloc(nw, sizeof(*w));
+    unsigned started = 1;
+
+    conn->rbuf = malloc(PRL_NBD_RBUF_SIZE);
+    if (!w || !conn->rbuf) {
+        prl_warn("%s: out of memory", conn->peer);
+        free(w);
+        return;
+    }
+    conn->rpos = conn->rend = 0;
+    for (unsigned i = 0; i < nw; i++) {
+        w[i].conn = conn;
+    }
+    for (unsigned i = 1; i < nw; i++) {
+        if (pthread_create(&w[i].thread, NULL, worker_main, &w[i]) != 0) {
+            break;
+        }
+        started++;
+    }
+    worker_main(&w[0]);
+    for (unsigned i = 1; i < started; i++) {
+        pthread_join(w[i].thread, NULL);
+    }
+    for (unsigned i = 0; i < nw; i++) {
+        free(w[i].buf);
+        free(w[i].scratch);
+    }
+    free(w);
+    free(conn->rbuf);
+    conn->rbuf = NULL;
+    if (!conn->exp->read_only) {
+        int r;
+        EXPORT_LOCK(conn->exp);
+        r = prl_block_flush(conn->exp->bs);
+        EXPORT_UNLOCK(conn->exp);
+        if (r < 0) {
+            prl_warn("%s: flush at disconnect: %s", conn->peer,
+                     prl_error_message());
+        }
+    }
+}

@@ -1,0 +1,582 @@
+/* SPDX-License-Identifier: MIT */
+/* prl-nbd: serve images that prl opens over NBD, with qemu-nbd's option
+ * names where the two overlap. */
+#include "nbd/server/server.h"
+#include "prl/block.h"
+#include "prl/error.h"
+#include "prl/log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#ifndef PRL_VERSION
+#define PRL_VERSION "unknown"
+#endif
+
+#define DEFAULT_PORT "10809"
+#define MAX_EXPORTS 256
+
+struct export_arg {
+    char *name;
+    char *file;
+    char *description;
+    char *format;
+    bool read_only;
+};
+
+struct options {
+    const char *format;
+    bool read_only;
+    const char *export_name;
+    const char *description;
+    const char *port;
+    const char *bind;
+    const char *unix_paths[16];
+    int n_unix;
+    bool fork;
+    const char *pid_file;
+    bool single;
+    bool use_syslog;
+    bool log_given;
+    int verbose;
+    struct export_arg exports[MAX_EXPORTS];
+    int n_exports;
+    struct prl_nbd_server_config cfg;
+};
+
+static struct prl_nbd_server *the_server;
+static bool log_syslog;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+"Usage: prl-nbd [OPTIONS] [FILE]\n"
+"Serve disk images (raw, Parallels) over the NBD protocol.\n"
+"\n"
+"Exports:\n"
+"  -f, --format=FMT          image format of FILE (default: probe)\n"
+"  -r, --read-only           export read-only\n"
+"  -x, --export-name=NAME    name of FILE's export (default \"\")\n"
+"  -D, --description=TEXT    description of FILE's export\n"
+"      --export=NAME=FILE[,ro][,format=FMT][,description=TEXT]\n"
+"                            one more export (repeatable; ',,' is a comma)\n"
+"\n"
+"Sockets:\n"
+"  -p, --port=PORT           TCP port (default 10809)\n"
+"  -b, --bind=ADDR           TCP address (default 0.0.0.0)\n"
+"  -k, --socket=PATH         Unix socket (TCP too only with -p or -b)\n"
+"      --unix=PATH           same as -k\n"
+"  -s, --single              serve one client on stdin/stdout\n"
+"      (systemd socket activation: LISTEN_FDS/LISTEN_PID)\n"
+"\n"
+"Serving:\n"
+"  -e, --shared=N            clients at once (default 1, 0 = unlimited)\n"
+"  -t, --persistent          keep serving after the last client leaves\n"
+"      --max-connections=N   refuse sockets beyond N (default 0, none)\n"
+"      --discard=ignore|unmap  whether trim frees space (default ignore)\n"
+"      --handshake-limit=S   drop clients not done negotiating in S\n"
+"                            seconds (default 10, 0 = never)\n"
+"      --threads=N           workers per connection (default 8)\n"
+"      --min-block-size=N    advertise and enforce a minimum block size\n"
+"\n"
+"Process:\n"
+"      --fork                run in the background once listening\n"
+"      --pid-file=FILE       write the server's process id to FILE\n"
+"      --log=stderr|syslog   where messages go (default stderr)\n"
+"  -v, --verbose             more messages (twice: debug)\n"
+"  -h, --help                this help\n"
+"  -V, --version             version\n");
+}
+
+static void log_handler(enum prl_log_level level, const char *msg,
+                        void *opaque)
+{
+    static const char *const names[] = {"error", "warning", "info",
+                                        "debug"};
+    static const int prio[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
+
+    if (log_syslog) {
+        syslog(prio[level], "%s", msg);
+    } else {
+        fprintf(stderr, "prl-nbd: %s: %s\n", names[level], msg);
+    }
+}
+
+static int die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int die(const char *fmt, ...)
+{
+    va_list ap;
+
+    fputs("prl-nbd: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    return 1;
+}
+
+static bool parse_uint(const char *s, unsigned long max, unsigned *out)
+{
+    char *end;
+    unsigned long v;
+
+    errno = 0;
+    v = strtoul(s, &end, 10);
+    if (errno || end == s || *end || v > max || s[0] == '-') {
+        return false;
+    }
+    *out = (unsigned)v;
+    return true;
+}
+
+/* Take the next comma-separated item of *p (",," is a literal comma),
+ * in place.  NULL at the end. */
+static char *next_item(char **p)
+{
+    char *start = *p, *r, *w;
+
+    if (!start) {
+        return NULL;
+    }
+    for (r = w = start; *r; r++) {
+        if (*r == ',') {
+            if (r[1] == ',') {
+                *w++ = ',';
+                r++;
+                continue;
+            }
+            *w = '\0';
+            *p = r + 1;
+            return start;
+        }
+        *w++ = *r;
+    }
+    *w = '\0';
+    *p = NULL;
+    return start;
+}
+
+/* NAME=FILE[,ro][,format=FMT][,description=TEXT] */
+static int parse_export(struct options *o, char *arg)
+{
+    struct export_arg *e;
+    char *eq = strchr(arg, '='), *rest, *item;
+
+    if (o->n_exports == MAX_EXPORTS) {
+        return die("more than %d exports", MAX_EXPORTS);
+    }
+    if (!eq || eq[1] == '\0') {
+        return die("--export '%s': expected NAME=FILE[,ro][,format=FMT]"
+                   "[,description=TEXT]", arg);
+    }
+    e = &o->exports[o->n_exports];
+    memset(e, 0, sizeof(*e));
+    *eq = '\0';
+    e->name = arg;
+    rest = eq + 1;
+    e->file = next_item(&rest);
+    while ((item = next_item(&rest))) {
+        if (strcmp(item, "ro") == 0 || strcmp(item, "readonly") == 0) {
+            e->read_only = true;
+        } else if (strncmp(item, "description=", 12) == 0) {
+            e->description = item + 12;
+        } else if (strncmp(item, "format=", 7) == 0) {
+            e->format = item + 7;
+        } else {
+            return die("--export %s: unknown key '%s' (ro, format=, "
+                       "description=)", e->name, item);
+        }
+    }
+    if (e->file[0] == '\0') {
+        return die("--export %s: no file", e->name);
+    }
+    o->n_exports++;
+    return 0;
+}
+
+enum {
+    OPT_FORK = 256,
+    OPT_PID_FILE,
+    OPT_DISCARD,
+    OPT_EXPORT,
+    OPT_MAX_CONN,
+    OPT_LOG,
+    OPT_HANDSHAKE,
+    OPT_THREADS,
+    OPT_MIN_BLOCK,
+    OPT_UNIX,
+};
+
+static const struct option long_opts[] = {
+    {"format", required_argument, NULL, 'f'},
+    {"read-only", no_argument, NULL, 'r'},
+    {"export-name", required_argument, NULL, 'x'},
+    {"description", required_argument, NULL, 'D'},
+    {"port", required_argument, NULL, 'p'},
+    {"bind", required_argument, NULL, 'b'},
+    {"socket", required_argument, NULL, 'k'},
+    {"unix", required_argument, NULL, OPT_UNIX},
+    {"shared", required_argument, NULL, 'e'},
+    {"persistent", no_argument, NULL, 't'},
+    {"single", no_argument, NULL, 's'},
+    {"fork", no_argument, NULL, OPT_FORK},
+    {"pid-file", required_argument, NULL, OPT_PID_FILE},
+    {"discard", required_argument, NULL, OPT_DISCARD},
+    {"export", required_argument, NULL, OPT_EXPORT},
+    {"max-connections", required_argument, NULL, OPT_MAX_CONN},
+    {"log", required_argument, NULL, OPT_LOG},
+    {"handshake-limit", required_argument, NULL, OPT_HANDSHAKE},
+    {"threads", required_argument, NULL, OPT_THREADS},
+    {"min-block-size", required_argument, NULL, OPT_MIN_BLOCK},
+    {"verbose", no_argument, NULL, 'v'},
+    {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, 'V'},
+    {NULL, 0, NULL, 0},
+};
+
+/* 0 to go on, 1 for an error (printed), -1 for a clean early exit. */
+static int parse_args(struct options *o, int argc, char **argv)
+{
+    int c;
+
+    o->cfg.shared = 1;
+    o->cfg.handshake_limit = 10;
+    while ((c = getopt_long(argc, argv, "f:rx:D:p:b:k:e:tsvhV", long_opts,
+                            NULL)) != -1) {
+        unsigned v;
+
+        switch (c) {
+        case 'f':
+            o->format = optarg;
+            break;
+        case 'r':
+            o->read_only = true;
+            break;
+        case 'x':
+            o->export_name = optarg;
+            break;
+        case 'D':
+            o->description = optarg;
+            break;
+        case 'p':
+            if (!parse_uint(optarg, 65535, &v) || v == 0) {
+                return die("invalid port '%s'", optarg);
+            }
+            o->port = optarg;
+            break;
+        case 'b':
+            o->bind = optarg;
+            break;
+        case 'k':
+        case OPT_UNIX:
+            if (o->n_unix == 16) {
+                return die("too many Unix sockets");
+            }
+            o->unix_paths[o->n_unix++] = optarg;
+            break;
+        case 'e':
+            if (!parse_uint(optarg, UINT_MAX, &o->cfg.shared)) {
+                return die("invalid number of shared clients '%s'", optarg);
+            }
+            break;
+        case 't':
+            o->cfg.persistent = true;
+            break;
+        case 's':
+            o->single = true;
+            break;
+        case OPT_FORK:
+            o->fork = true;
+            break;
+        case OPT_PID_FILE:
+            o->pid_file = optarg;
+            break;
+        case OPT_DISCARD:
+            if (strcmp(optarg, "ignore") == 0 || strcmp(optarg, "off") == 0) {
+                o->cfg.discard = PRL_NBD_DISCARD_IGNORE;
+            } else if (strcmp(optarg, "unmap") == 0 ||
+                       strcmp(optarg, "on") == 0) {
+                o->cfg.discard = PRL_NBD_DISCARD_UNMAP;
+            } else {
+                return die("invalid --discard '%s' (ignore or unmap)",
+                           optarg);
+            }
+            break;
+        case OPT_EXPORT:
+            if (parse_export(o, optarg) != 0) {
+                return 1;
+            }
+            break;
+        case OPT_MAX_CONN:
+            if (!parse_uint(optarg, UINT_MAX, &o->cfg.max_connections)) {
+                return die("invalid --max-connections '%s'", optarg);
+            }
+            break;
+        case OPT_LOG:
+            if (strcmp(optarg, "syslog") == 0) {
+                o->use_syslog = true;
+            } else if (strcmp(optarg, "stderr") != 0) {
+                return die("invalid --log '%s' (stderr or syslog)", optarg);
+            }
+            o->log_given = true;
+            break;
+        case OPT_HANDSHAKE:
+            if (!parse_uint(optarg, 86400, &o->cfg.handshake_limit)) {
+                return die("invalid --handshake-limit '%s'", optarg);
+            }
+            break;
+        case OPT_THREADS:
+            if (!parse_uint(optarg, 256, &o->cfg.workers) ||
+                o->cfg.workers == 0) {
+                return die("invalid --threads '%s' (1 to 256)", optarg);
+            }
+            break;
+        case OPT_MIN_BLOCK:
+            if (!parse_uint(optarg, 65536, &o->cfg.min_block_size) ||
+                (o->cfg.min_block_size & (o->cfg.min_block_size - 1))) {
+                return die("invalid --min-block-size '%s' (a power of two "
+                           "up to 65536)", optarg);
+            }
+            break;
+        case 'v':
+            o->verbose++;
+            break;
+        case 'h':
+            usage(stdout);
+            return -1;
+        case 'V':
+            printf("prl-nbd %s\n", PRL_VERSION);
+            return -1;
+        default:
+            usage(stderr);
+            return 1;
+        }
+    }
+    if (optind < argc - 1) {
+        return die("one FILE at most; use --export for more");
+    }
+    if (optind == argc - 1) {
+        if (o->n_exports == MAX_EXPORTS) {
+            return die("too many exports");
+        }
+        /* FILE goes first: it is the default export. */
+        memmove(&o->exports[1], &o->exports[0],
+                (size_t)o->n_exports * sizeof(o->exports[0]));
+        o->exports[0] = (struct export_arg){
+            .name = (char *)(o->export_name ? o->export_name : ""),
+            .file = argv[optind],
+            .description = (char *)o->description,
+            .format = (char *)o->format,
+            .read_only = o->read_only,
+        };
+        o->n_exports++;
+    } else if (o->export_name || o->description) {
+        return die("-x and -D describe FILE, and no FILE was given");
+    }
+    if (o->n_exports == 0) {
+        usage(stderr);
+        return die("no image to serve: give FILE or --export");
+    }
+    if (o->single && (o->port || o->bind || o->n_unix || o->fork)) {
+        return die("-s serves stdin/stdout: no -p, -b, -k or --fork");
+    }
+    return 0;
+}
+
+static void on_signal(int sig)
+{
+    if (the_server) {
+        prl_nbd_server_stop(the_server);
+    }
+}
+
+static int write_pid_file(const char *path, pid_t pid)
+{
+    FILE *f = fopen(path, "w");
+
+    if (!f) {
+        return die("cannot write pid file '%s': %s", path, strerror(errno));
+    }
+    fprintf(f, "%ld\n", (long)pid);
+    if (fclose(f) != 0) {
+        return die("cannot write pid file '%s': %s", path, strerror(errno));
+    }
+    return 0;
+}
+
+/* Socket activation: the listening sockets systemd passed, if any. */
+static int activation_fds(void)
+{
+    const char *pid = getenv("LISTEN_PID"), *fds = getenv("LISTEN_FDS");
+    unsigned n, p;
+
+    if (!pid || !fds || !parse_uint(pid, UINT_MAX, &p) ||
+        (pid_t)p != getpid() || !parse_uint(fds, 64, &n)) {
+        return 0;
+    }
+    unsetenv("LISTEN_PID");
+    unsetenv("LISTEN_FDS");
+    unsetenv("LISTEN_FDNAMES");
+    return (int)n;
+}
+
+static int setup_listeners(struct options *o, struct prl_nbd_server *srv)
+{
+    int n_act = activation_fds();
+    int r;
+
+    if (n_act > 0) {
+        if (o->port || o->bind || o->n_unix) {
+            return die("socket activation: -p, -b and -k cannot be used");
+        }
+        for (int i = 0; i < n_act; i++) {
+            r = prl_nbd_server_listen_fd(srv, 3 + i);
+            if (r < 0) {
+                return die("%s", prl_error_message());
+            }
+        }
+        return 0;
+    }
+    for (int i = 0; i < o->n_unix; i++) {
+        r = prl_nbd_server_listen_unix(srv, o->unix_paths[i]);
+        if (r < 0) {
+            return die("%s", prl_error_message());
+        }
+    }
+    if (o->n_unix == 0 || o->port || o->bind) {
+        r = prl_nbd_server_listen_tcp(srv, o->bind ? o->bind : "0.0.0.0",
+                                      o->port ? o->port : DEFAULT_PORT);
+        if (r < 0) {
+            return die("%s", prl_error_message());
+        }
+    }
+    return 0;
+}
+
+static int open_exports(struct options *o, struct prl_nbd_server *srv)
+{
+    for (int i = 0; i < o->n_exports; i++) {
+        struct export_arg *e = &o->exports[i];
+        struct prl_block *bs;
+        const char *fmt = e->format ? e->format : o->format;
+        int r;
+
+        r = prl_block_open(e->file, fmt, e->read_only ? 0 : PRL_OPEN_RDWR,
+                           &bs);
+        if (r < 0) {
+            return die("%s", prl_error_message());
+        }
+        r = prl_nbd_server_add_export(srv, e->name, e->description, bs);
+        if (r < 0) {
+            return die("%s", prl_error_message());
+        }
+    }
+    return 0;
+}
+
+/* Detach: the parent exits 0 once the child is set up to serve. */
+static int daemonize(const char *pid_file, bool keep_stderr)
+{
+    pid_t pid = fork();
+    int fd;
+
+    if (pid < 0) {
+        return die("fork: %s", strerror(errno));
+    }
+    if (pid > 0) {
+        if (pid_file && write_pid_file(pid_file, pid) != 0) {
+            kill(pid, SIGTERM);
+            _exit(1);
+        }
+        _exit(0);
+    }
+    setsid();
+    fd = open("/dev/null", O_RDWR);
+    if (fd >= 0) {
+        dup2(fd, 0);
+        dup2(fd, 1);
+        if (!keep_stderr) {
+            dup2(fd, 2);
+        }
+        if (fd > 2) {
+            close(fd);
+        }
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct options o;
+    struct prl_nbd_server *srv;
+    struct sigaction sa;
+    enum prl_log_level level;
+    int r;
+
+    memset(&o, 0, sizeof(o));
+    r = parse_args(&o, argc, argv);
+    if (r != 0) {
+        return r < 0 ? 0 : 1;
+    }
+    log_syslog = o.use_syslog;
+    if (log_syslog) {
+        openlog("prl-nbd", LOG_PID, LOG_DAEMON);
+    }
+    level = o.verbose >= 2 ? PRL_LOG_DEBUG
+            : o.verbose == 1 ? PRL_LOG_INFO : PRL_LOG_WARNING;
+    prl_log_set_handler(log_handler, NULL, level);
+
+    r = prl_nbd_server_new(&o.cfg, &srv);
+    if (r < 0) {
+        return die("%s", prl_error_message());
+    }
+    if (open_exports(&o, srv) != 0 ||
+        (!o.single && setup_listeners(&o, srv) != 0)) {
+        prl_nbd_server_free(srv);
+        return 1;
+    }
+    if (o.fork) {
+        if (daemonize(o.pid_file, o.log_given && !o.use_syslog) != 0) {
+            prl_nbd_server_free(srv);
+            return 1;
+        }
+    } else if (o.pid_file && write_pid_file(o.pid_file, getpid()) != 0) {
+        prl_nbd_server_free(srv);
+        return 1;
+    }
+
+    the_server = srv;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &sa, NULL);
+
+    if (o.single) {
+        r = prl_nbd_server_serve_fds(srv, 0, 1);
+    } else {
+        r = prl_nbd_server_run(srv);
+    }
+    if (r < 0) {
+        fprintf(stderr, "prl-nbd: %s\n", prl_error_message());
+    }
+    the_server = NULL;
+    if (prl_nbd_server_free(srv) < 0) {
+        fprintf(stderr, "prl-nbd: %s\n", prl_error_message());
+        r = -1;
+    }
+    return r < 0 ? 1 : 0;
+}
