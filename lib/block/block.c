@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
@@ -21,9 +22,11 @@
 static const struct prl_driver *const drivers[] = {
     &prl_driver_parallels,
     &prl_driver_raw,
+    &prl_driver_bundle,
 };
 
-static const char *const driver_names[] = {"parallels", "raw", NULL};
+static const char *const driver_names[] = {"parallels", "raw", "bundle",
+                                           NULL};
 
 const char *const *prl_block_formats(void)
 {
@@ -57,6 +60,26 @@ static bool has_parallels_suffix(const char *path)
                       strncasecmp(path + n - 4, ".hds", 4) == 0);
 }
 
+/* A Parallels disk: a directory holding DiskDescriptor.xml, or that file
+ * itself. */
+static bool is_bundle_path(const char *path, bool is_dir)
+{
+    const char *base = strrchr(path, '/');
+    struct stat st;
+    char *desc;
+    bool yes;
+
+    if (!is_dir) {
+        return strcmp(base ? base + 1 : path, "DiskDescriptor.xml") == 0;
+    }
+    if (asprintf(&desc, "%s/DiskDescriptor.xml", path) < 0) {
+        return false;
+    }
+    yes = stat(desc, &st) == 0 && S_ISREG(st.st_mode);
+    free(desc);
+    return yes;
+}
+
 static int probe(const char *path, const struct prl_driver **out)
 {
     uint8_t buf[PROBE_BYTES];
@@ -67,7 +90,15 @@ static int probe(const char *path, const struct prl_driver **out)
 
     *out = NULL;
     if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        if (is_bundle_path(path, true)) {
+            *out = &prl_driver_bundle;
+            return 0;
+        }
         return prl_error(EISDIR, "'%s' is a directory, not an image", path);
+    }
+    if (is_bundle_path(path, false)) {
+        *out = &prl_driver_bundle;
+        return 0;
     }
     r = prl_file_open(&f, path, false, false);
     if (r < 0) {

@@ -109,5 +109,6 @@ struct prl_driver {
 
 extern const struct prl_driver prl_driver_raw;
 extern const struct prl_driver prl_driver_parallels;
+extern const struct prl_driver prl_driver_bundle;
 
 #endif
