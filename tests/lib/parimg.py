@@ -62,7 +62,10 @@ class Image:
             data_off = round_up(bat_end, cluster_size) // SECTOR
         self.data_off = data_off
         self.bat = [0] * self.nb_bat_entries
-        self.clusters = {}   # data-area index -> bytes (<= cluster size)
+        # Host byte offset -> (bytes, cluster size when allocated), fixed
+        # at allocation so later header changes do not move the data.
+        self.clusters = {}
+        self.next_index = 0
 
     @property
     def cluster_size(self):
@@ -99,11 +102,12 @@ class Image:
         """Point guest cluster |guest_cluster| at data-area cluster |index|
         (default: the next unused one) holding |data| (zero-padded)."""
         if index is None:
-            index = max(self.clusters, default=-1) + 1
+            index = self.next_index
+        self.next_index = max(self.next_index, index + 1)
         if len(data) > self.cluster_size:
             raise ValueError('data larger than a cluster')
         self.bat[guest_cluster] = self.entry(index)
-        self.clusters[index] = data
+        self.clusters[self.host_offset(index)] = (data, self.cluster_size)
         return index
 
     def guest_bytes(self):
@@ -116,8 +120,7 @@ class Image:
         for c, e in enumerate(self.bat):
             if e == 0 or c * cs >= self.size:
                 continue
-            index = (e * unit - self.data_offset()) // cs
-            data = self.clusters.get(index, b'')
+            data = self.clusters.get(e * unit, (b'', cs))[0]
             n = min(len(data), self.size - c * cs)
             out[c * cs:c * cs + n] = data[:n]
         return bytes(out)
@@ -142,14 +145,14 @@ class Image:
         |file_size| or to the end of the last cluster (at least the data
         offset)."""
         end = max(self.data_offset(), HEADER_SIZE + 4 * len(self.bat))
-        if self.clusters:
-            end = max(end, self.host_offset(max(self.clusters) + 1))
+        for off, (data, cs) in self.clusters.items():
+            end = max(end, off + cs)
         with open(path, 'wb') as f:
             f.write(self.header())
             f.write(struct.pack('<%dI' % len(self.bat), *self.bat))
-            for index, data in sorted(self.clusters.items()):
+            for off, (data, cs) in sorted(self.clusters.items()):
                 if data:
-                    f.seek(self.host_offset(index))
+                    f.seek(off)
                     f.write(data)
             f.truncate(end if file_size is None else file_size)
 
