@@ -675,6 +675,16 @@ static int journal_replay(const struct bundle_desc *d, const char *dir,
     if (r < 0) {
         return r;
     }
+    /* Temporary files of an atomic replacement that never happened. */
+    for (int i = 0; i < 2; i++) {
+        char *tmp;
+        if (asprintf(&tmp, "%s.prl-tmp", i ? path : d->name) >= 0) {
+            if (unlink(tmp) < 0 && errno != ENOENT) {
+                prl_warn("could not remove '%s': %s", tmp, strerror(errno));
+            }
+            free(tmp);
+        }
+    }
     if (access(path, F_OK) != 0) {
         free(path);
         return 0;
@@ -1008,6 +1018,16 @@ static int op_begin(const char *path, unsigned flags, bool exclusive,
     }
     if (r == 0) {
         r = bundle_desc_load(op->desc_path, &op->d);
+    }
+    if (r == 0 && exclusive) {
+        /* Every image of the active chain must open and match the
+         * descriptor before anything changes. */
+        struct bundle_chain ch;
+        r = chain_open(&op->d, op->dir, op->d.top, false, true,
+                       op->external, &ch);
+        if (r == 0) {
+            r = chain_close(&ch);
+        }
     }
     if (r == 0 && exclusive) {
         r = journal_replay(&op->d, op->dir, false);
