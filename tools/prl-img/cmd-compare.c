@@ -16,14 +16,14 @@
 #define CMP_DIFFERENT 1
 #define CMP_ERROR 2
 
-#define CMP_CHUNK ((size_t)8 << 20)          /* bytes per read */
-#define CMP_QUERY_MAX ((uint64_t)1 << 30)    /* bytes per status query */
+#define CMP_CHUNK ((size_t)8 << 20)       /* bytes per read */
+#define CMP_QUERY_MAX ((uint64_t)1 << 30) /* bytes per status query */
 
 struct cmp_state {
     struct prl_block *a, *b;
-    void *buf_a, *buf_b;       /* CMP_CHUNK bytes each */
+    void *buf_a, *buf_b; /* CMP_CHUNK bytes each */
     struct img_progress progress;
-    uint64_t total;            /* bytes to look at, for progress */
+    uint64_t total; /* bytes to look at, for progress */
     uint64_t done;
 };
 
@@ -64,8 +64,7 @@ static size_t first_nonzero(const uint8_t *buf, size_t len)
 }
 
 /* Offset of the first byte where |a| and |b| differ, or len. */
-static size_t first_difference(const uint8_t *a, const uint8_t *b,
-                               size_t len)
+static size_t first_difference(const uint8_t *a, const uint8_t *b, size_t len)
 {
     size_t i = 0;
 
@@ -128,8 +127,7 @@ static int compare_range(struct cmp_state *s, uint64_t pos, uint64_t len,
 }
 
 /* Compare the first |size| bytes of both images. */
-static int compare_common(struct cmp_state *s, uint64_t size,
-                          uint64_t *where)
+static int compare_common(struct cmp_state *s, uint64_t size, uint64_t *where)
 {
     uint64_t pos = 0;
 
@@ -162,16 +160,16 @@ static int compare_common(struct cmp_state *s, uint64_t size,
 }
 
 /* Check that [from, end of bs) reads as zeroes; |bs| is s->a or s->b. */
-static int check_tail(struct cmp_state *s, struct prl_block *bs,
-                      uint64_t from, uint64_t *where)
+static int check_tail(struct cmp_state *s, struct prl_block *bs, uint64_t from,
+                      uint64_t *where)
 {
     uint64_t pos = from, size = prl_block_size(bs);
     bool is_a = bs == s->a;
 
     while (pos < size) {
         struct prl_extent e;
-        int r = prl_block_status(bs, pos, PRL_MIN(size - pos, CMP_QUERY_MAX),
-                                 &e);
+        int r =
+            prl_block_status(bs, pos, PRL_MIN(size - pos, CMP_QUERY_MAX), &e);
         if (r < 0) {
             return r;
         }
@@ -202,8 +200,7 @@ int cmd_compare(int argc, char **argv)
     int c, r, status = CMP_ERROR;
 
     img_getopt_reset();
-    while ((c = getopt_long(argc, argv, ":hf:F:pqs", longopts, NULL)) !=
-           -1) {
+    while ((c = getopt_long(argc, argv, ":hf:F:pqs", longopts, NULL)) != -1) {
         switch (c) {
         case 'h':
             compare_help();
@@ -261,8 +258,8 @@ int cmd_compare(int argc, char **argv)
         if (!quiet) {
             printf("Warning: Image size mismatch!\n");
         }
-        r = check_tail(&s, size_a > size_b ? s.a : s.b,
-                       PRL_MIN(size_a, size_b), &where);
+        r = check_tail(&s, size_a > size_b ? s.a : s.b, PRL_MIN(size_a, size_b),
+                       &where);
     }
     if (r < 0) {
         img_progress_finish(&s.progress);

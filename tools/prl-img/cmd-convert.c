@@ -17,8 +17,10 @@
 #define CV_QUERY_MAX ((uint64_t)1 << 30)  /* bytes per status query */
 #define CV_SPARSE_DEFAULT 4096            /* -S default, as qemu-img */
 #define CV_SPARSE_MAX ((uint64_t)16 << 20)
-#define CV_WORKERS_DEFAULT 4
+#define CV_WORKERS_DEFAULT 2
 #define CV_WORKERS_MAX 16
+/* Bytes written between background flushes (see flusher()). */
+#define CV_FLUSH_EVERY ((uint64_t)64 << 20)
 
 /*
  * The plan: one cursor walks the source under s->lock and hands out tasks
@@ -56,12 +58,16 @@ struct cv_state {
 
     pthread_mutex_t lock; /* everything below */
     pthread_cond_t turn_cond;
-    uint64_t cursor;      /* next guest byte to plan */
+    uint64_t cursor; /* next guest byte to plan */
     uint64_t next_ticket;
-    uint64_t turn;        /* ticket allowed to write */
-    uint64_t done;        /* bytes finished, for progress */
-    int error;            /* first failure, a negative errno */
-    char *error_msg;      /* its message */
+    uint64_t turn;    /* ticket allowed to write */
+    uint64_t done;    /* bytes finished, for progress */
+    uint64_t written; /* bytes written or zeroed in the target */
+    uint64_t flushed; /* s->written when the last flush started */
+    bool finished;    /* workers are done: the flusher stops */
+    pthread_cond_t flush_cond;
+    int error;       /* first failure, a negative errno */
+    char *error_msg; /* its message */
     struct img_progress progress;
 
     pthread_mutex_t src_lock, dst_lock;
@@ -88,7 +94,7 @@ static void convert_help(void)
            "sparse\n"
            "                (default 4k, a multiple of 512 up to 16M); "
            "0 writes every byte\n"
-           "  -m NUM        worker threads, 1 to 16 (default 4)\n"
+           "  -m NUM        worker threads, 1 to 16 (default 2)\n"
            "  -W            allow writes out of guest order\n"
            "  -p            show progress on stderr\n"
            "  -q            quiet\n"
@@ -135,8 +141,8 @@ static int next_task_locked(struct cv_state *s, struct cv_task *t)
 {
     while (s->cursor < s->size) {
         uint64_t pos = s->cursor;
-        uint64_t limit = PRL_MIN(s->size, prl_round_down(pos, s->chunk) +
-                                              s->chunk);
+        uint64_t limit =
+            PRL_MIN(s->size, prl_round_down(pos, s->chunk) + s->chunk);
         uint64_t end;
         struct prl_extent ext;
         int r;
@@ -146,8 +152,7 @@ static int next_task_locked(struct cv_state *s, struct cv_task *t)
             t->kind = CV_COPY;
             end = limit;
         } else {
-            r = src_status(s, pos, PRL_MIN(s->size - pos, CV_QUERY_MAX),
-                           &ext);
+            r = src_status(s, pos, PRL_MIN(s->size - pos, CV_QUERY_MAX), &ext);
             if (r < 0) {
                 return r;
             }
@@ -206,8 +211,44 @@ static void end_turn(struct cv_state *s, const struct cv_task *t)
     /* Unordered tasks finish in any order; only the count matters. */
     s->turn++;
     add_done_locked(s, t->length);
+    s->written += t->length;
     pthread_cond_broadcast(&s->turn_cond);
+    if (s->written - s->flushed >= CV_FLUSH_EVERY) {
+        pthread_cond_signal(&s->flush_cond);
+    }
     pthread_mutex_unlock(&s->lock);
+}
+
+/*
+ * The target is flushed when it is closed, and a flush of everything at
+ * the end makes the copy wait for the whole write-back.  A thread that
+ * flushes every CV_FLUSH_EVERY bytes lets the disk write while the
+ * workers copy, so the last flush finds little left.  Only for targets
+ * that take requests in parallel.
+ */
+static void *flusher(void *opaque)
+{
+    struct cv_state *s = opaque;
+
+    pthread_mutex_lock(&s->lock);
+    for (;;) {
+        while (!s->finished && s->error == 0 &&
+               s->written - s->flushed < CV_FLUSH_EVERY) {
+            pthread_cond_wait(&s->flush_cond, &s->lock);
+        }
+        if (s->finished || s->error) {
+            break;
+        }
+        s->flushed = s->written;
+        pthread_mutex_unlock(&s->lock);
+        int r = prl_block_flush(s->dst);
+        if (r < 0) {
+            cv_fail(s, r);
+        }
+        pthread_mutex_lock(&s->lock);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
 }
 
 static int dst_write(struct cv_state *s, const uint8_t *buf, uint64_t len,
@@ -325,9 +366,13 @@ static void *worker(void *opaque)
 /* Run the copy with |workers| threads (the caller's thread is one). */
 static int run_copy(struct cv_state *s, int workers)
 {
-    pthread_t tids[CV_WORKERS_MAX];
+    pthread_t tids[CV_WORKERS_MAX], flush_tid;
+    bool flushing = false;
     int started = 0;
 
+    if (!s->dst_serial) {
+        flushing = pthread_create(&flush_tid, NULL, flusher, s) == 0;
+    }
     for (int i = 1; i < workers; i++) {
         if (pthread_create(&tids[started], NULL, worker, s) != 0) {
             break; /* fewer threads only make it slower */
@@ -337,6 +382,13 @@ static int run_copy(struct cv_state *s, int workers)
     worker(s);
     for (int i = 0; i < started; i++) {
         pthread_join(tids[i], NULL);
+    }
+    if (flushing) {
+        pthread_mutex_lock(&s->lock);
+        s->finished = true;
+        pthread_cond_signal(&s->flush_cond);
+        pthread_mutex_unlock(&s->lock);
+        pthread_join(flush_tid, NULL);
     }
     return s->error;
 }
@@ -399,8 +451,8 @@ static int open_target(const char *path, const char *fmt, bool fmt_given,
     }
     if (prl_block_size(*out) < size) {
         img_err("target '%s' of %" PRIu64 " bytes is smaller than the "
-                "source (%" PRIu64 " bytes)", path, prl_block_size(*out),
-                size);
+                "source (%" PRIu64 " bytes)",
+                path, prl_block_size(*out), size);
         prl_block_close(*out);
         *out = NULL;
         return -EINVAL;
@@ -424,8 +476,8 @@ int cmd_convert(int argc, char **argv)
     int c, r, status = IMG_EXIT_FAIL;
 
     img_getopt_reset();
-    while ((c = getopt_long(argc, argv, ":hf:O:o:S:m:npqW", longopts,
-                            NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":hf:O:o:S:m:npqW", longopts, NULL)) !=
+           -1) {
         switch (c) {
         case 'h':
             convert_help();
@@ -439,7 +491,8 @@ int cmd_convert(int argc, char **argv)
             break;
         case 'o':
             if (opts) {
-                return img_usage("convert", IMG_EXIT_FAIL, "-o given twice; "
+                return img_usage("convert", IMG_EXIT_FAIL,
+                                 "-o given twice; "
                                  "join the options with ','");
             }
             opts = optarg;
@@ -449,7 +502,8 @@ int cmd_convert(int argc, char **argv)
                 return IMG_EXIT_FAIL;
             }
             if (sparse % 512 != 0 || sparse > CV_SPARSE_MAX) {
-                return img_usage("convert", IMG_EXIT_FAIL, "-S must be a "
+                return img_usage("convert", IMG_EXIT_FAIL,
+                                 "-S must be a "
                                  "multiple of 512 up to 16M, not '%s'",
                                  optarg);
             }
@@ -458,8 +512,9 @@ int cmd_convert(int argc, char **argv)
             workers = strtoul(optarg, &end, 10);
             if (*optarg == '\0' || *end != '\0' || workers < 1 ||
                 workers > CV_WORKERS_MAX) {
-                return img_usage("convert", IMG_EXIT_FAIL, "-m must be 1 to "
-                                 "%d, not '%s'", CV_WORKERS_MAX, optarg);
+                return img_usage("convert", IMG_EXIT_FAIL,
+                                 "-m must be 1 to %d, not '%s'", CV_WORKERS_MAX,
+                                 optarg);
             }
             break;
         case 'n':
@@ -480,27 +535,30 @@ int cmd_convert(int argc, char **argv)
     }
     if (opts && img_opts_want_help(opts)) {
         return img_print_create_options(dst_fmt) == 0 ? IMG_EXIT_OK
-                                                        : IMG_EXIT_FAIL;
+                                                      : IMG_EXIT_FAIL;
     }
     if (argc - optind != 2) {
-        return img_usage("convert", IMG_EXIT_FAIL, "expecting a source and "
+        return img_usage("convert", IMG_EXIT_FAIL,
+                         "expecting a source and "
                          "a target file name");
     }
     if (no_create && opts) {
-        return img_usage("convert", IMG_EXIT_FAIL, "-o has no effect with "
+        return img_usage("convert", IMG_EXIT_FAIL,
+                         "-o has no effect with "
                          "-n: the target is not created");
     }
 
     memset(&s, 0, sizeof(s));
     pthread_mutex_init(&s.lock, NULL);
     pthread_cond_init(&s.turn_cond, NULL);
+    pthread_cond_init(&s.flush_cond, NULL);
     pthread_mutex_init(&s.src_lock, NULL);
     pthread_mutex_init(&s.dst_lock, NULL);
     if (img_open(argv[optind], src_fmt, 0, &s.src) < 0) {
         goto out;
     }
-    if (open_target(argv[optind + 1], dst_fmt, dst_fmt_given, opts,
-                    no_create, prl_block_size(s.src), &s.dst) < 0) {
+    if (open_target(argv[optind + 1], dst_fmt, dst_fmt_given, opts, no_create,
+                    prl_block_size(s.src), &s.dst) < 0) {
         goto out;
     }
     if (plan_copy(&s, sparse, unordered) < 0) {
@@ -526,6 +584,7 @@ out:
     free(s.error_msg);
     pthread_mutex_destroy(&s.dst_lock);
     pthread_mutex_destroy(&s.src_lock);
+    pthread_cond_destroy(&s.flush_cond);
     pthread_cond_destroy(&s.turn_cond);
     pthread_mutex_destroy(&s.lock);
     return status;

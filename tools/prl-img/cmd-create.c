@@ -175,18 +175,18 @@ int cmd_create(int argc, char **argv)
         }
     }
     if (img_opts_want_help(opts)) {
-        status = img_print_create_options(format) == 0 ? IMG_EXIT_OK
-                                                        : IMG_EXIT_FAIL;
+        status =
+            img_print_create_options(format) == 0 ? IMG_EXIT_OK : IMG_EXIT_FAIL;
         goto out;
     }
     if (optind >= argc) {
-        status = img_usage("create", IMG_EXIT_FAIL,
-                           "expecting an image file name");
+        status =
+            img_usage("create", IMG_EXIT_FAIL, "expecting an image file name");
         goto out;
     }
     if (argc - optind > 2) {
-        status = img_usage("create", IMG_EXIT_FAIL, "unexpected argument "
-                           "'%s'", argv[optind + 2]);
+        status = img_usage("create", IMG_EXIT_FAIL, "unexpected argument '%s'",
+                           argv[optind + 2]);
         goto out;
     }
     path = argv[optind];
@@ -202,7 +202,8 @@ int cmd_create(int argc, char **argv)
             goto out;
         }
     } else {
-        status = img_usage("create", IMG_EXIT_FAIL, "image creation needs a "
+        status = img_usage("create", IMG_EXIT_FAIL,
+                           "image creation needs a "
                            "size: give SIZE or -o size=SIZE");
         goto out;
     }

@@ -70,8 +70,8 @@ static void print_human(const struct prl_image_info *in)
     printf("    allocated clusters: %" PRIu64 " / %" PRIu64 "\n"
            "    geometry: %" PRIu32 " cylinders, %" PRIu32 " heads, %" PRIu32
            " sectors per track\n",
-           in->allocated_clusters, in->bat_entries, in->cylinders,
-           in->heads, in->tracks);
+           in->allocated_clusters, in->bat_entries, in->cylinders, in->heads,
+           in->tracks);
 }
 
 /* Keys and layout follow `qemu-img info --output=json`. */
@@ -105,9 +105,9 @@ static void print_json(const struct prl_image_info *in)
                "            \"tracks\": %" PRIu32 "\n"
                "        }\n"
                "    },\n",
-               in->in_use, in->empty_flag ? "true" : "false",
-               in->data_offset, in->ext_offset, in->allocated_clusters,
-               in->bat_entries, in->heads, in->cylinders, in->tracks);
+               in->in_use, in->empty_flag ? "true" : "false", in->data_offset,
+               in->ext_offset, in->allocated_clusters, in->bat_entries,
+               in->heads, in->cylinders, in->tracks);
     }
     printf("    \"dirty-flag\": %s\n}\n", in->dirty ? "true" : "false");
 }
@@ -146,8 +146,7 @@ int cmd_info(int argc, char **argv)
         }
     }
     if (optind >= argc) {
-        return img_usage("info", IMG_EXIT_FAIL,
-                         "expecting an image file name");
+        return img_usage("info", IMG_EXIT_FAIL, "expecting an image file name");
     }
     if (argc - optind > 1) {
         return img_usage("info", IMG_EXIT_FAIL, "unexpected argument '%s'",

@@ -43,9 +43,8 @@ static void map_help(void)
 
 static bool mergeable(const struct map_entry *a, const struct map_entry *b)
 {
-    if (a->present != b->present || a->zero != b->zero ||
-        a->data != b->data || a->depth != b->depth ||
-        a->has_offset != b->has_offset) {
+    if (a->present != b->present || a->zero != b->zero || a->data != b->data ||
+        a->depth != b->depth || a->has_offset != b->has_offset) {
         return false;
     }
     return !a->has_offset || a->offset + a->length == b->offset;
@@ -80,16 +79,15 @@ static int map_image(struct prl_block *bs, uint64_t start, uint64_t end,
     uint64_t pos = start;
 
     if (!json) {
-        printf("%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to",
-               "File");
+        printf("%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File");
     }
     /* An empty range still gets one all-false entry, as qemu-img does. */
     memset(&cur, 0, sizeof(cur));
     cur.start = start;
     while (pos < end) {
         struct prl_extent ext;
-        int r = prl_block_status(bs, pos, PRL_MIN(end - pos, MAP_QUERY_MAX),
-                                 &ext);
+        int r =
+            prl_block_status(bs, pos, PRL_MIN(end - pos, MAP_QUERY_MAX), &ext);
         if (r < 0) {
             img_lib_err();
             if (json && !first) {
@@ -170,8 +168,7 @@ int cmd_map(int argc, char **argv)
         }
     }
     if (optind >= argc) {
-        return img_usage("map", IMG_EXIT_FAIL,
-                         "expecting an image file name");
+        return img_usage("map", IMG_EXIT_FAIL, "expecting an image file name");
     }
     if (argc - optind > 1) {
         return img_usage("map", IMG_EXIT_FAIL, "unexpected argument '%s'",

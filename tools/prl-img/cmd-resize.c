@@ -36,15 +36,16 @@ static int new_size(const char *arg, uint64_t size, uint64_t *out)
         }
         if (arg[0] == '+') {
             if (n > UINT64_MAX - size) {
-                img_err("new size %" PRIu64 " + %" PRIu64 " is too large",
-                        size, n);
+                img_err("new size %" PRIu64 " + %" PRIu64 " is too large", size,
+                        n);
                 return -1;
             }
             *out = size + n;
         } else {
             if (n >= size) {
-                img_err("new image size must be positive: %" PRIu64 " - %"
-                        PRIu64 " bytes", size, n);
+                img_err("new image size must be positive: %" PRIu64
+                        " - %" PRIu64 " bytes",
+                        size, n);
                 return -1;
             }
             *out = size - n;
@@ -112,8 +113,8 @@ int cmd_resize(int argc, char **argv)
                          "expecting an image file name and a size");
     }
     if (argc - optind > 1) {
-        return img_usage("resize", IMG_EXIT_FAIL, "unexpected argument "
-                         "'%s'", argv[optind + 1]);
+        return img_usage("resize", IMG_EXIT_FAIL, "unexpected argument '%s'",
+                         argv[optind + 1]);
     }
     if (img_open(argv[optind], format, PRL_OPEN_RDWR, &bs) < 0) {
         return IMG_EXIT_FAIL;

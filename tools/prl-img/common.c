@@ -37,8 +37,8 @@ int img_usage(const char *cmd, int status, const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     if (cmd) {
-        fprintf(stderr, "\nTry '" IMG_NAME " %s --help' for more "
-                "information.\n", cmd);
+        fprintf(stderr,
+                "\nTry '" IMG_NAME " %s --help' for more information.\n", cmd);
     } else {
         fputs("\nTry '" IMG_NAME " --help' for more information.\n", stderr);
     }
@@ -51,11 +51,10 @@ int img_bad_option(const char *cmd, int c, char **argv, int status)
 
     if (c == ':') {
         if (optopt) {
-            return img_usage(cmd, status, "option '-%c' requires an "
-                             "argument", optopt);
+            return img_usage(cmd, status, "option '-%c' requires an argument",
+                             optopt);
         }
-        return img_usage(cmd, status, "option '%s' requires an argument",
-                         arg);
+        return img_usage(cmd, status, "option '%s' requires an argument", arg);
     }
     if (optopt) {
         return img_usage(cmd, status, "invalid option '-%c'", optopt);
@@ -110,15 +109,14 @@ int img_parse_output(const char *cmd, const char *s, bool *json)
         *json = false;
         return 0;
     }
-    img_usage(cmd, IMG_EXIT_FAIL, "--output must be 'human' or 'json', not "
-              "'%s'", s);
+    img_usage(cmd, IMG_EXIT_FAIL,
+              "--output must be 'human' or 'json', not '%s'", s);
     return -1;
 }
 
 void img_human_size(uint64_t v, char *buf, size_t len)
 {
-    static const char *const units[] = {"", "Ki", "Mi", "Gi", "Ti", "Pi",
-                                        "Ei"};
+    static const char *const units[] = {"", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"};
     double scaled = (double)v;
     size_t i = 0;
 
@@ -294,8 +292,7 @@ void img_progress_start(struct img_progress *p, bool enabled)
     }
 }
 
-void img_progress_update(struct img_progress *p, uint64_t done,
-                         uint64_t total)
+void img_progress_update(struct img_progress *p, uint64_t done, uint64_t total)
 {
     double percent;
 
@@ -316,7 +313,9 @@ void img_progress_finish(struct img_progress *p)
     if (!p->enabled) {
         return;
     }
-    progress_show(p, 100.0);
+    if (p->shown < 100.0) {
+        progress_show(p, 100.0);
+    }
     fputc('\n', stderr);
     p->enabled = false;
 }

@@ -19,28 +19,47 @@ struct command {
 };
 
 static const struct command commands[] = {
+#ifdef IMG_HAVE_BITMAP
+    {"bitmap", cmd_bitmap,
+     "bitmap (--add [-g SIZE] | --remove | --clear | --enable | --disable |\n"
+     "          --merge SOURCE [-b SOURCE_FILE] [-F FMT])... [-f FMT] FILE "
+     "BITMAP",
+     IMG_EXIT_FAIL},
+#endif
 #ifdef IMG_HAVE_CHECK
     {"check", cmd_check,
-     "check [-q] [-f FMT] [-r leaks|all] [--output=human|json] FILE", 1},
+     "check [-q] [-f FMT] [-r leaks|all] [--output=human|json] FILE",
+     IMG_EXIT_FAIL},
+#endif
+#ifdef IMG_HAVE_COMMIT
+    {"commit", cmd_commit, "commit [-q] [--allow-external-files] BUNDLE",
+     IMG_EXIT_FAIL},
 #endif
     {"compare", cmd_compare,
      "compare [-f FMT] [-F FMT] [-p] [-q] [-s] FILE1 FILE2", 2},
     {"convert", cmd_convert,
-     "convert [-n] [-p] [-q] [-W] [-f FMT] [-O FMT] [-o OPTS] [-S SIZE] "
-     "[-m NUM] SRC DST", IMG_EXIT_FAIL},
+     "convert [-n] [-p] [-q] [-W] [-f FMT] [-O FMT] [-o OPTS] [-S SIZE]\n"
+     "          [-m NUM] SRC DST",
+     IMG_EXIT_FAIL},
     {"create", cmd_create, "create [-q] [-f FMT] [-o OPTS] FILE [SIZE]",
      IMG_EXIT_FAIL},
     {"info", cmd_info, "info [-f FMT] [--output=human|json] FILE",
      IMG_EXIT_FAIL},
     {"map", cmd_map,
-     "map [-f FMT] [--output=human|json] [--start-offset=N] "
-     "[--max-length=N] FILE", IMG_EXIT_FAIL},
-    {"resize", cmd_resize,
-     "resize [-q] [-f FMT] [--shrink] FILE [+|-]SIZE", IMG_EXIT_FAIL},
+     "map [-f FMT] [--output=human|json] [--start-offset=N]\n"
+     "          [--max-length=N] FILE",
+     IMG_EXIT_FAIL},
+    {"resize", cmd_resize, "resize [-q] [-f FMT] [--shrink] FILE [+|-]SIZE",
+     IMG_EXIT_FAIL},
+#ifdef IMG_HAVE_SNAPSHOT
+    {"snapshot", cmd_snapshot,
+     "snapshot [--output=human|json] [--allow-external-files]\n"
+     "          -l | -c | -d GUID  BUNDLE",
+     IMG_EXIT_FAIL},
+#endif
 };
 
-static void log_handler(enum prl_log_level level, const char *msg,
-                        void *opaque)
+static void log_handler(enum prl_log_level level, const char *msg, void *opaque)
 {
     fflush(stdout);
     if (level == PRL_LOG_WARNING) {
@@ -88,8 +107,7 @@ int main(int argc, char **argv)
         return IMG_EXIT_OK;
     }
     if (name[0] == '-') {
-        return img_usage(NULL, IMG_EXIT_FAIL, "unrecognized option '%s'",
-                         name);
+        return img_usage(NULL, IMG_EXIT_FAIL, "unrecognized option '%s'", name);
     }
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
         if (strcmp(name, commands[i].name) == 0) {

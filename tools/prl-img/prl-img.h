@@ -19,13 +19,16 @@
 
 /* A subcommand: argv[0] is its name, the rest are its arguments.  Returns
  * the process exit status. */
+int cmd_bitmap(int argc, char **argv);
 int cmd_check(int argc, char **argv);
+int cmd_commit(int argc, char **argv);
 int cmd_create(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_map(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
 int cmd_resize(int argc, char **argv);
+int cmd_snapshot(int argc, char **argv);
 
 /* Print "prl-img: <message>" to stderr. */
 void img_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -82,8 +85,7 @@ struct img_progress {
 
 void img_progress_start(struct img_progress *p, bool enabled);
 /* Show |done| of |total| bytes when it moved by at least 1 %. */
-void img_progress_update(struct img_progress *p, uint64_t done,
-                         uint64_t total);
+void img_progress_update(struct img_progress *p, uint64_t done, uint64_t total);
 /* Show 100 % and end the line. */
 void img_progress_finish(struct img_progress *p);
 
