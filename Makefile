@@ -12,7 +12,8 @@ FUZZ_TIME  ?= 60
 ASAN_ENV = ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
            UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
-.PHONY: all build deps demo check check-build check-asan fuzz format-check \
+.PHONY: all build deps demo check check-build check-asan fuzz fuzz-merge \
+        format-check \
         clean help
 
 all: build
@@ -24,6 +25,7 @@ help:
 	@echo "                  the same in an ASan+UBSan build ($(ASAN_BUILD)/)"
 	@echo "make fuzz         libFuzzer build ($(FUZZ_BUILD)/, clang), each"
 	@echo "                  target for FUZZ_TIME=$(FUZZ_TIME) seconds"
+	@echo "make fuzz-merge   add new-coverage inputs to fuzz/corpus/"
 	@echo "make format-check clang-format --dry-run over the C sources"
 
 # Configure only once; ninja re-runs meson itself when meson.build changes.
@@ -65,6 +67,10 @@ fuzz:
 	    -Db_sanitize=address,undefined -Db_lundef=false
 	ninja -C $(FUZZ_BUILD)
 	fuzz/libfuzzer $(FUZZ_BUILD) $(FUZZ_TIME)
+
+# Add what `make fuzz` found that reaches new code to fuzz/corpus/.
+fuzz-merge:
+	fuzz/libfuzzer --merge $(FUZZ_BUILD)
 
 format-check:
 	scripts/format-check

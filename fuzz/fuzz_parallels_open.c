@@ -3,6 +3,7 @@
  * by probing and as Parallels, read-only (info, a block-status walk,
  * bounded reads checked against the file) and read-write on a copy
  * (write, zero, trim, resize, close, reopen, read back). */
+#include "prl/bitmap.h"
 #include "prl/block.h"
 #include "prl/error.h"
 #include "prl/log.h"
@@ -26,6 +27,10 @@
 /* The read-write pass only runs on clusters up to this size (bytes), so a
  * few allocating writes never touch gigabytes. */
 #define RW_MAX_CLUSTER (1u << 20)
+/* The bitmap the read-write pass adds. */
+#define FUZZ_BITMAP "0f0f0f0f-1234-4abc-8def-00000000b17a"
+/* Longest dirty-extent walk per bitmap. */
+#define MAX_BITMAP_EXTENTS 1024
 
 struct input {
     const uint8_t *data;
@@ -199,6 +204,38 @@ static void read_some(struct prl_block *bs, uint64_t *budget)
     CHECK(prl_block_pread(bs, buf_a, 1, size, 0) < 0);
 }
 
+/* Every bitmap of the image lists with a sane granularity, and a
+ * consistent one answers dirty-status queries over the whole disk. */
+static void walk_bitmaps(struct prl_block *bs)
+{
+    struct prl_bitmap_info *bm = NULL;
+    uint64_t size = prl_block_size(bs);
+    size_t n = 0;
+
+    if (prl_bitmap_list(bs, &bm, &n) < 0) {
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint64_t off = 0;
+
+        CHECK(bm[i].granularity >= 512 &&
+              (bm[i].granularity & (bm[i].granularity - 1)) == 0);
+        CHECK(memchr(bm[i].name, '\0', sizeof(bm[i].name)) != NULL);
+        for (int k = 0; off < size && k < MAX_BITMAP_EXTENTS; k++) {
+            bool dirty;
+            uint64_t pnum = 0;
+
+            if (prl_bitmap_status(bs, bm[i].name, off, size - off, &dirty,
+                                  &pnum) < 0) {
+                break;
+            }
+            CHECK(pnum > 0 && pnum <= size - off);
+            off += pnum;
+        }
+    }
+    free(bm);
+}
+
 static void exercise_ro(const struct input *in, const char *path,
                         const char *format)
 {
@@ -221,6 +258,7 @@ static void exercise_ro(const struct input *in, const char *path,
     CHECK(prl_block_pwrite(bs, buf_a, 1, 0, 0) < 0);
     walk_status(bs, in, &budget);
     read_some(bs, &budget);
+    walk_bitmaps(bs);
     prl_block_close(bs);
 }
 
@@ -305,6 +343,10 @@ static void exercise_rw(const struct input *in)
         }
     }
 
+    /* A bitmap added now must see the last write; adding may fail
+     * cleanly (no room in the Format Extension, or a name clash). */
+    bool bitmap = ok && prl_bitmap_add(bs, FUZZ_BITMAP, 0, NULL) == 0;
+
     /* The last write, remembered for the reopen. */
     if (ok) {
         w_off = next_rand(&rng) % size;
@@ -334,6 +376,17 @@ static void exercise_rw(const struct input *in)
         CHECK(prl_block_pread(bs, buf_b, w_len, w_off, 0) == 0);
         for (uint64_t k = 0; k < w_len; k++) {
             CHECK(buf_b[k] == pattern);
+        }
+        if (bitmap) {
+            bool dirty = false;
+            uint64_t pnum = 0;
+            int r =
+                prl_bitmap_status(bs, FUZZ_BITMAP, w_off, w_len, &dirty, &pnum);
+            if (r < 0) {
+                fprintf(stderr, "bitmap after reopen: %s\n",
+                        prl_error_message());
+            }
+            CHECK(r == 0 && dirty);
         }
     }
     read_some(bs, &budget);
