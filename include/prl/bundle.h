@@ -32,8 +32,8 @@ struct prl_snapshot {
 struct prl_snapshot_list {
     struct prl_snapshot *v; /* in descriptor order */
     size_t n;
-    uint64_t disk_size;     /* guest bytes */
-    uint64_t cluster_size;  /* bytes (Blocksize) */
+    uint64_t disk_size;    /* guest bytes */
+    uint64_t cluster_size; /* bytes (Blocksize) */
 };
 
 /* List the images of the bundle at |path| (its directory or its
@@ -45,8 +45,7 @@ void prl_snapshot_list_free(struct prl_snapshot_list *list);
 
 /* Take a snapshot: a new empty overlay becomes the top and the old top
  * becomes read-only.  The new GUID is written to |guid| (39 bytes). */
-int prl_bundle_snapshot_create(const char *path, unsigned flags,
-                               char guid[39]);
+int prl_bundle_snapshot_create(const char *path, unsigned flags, char guid[39]);
 
 /* Delete the snapshot |guid| by merging its data into its only child, so
  * no guest-visible data changes; its image file is removed.  The top

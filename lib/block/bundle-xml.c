@@ -48,9 +48,10 @@ static int child1(const struct bundle_desc *d, xmlNode *parent,
     for (xmlNode *n = parent->children; n; n = n->next) {
         if (is_elem(n, name)) {
             if (found) {
-                return prl_error(EINVAL, "'%s': <%s> has more than one "
-                                 "<%s> element (line %ld)", d->name,
-                                 (const char *)parent->name, name,
+                return prl_error(EINVAL,
+                                 "'%s': <%s> has more than one "
+                                 "<%s> element (line %ld)",
+                                 d->name, (const char *)parent->name, name,
                                  (long)xmlGetLineNo(n));
             }
             found = n;
@@ -66,8 +67,8 @@ static int child1(const struct bundle_desc *d, xmlNode *parent,
 
 /* The text of an element that must hold only text, whitespace trimmed.
  * Entity references are refused rather than expanded. */
-static int elem_text(const struct bundle_desc *d, const xmlNode *el,
-                     char *out, size_t cap)
+static int elem_text(const struct bundle_desc *d, const xmlNode *el, char *out,
+                     size_t cap)
 {
     size_t len = 0, start = 0;
 
@@ -76,15 +77,18 @@ static int elem_text(const struct bundle_desc *d, const xmlNode *el,
             continue;
         }
         if (n->type != XML_TEXT_NODE && n->type != XML_CDATA_SECTION_NODE) {
-            return prl_error(EINVAL, "'%s': <%s> (line %ld) must hold only "
-                             "text", d->name, (const char *)el->name,
+            return prl_error(EINVAL,
+                             "'%s': <%s> (line %ld) must hold only "
+                             "text",
+                             d->name, (const char *)el->name,
                              (long)xmlGetLineNo((xmlNode *)el));
         }
         size_t k = n->content ? strlen((const char *)n->content) : 0;
         if (k >= cap - len) {
-            return prl_error(EINVAL, "'%s': <%s> (line %ld) holds more "
-                             "than %zu bytes of text", d->name,
-                             (const char *)el->name,
+            return prl_error(EINVAL,
+                             "'%s': <%s> (line %ld) holds more "
+                             "than %zu bytes of text",
+                             d->name, (const char *)el->name,
                              (long)xmlGetLineNo((xmlNode *)el), cap - 1);
         }
         memcpy(out + len, n->content, k);
@@ -118,15 +122,16 @@ static int child_u64(const struct bundle_desc *d, xmlNode *parent,
         return r;
     }
     if (text[0] == '\0') {
-        return prl_error(EINVAL, "'%s': <%s> in <%s> is empty", d->name,
-                         name, (const char *)parent->name);
+        return prl_error(EINVAL, "'%s': <%s> in <%s> is empty", d->name, name,
+                         (const char *)parent->name);
     }
     for (const char *p = text; *p; p++) {
         if (!isdigit((unsigned char)*p) || prl_mul_overflow(v, 10, &v) ||
             prl_add_overflow(v, (uint64_t)(*p - '0'), &v)) {
-            return prl_error(EINVAL, "'%s': <%s> in <%s> is '%s', not a "
-                             "number below 2^64", d->name, name,
-                             (const char *)parent->name, text);
+            return prl_error(EINVAL,
+                             "'%s': <%s> in <%s> is '%s', not a "
+                             "number below 2^64",
+                             d->name, name, (const char *)parent->name, text);
         }
     }
     *out = v;
@@ -172,8 +177,8 @@ int bundle_guid_random(char out[BUNDLE_GUID_LEN])
     snprintf(out, BUNDLE_GUID_LEN,
              "{%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-"
              "%02x%02x%02x%02x%02x%02x}",
-             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9],
-             b[10], b[11], b[12], b[13], b[14], b[15]);
+             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10],
+             b[11], b[12], b[13], b[14], b[15]);
     return 0;
 }
 
@@ -193,10 +198,11 @@ static int child_guid(const struct bundle_desc *d, xmlNode *parent,
         return r;
     }
     if (!bundle_guid_parse(text, out)) {
-        return prl_error(EINVAL, "'%s': <%s> in <%s> (line %ld) is '%s', "
+        return prl_error(EINVAL,
+                         "'%s': <%s> in <%s> (line %ld) is '%s', "
                          "not a GUID in braces like {01234567-89ab-cdef-"
-                         "0123-456789abcdef}", d->name, name,
-                         (const char *)parent->name,
+                         "0123-456789abcdef}",
+                         d->name, name, (const char *)parent->name,
                          (long)xmlGetLineNo(el), text);
     }
     return 0;
@@ -275,14 +281,17 @@ static int extract_params(struct bundle_desc *d, xmlNode *root)
         return r;
     }
     if (d->disk_sectors == 0 || d->disk_sectors > UINT64_MAX / 512) {
-        return prl_error(EINVAL, "'%s': <Disk_size> is %" PRIu64 " sectors;"
-                         " it must be between 1 and 2^55", d->name,
-                         d->disk_sectors);
+        return prl_error(EINVAL,
+                         "'%s': <Disk_size> is %" PRIu64 " sectors;"
+                         " it must be between 1 and 2^55",
+                         d->name, d->disk_sectors);
     }
     if (padding != 0) {
-        return prl_error(EINVAL, "'%s': <Padding> is %" PRIu64 "; only 0 "
+        return prl_error(EINVAL,
+                         "'%s': <Padding> is %" PRIu64 "; only 0 "
                          "is supported (prl-xml.rst leaves other values "
-                         "undefined)", d->name, padding);
+                         "undefined)",
+                         d->name, padding);
     }
     /* Parallels rounds the cylinders down, so real disks rarely have
      * C*H*S == Disk_size; only a geometry that rounding cannot explain is
@@ -314,14 +323,17 @@ static int extract_storage(struct bundle_desc *d, xmlNode *root)
         }
     }
     if (n_storage == 0) {
-        return prl_error(EINVAL, "'%s': <StorageData> has no <Storage> "
-                         "element", d->name);
+        return prl_error(EINVAL,
+                         "'%s': <StorageData> has no <Storage> "
+                         "element",
+                         d->name);
     }
     if (n_storage > 1) {
-        return prl_error(ENOTSUP, "'%s': <StorageData> has %zu <Storage> "
+        return prl_error(ENOTSUP,
+                         "'%s': <StorageData> has %zu <Storage> "
                          "elements: split disks are not supported, only "
-                         "one Storage covering the whole disk", d->name,
-                         n_storage);
+                         "one Storage covering the whole disk",
+                         d->name, n_storage);
     }
     r = child_u64(d, st, "Start", &start);
     if (r == 0) {
@@ -334,19 +346,23 @@ static int extract_storage(struct bundle_desc *d, xmlNode *root)
         return r;
     }
     if (start != 0) {
-        return prl_error(EINVAL, "'%s': <Start> of <Storage> is %" PRIu64
+        return prl_error(EINVAL,
+                         "'%s': <Start> of <Storage> is %" PRIu64
                          "; it must be 0 (split disks are not supported)",
                          d->name, start);
     }
     if (end != d->disk_sectors) {
-        return prl_error(EINVAL, "'%s': <End> of <Storage> is %" PRIu64
-                         "; it must equal <Disk_size> %" PRIu64, d->name,
-                         end, d->disk_sectors);
+        return prl_error(EINVAL,
+                         "'%s': <End> of <Storage> is %" PRIu64
+                         "; it must equal <Disk_size> %" PRIu64,
+                         d->name, end, d->disk_sectors);
     }
     if (d->blocksize == 0 || d->blocksize > UINT32_MAX) {
-        return prl_error(EINVAL, "'%s': <Blocksize> of <Storage> is %"
-                         PRIu64 " sectors; it must be between 1 and "
-                         "2^32-1", d->name, d->blocksize);
+        return prl_error(EINVAL,
+                         "'%s': <Blocksize> of <Storage> is %" PRIu64
+                         " sectors; it must be between 1 and "
+                         "2^32-1",
+                         d->name, d->blocksize);
     }
     for (xmlNode *n = st->children; n; n = n->next) {
         n_img += is_elem(n, "Image");
@@ -356,9 +372,10 @@ static int extract_storage(struct bundle_desc *d, xmlNode *root)
                          d->name);
     }
     if (n_img > BUNDLE_MAX_IMAGES) {
-        return prl_error(EINVAL, "'%s': <Storage> has %zu <Image> elements;"
-                         " at most %u are supported", d->name, n_img,
-                         BUNDLE_MAX_IMAGES);
+        return prl_error(EINVAL,
+                         "'%s': <Storage> has %zu <Image> elements;"
+                         " at most %u are supported",
+                         d->name, n_img, BUNDLE_MAX_IMAGES);
     }
     d->images = prl_calloc(n_img, sizeof(*d->images));
     if (!d->images) {
@@ -379,8 +396,10 @@ static int extract_storage(struct bundle_desc *d, xmlNode *root)
             return r;
         }
         if (find_image(d, im->guid) != SIZE_MAX) {
-            return prl_error(EINVAL, "'%s': two <Image> elements have the "
-                             "GUID %s", d->name, im->guid);
+            return prl_error(EINVAL,
+                             "'%s': two <Image> elements have the "
+                             "GUID %s",
+                             d->name, im->guid);
         }
         r = child1(d, n, "Type", true, &el);
         if (r == 0) {
@@ -392,9 +411,10 @@ static int extract_storage(struct bundle_desc *d, xmlNode *root)
         if (strcmp(text, "Plain") == 0) {
             im->plain = true;
         } else if (strcmp(text, "Compressed") != 0) {
-            return prl_error(EINVAL, "'%s': <Type> of image %s is '%s'; "
-                             "it must be Plain or Compressed", d->name,
-                             im->guid, text);
+            return prl_error(EINVAL,
+                             "'%s': <Type> of image %s is '%s'; "
+                             "it must be Plain or Compressed",
+                             d->name, im->guid, text);
         }
         r = child1(d, n, "File", true, &el);
         if (r == 0) {
@@ -446,9 +466,10 @@ static int extract_shots(struct bundle_desc *d, xmlNode *root)
                          d->name);
     }
     if (n_shot > BUNDLE_MAX_IMAGES) {
-        return prl_error(EINVAL, "'%s': <Snapshots> has %zu <Shot> "
-                         "elements; at most %u are supported", d->name,
-                         n_shot, BUNDLE_MAX_IMAGES);
+        return prl_error(EINVAL,
+                         "'%s': <Snapshots> has %zu <Shot> "
+                         "elements; at most %u are supported",
+                         d->name, n_shot, BUNDLE_MAX_IMAGES);
     }
     d->shots = prl_calloc(n_shot, sizeof(*d->shots));
     if (!d->shots) {
@@ -470,13 +491,17 @@ static int extract_shots(struct bundle_desc *d, xmlNode *root)
             return r;
         }
         if (bundle_desc_find(d, sh->guid) != SIZE_MAX) {
-            return prl_error(EINVAL, "'%s': two <Shot> elements have the "
-                             "GUID %s", d->name, sh->guid);
+            return prl_error(EINVAL,
+                             "'%s': two <Shot> elements have the "
+                             "GUID %s",
+                             d->name, sh->guid);
         }
         sh->image = find_image(d, sh->guid);
         if (sh->image == SIZE_MAX) {
-            return prl_error(EINVAL, "'%s': <Shot> %s names no <Image> of "
-                             "<Storage>", d->name, sh->guid);
+            return prl_error(EINVAL,
+                             "'%s': <Shot> %s names no <Image> of "
+                             "<Storage>",
+                             d->name, sh->guid);
         }
         if (strcmp(sh->guid, sh->parent) == 0) {
             return prl_error(EINVAL, "'%s': <Shot> %s is its own parent",
@@ -486,8 +511,10 @@ static int extract_shots(struct bundle_desc *d, xmlNode *root)
     }
     for (size_t i = 0; i < d->n_images; i++) {
         if (bundle_desc_find(d, d->images[i].guid) == SIZE_MAX) {
-            return prl_error(EINVAL, "'%s': <Image> %s has no <Shot> in "
-                             "<Snapshots>", d->name, d->images[i].guid);
+            return prl_error(EINVAL,
+                             "'%s': <Image> %s has no <Shot> in "
+                             "<Snapshots>",
+                             d->name, d->images[i].guid);
         }
     }
     for (size_t i = 0; i < d->n_shots; i++) {
@@ -501,30 +528,33 @@ static int extract_shots(struct bundle_desc *d, xmlNode *root)
         }
         sh->parent_shot = bundle_desc_find(d, sh->parent);
         if (sh->parent_shot == SIZE_MAX) {
-            return prl_error(EINVAL, "'%s': the <ParentGUID> %s of <Shot> "
-                             "%s names no <Shot>", d->name, sh->parent,
-                             sh->guid);
+            return prl_error(EINVAL,
+                             "'%s': the <ParentGUID> %s of <Shot> "
+                             "%s names no <Shot>",
+                             d->name, sh->parent, sh->guid);
         }
         d->shots[sh->parent_shot].n_children++;
     }
     if (n_roots != 1) {
-        return prl_error(EINVAL, "'%s': <Snapshots> has %zu root <Shot> "
+        return prl_error(EINVAL,
+                         "'%s': <Snapshots> has %zu root <Shot> "
                          "elements (ParentGUID %s); it must have exactly "
-                         "one", d->name, n_roots, BUNDLE_GUID_ZERO);
+                         "one",
+                         d->name, n_roots, BUNDLE_GUID_ZERO);
     }
     /* With one root and every parent known, a shot that does not reach
      * the root in n_shots steps is on a cycle. */
     for (size_t i = 0; i < d->n_shots; i++) {
         size_t k = i, steps = 0;
-        while (d->shots[k].parent_shot != SIZE_MAX &&
-               steps <= d->n_shots) {
+        while (d->shots[k].parent_shot != SIZE_MAX && steps <= d->n_shots) {
             k = d->shots[k].parent_shot;
             steps++;
         }
         if (d->shots[k].parent_shot != SIZE_MAX) {
-            return prl_error(EINVAL, "'%s': the <ParentGUID> links of "
-                             "<Shot> %s form a cycle", d->name,
-                             d->shots[i].guid);
+            return prl_error(EINVAL,
+                             "'%s': the <ParentGUID> links of "
+                             "<Shot> %s form a cycle",
+                             d->name, d->shots[i].guid);
         }
     }
     d->top = bundle_desc_find(d, top);
@@ -533,20 +563,25 @@ static int extract_shots(struct bundle_desc *d, xmlNode *root)
             return prl_error(EINVAL, "'%s': <TopGUID> %s names no <Shot>",
                              d->name, top);
         }
-        return prl_error(EINVAL, "'%s': no top snapshot: there is no "
+        return prl_error(EINVAL,
+                         "'%s': no top snapshot: there is no "
                          "<TopGUID> and no <Shot> with the predefined top "
-                         "GUID %s", d->name, BUNDLE_GUID_TOP);
+                         "GUID %s",
+                         d->name, BUNDLE_GUID_TOP);
     }
     if (strcmp(top, BUNDLE_GUID_BACKUP) == 0) {
-        return prl_error(EINVAL, "'%s': the top snapshot has the BackupID "
-                         "GUID %s, which the top must never have", d->name,
-                         BUNDLE_GUID_BACKUP);
+        return prl_error(EINVAL,
+                         "'%s': the top snapshot has the BackupID "
+                         "GUID %s, which the top must never have",
+                         d->name, BUNDLE_GUID_BACKUP);
     }
     for (size_t i = 0; i < d->n_shots; i++) {
         if (i != d->root && d->images[d->shots[i].image].plain) {
-            return prl_error(EINVAL, "'%s': image %s has <Type> Plain but "
+            return prl_error(EINVAL,
+                             "'%s': image %s has <Type> Plain but "
                              "is not the root; overlays must be "
-                             "Compressed", d->name, d->shots[i].guid);
+                             "Compressed",
+                             d->name, d->shots[i].guid);
         }
     }
     return 0;
@@ -565,14 +600,17 @@ static int extract(struct bundle_desc *d)
     }
     if (!is_elem(root, "Parallels_disk_image") &&
         !is_elem(root, "Virtuozzo_disk_image")) {
-        return prl_error(EINVAL, "'%s': the root element is <%s>, not "
-                         "<Parallels_disk_image>", d->name,
-                         (const char *)root->name);
+        return prl_error(EINVAL,
+                         "'%s': the root element is <%s>, not "
+                         "<Parallels_disk_image>",
+                         d->name, (const char *)root->name);
     }
     ver = xmlGetNoNsProp(root, BAD_CAST "Version");
     if (!ver || strcmp((const char *)ver, "1.0") != 0) {
-        r = prl_error(EINVAL, "'%s': <%s> has Version '%s'; only 1.0 is "
-                      "supported", d->name, (const char *)root->name,
+        r = prl_error(EINVAL,
+                      "'%s': <%s> has Version '%s'; only 1.0 is "
+                      "supported",
+                      d->name, (const char *)root->name,
                       ver ? (const char *)ver : "(none)");
         xmlFree(ver);
         return r;
@@ -591,8 +629,7 @@ static int extract(struct bundle_desc *d)
 /* SAX hook for <!DOCTYPE: stop at once, before any declaration inside it
  * is parsed, so entity definitions never take effect. */
 static void refuse_doctype(void *ctx, const xmlChar *name,
-                           const xmlChar *external_id,
-                           const xmlChar *system_id)
+                           const xmlChar *external_id, const xmlChar *system_id)
 {
     xmlParserCtxtPtr ctxt = ctx;
 
@@ -614,9 +651,10 @@ int bundle_desc_parse(const void *buf, size_t len, const char *name,
         return prl_error(ENOMEM, "out of memory");
     }
     if (len > BUNDLE_XML_MAX_BYTES) {
-        r = prl_error(EFBIG, "'%s' is %zu bytes; a descriptor of more than "
-                      "%u bytes is refused", name, len,
-                      BUNDLE_XML_MAX_BYTES);
+        r = prl_error(EFBIG,
+                      "'%s' is %zu bytes; a descriptor of more than "
+                      "%u bytes is refused",
+                      name, len, BUNDLE_XML_MAX_BYTES);
         goto fail;
     }
     ctxt = xmlNewParserCtxt();
@@ -630,8 +668,10 @@ int bundle_desc_parse(const void *buf, size_t len, const char *name,
                                XML_PARSE_NONET | XML_PARSE_NOERROR |
                                    XML_PARSE_NOWARNING);
     if (doctype) {
-        r = prl_error(EINVAL, "'%s': a <!DOCTYPE> declaration is not "
-                      "allowed in a descriptor (no DTD, no entities)", name);
+        r = prl_error(EINVAL,
+                      "'%s': a <!DOCTYPE> declaration is not "
+                      "allowed in a descriptor (no DTD, no entities)",
+                      name);
     } else if (!d->doc || !ctxt->wellFormed) {
         const xmlError *e = xmlCtxtGetLastError(ctxt);
         char msg[256];
@@ -643,8 +683,8 @@ int bundle_desc_parse(const void *buf, size_t len, const char *name,
         while (k > 0 && isspace((unsigned char)msg[k - 1])) {
             msg[--k] = '\0';
         }
-        r = prl_error(EINVAL, "'%s' is not well-formed XML: line %d: %s",
-                      name, e ? e->line : 0, msg);
+        r = prl_error(EINVAL, "'%s' is not well-formed XML: line %d: %s", name,
+                      e ? e->line : 0, msg);
     } else {
         r = 0;
     }
@@ -686,9 +726,10 @@ int bundle_desc_load(const char *path, struct bundle_desc *d)
     }
     if (st.st_size > (off_t)BUNDLE_XML_MAX_BYTES) {
         close(fd);
-        return prl_error(EFBIG, "'%s' is %lld bytes; a descriptor of more "
-                         "than %u bytes is refused", path,
-                         (long long)st.st_size, BUNDLE_XML_MAX_BYTES);
+        return prl_error(EFBIG,
+                         "'%s' is %lld bytes; a descriptor of more "
+                         "than %u bytes is refused",
+                         path, (long long)st.st_size, BUNDLE_XML_MAX_BYTES);
     }
     /* One byte more than the cap, to see a file that grew meanwhile. */
     buf = prl_malloc(BUNDLE_XML_MAX_BYTES + 1);
@@ -894,8 +935,8 @@ int bundle_desc_add_top(struct bundle_desc *d, const char *guid,
     int r;
 
     if (bundle_desc_find(d, guid) != SIZE_MAX) {
-        return prl_error(EEXIST, "'%s': snapshot %s already exists",
-                         d->name, guid);
+        return prl_error(EEXIST, "'%s': snapshot %s already exists", d->name,
+                         guid);
     }
     img = new_block(last_img, "Image", ik, iv, 3);
     shot = new_block(last_shot, "Shot", sk, sv, 2);
@@ -936,7 +977,8 @@ int bundle_desc_remove(struct bundle_desc *d, const char *guid)
                          d->name, guid);
     }
     if (sh->parent_shot == SIZE_MAX && sh->n_children != 1) {
-        return prl_error(EINVAL, "'%s': the root %s has %zu children; "
+        return prl_error(EINVAL,
+                         "'%s': the root %s has %zu children; "
                          "only a root with one child can be removed",
                          d->name, guid, sh->n_children);
     }
@@ -960,8 +1002,7 @@ int bundle_desc_remove(struct bundle_desc *d, const char *guid)
     return extract(d);
 }
 
-int bundle_desc_serialize(const struct bundle_desc *d, char **out,
-                          size_t *len)
+int bundle_desc_serialize(const struct bundle_desc *d, char **out, size_t *len)
 {
     xmlChar *mem = NULL;
     int size = 0;

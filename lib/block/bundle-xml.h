@@ -33,17 +33,17 @@ struct bundle_shot {
     size_t image;                 /* index into images */
     size_t parent_shot;           /* index into shots; SIZE_MAX for root */
     size_t n_children;
-    void *node;                   /* its <Shot> element */
+    void *node; /* its <Shot> element */
 };
 
 /* A parsed, validated descriptor.  The strings and indices are rebuilt
  * from the document after every edit. */
 struct bundle_desc {
-    void *doc;              /* xmlDocPtr, owned */
-    char *name;             /* for messages: the descriptor's path */
-    uint64_t disk_sectors;  /* Disk_size */
+    void *doc;             /* xmlDocPtr, owned */
+    char *name;            /* for messages: the descriptor's path */
+    uint64_t disk_sectors; /* Disk_size */
     uint64_t cylinders, heads, sectors;
-    uint64_t blocksize;     /* Storage Blocksize, sectors */
+    uint64_t blocksize; /* Storage Blocksize, sectors */
     struct bundle_image *images;
     size_t n_images;
     struct bundle_shot *shots;
@@ -80,8 +80,7 @@ int bundle_desc_add_top(struct bundle_desc *d, const char *guid,
 int bundle_desc_remove(struct bundle_desc *d, const char *guid);
 
 /* The document as bytes (malloc'd, the caller frees). */
-int bundle_desc_serialize(const struct bundle_desc *d, char **out,
-                          size_t *len);
+int bundle_desc_serialize(const struct bundle_desc *d, char **out, size_t *len);
 
 /* Write the document to |path| atomically: a temporary file beside it,
  * fsync, rename over, fsync the directory. */

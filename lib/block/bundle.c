@@ -16,6 +16,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -33,7 +34,7 @@
 
 struct bundle_layer {
     struct prl_block *bs;
-    uint64_t cs;        /* cluster size in bytes; 0 for a Plain (raw) image */
+    uint64_t cs; /* cluster size in bytes; 0 for a Plain (raw) image */
 };
 
 /*
@@ -50,7 +51,7 @@ struct bundle_layer {
 struct bundle_chain {
     struct bundle_layer *l;
     size_t n;
-    uint64_t size;      /* guest bytes */
+    uint64_t size; /* guest bytes */
     pthread_rwlock_t lock;
 };
 
@@ -115,15 +116,19 @@ static int bundle_lock(const char *dir, bool exclusive, int *fd_out)
 
     *fd_out = -1;
     if (fd < 0) {
-        return prl_error_errno(errno, "could not open bundle directory "
-                               "'%s'", dir);
+        return prl_error_errno(errno,
+                               "could not open bundle directory "
+                               "'%s'",
+                               dir);
     }
     if (flock(fd, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) < 0) {
         int e = errno;
         close(fd);
         if (e == EWOULDBLOCK) {
-            return prl_error(EBUSY, "bundle '%s' is in use by another "
-                             "process", dir);
+            return prl_error(EBUSY,
+                             "bundle '%s' is in use by another "
+                             "process",
+                             dir);
         }
         return prl_error_errno(e, "lock bundle directory '%s'", dir);
     }
@@ -151,8 +156,10 @@ static int resolve_file(const char *dir, const char *file, bool external,
     *out = NULL;
     if (file[0] == '/') {
         if (!external) {
-            return prl_error(EPERM, "image file '%s' is an absolute path; "
-                             "use --allow-external-files to open it", file);
+            return prl_error(EPERM,
+                             "image file '%s' is an absolute path; "
+                             "use --allow-external-files to open it",
+                             file);
         }
         *out = strdup(file);
         return *out ? 0 : prl_error(ENOMEM, "out of memory");
@@ -166,8 +173,7 @@ static int resolve_file(const char *dir, const char *file, bool external,
     }
     real = realpath(joined, NULL);
     if (!real) {
-        r = prl_error_errno(errno, "image file '%s' of bundle '%s'", file,
-                            dir);
+        r = prl_error_errno(errno, "image file '%s' of bundle '%s'", file, dir);
         goto out;
     }
     rdir = realpath(dir, NULL);
@@ -178,10 +184,11 @@ static int resolve_file(const char *dir, const char *file, bool external,
     k = strlen(rdir);
     if (strncmp(real, rdir, k) != 0 ||
         (real[k] != '/' && !(k == 1 && rdir[0] == '/'))) {
-        r = prl_error(EPERM, "image file '%s' resolves to '%s', outside "
+        r = prl_error(EPERM,
+                      "image file '%s' resolves to '%s', outside "
                       "the bundle directory '%s'; use "
-                      "--allow-external-files to open it", file, real,
-                      rdir);
+                      "--allow-external-files to open it",
+                      file, real, rdir);
         goto out;
     }
     *out = real;
@@ -216,8 +223,8 @@ static bool layer_is_dirty(const char *path)
 
 /* Open the image of shot |si|.  |repair|: an image left dirty by a crash
  * is first opened read-write once, which repairs it. */
-static int layer_open(const struct bundle_desc *d, const char *dir,
-                      size_t si, bool rw, bool repair, bool external,
+static int layer_open(const struct bundle_desc *d, const char *dir, size_t si,
+                      bool rw, bool repair, bool external,
                       struct bundle_layer *L)
 {
     const struct bundle_image *im = &d->images[d->shots[si].image];
@@ -238,8 +245,8 @@ static int layer_open(const struct bundle_desc *d, const char *dir,
             r = prl_block_close(tmp);
         }
         if (r < 0) {
-            r = prl_error_context(r, "repair image %s of bundle '%s'",
-                                  im->guid, dir);
+            r = prl_error_context(r, "repair image %s of bundle '%s'", im->guid,
+                                  dir);
             free(path);
             return r;
         }
@@ -251,11 +258,12 @@ static int layer_open(const struct bundle_desc *d, const char *dir,
         return r;
     }
     if (prl_block_size(L->bs) != d->disk_sectors * 512) {
-        r = prl_error(EINVAL, "image %s ('%s') of bundle '%s' is %" PRIu64
+        r = prl_error(EINVAL,
+                      "image %s ('%s') of bundle '%s' is %" PRIu64
                       " bytes; <Disk_size> says %" PRIu64 " (%" PRIu64
-                      " sectors)", im->guid, path, dir,
-                      prl_block_size(L->bs), d->disk_sectors * 512,
-                      d->disk_sectors);
+                      " sectors)",
+                      im->guid, path, dir, prl_block_size(L->bs),
+                      d->disk_sectors * 512, d->disk_sectors);
         goto fail;
     }
     if (!im->plain) {
@@ -264,10 +272,12 @@ static int layer_open(const struct bundle_desc *d, const char *dir,
             goto fail;
         }
         if (info.cluster_size != d->blocksize * 512) {
-            r = prl_error(EINVAL, "image %s ('%s') of bundle '%s' has "
+            r = prl_error(EINVAL,
+                          "image %s ('%s') of bundle '%s' has "
                           "clusters of %" PRIu64 " sectors; <Blocksize> "
-                          "says %" PRIu64, im->guid, path, dir,
-                          info.cluster_size / 512, d->blocksize);
+                          "says %" PRIu64,
+                          im->guid, path, dir, info.cluster_size / 512,
+                          d->blocksize);
             goto fail;
         }
         L->cs = info.cluster_size;
@@ -302,8 +312,8 @@ static int chain_close(struct bundle_chain *ch)
 
 /* Open the chain from shot |si| down to the root; the first image
  * read-write when |rw|, every other one read-only. */
-static int chain_open(const struct bundle_desc *d, const char *dir,
-                      size_t si, bool rw, bool repair, bool external,
+static int chain_open(const struct bundle_desc *d, const char *dir, size_t si,
+                      bool rw, bool repair, bool external,
                       struct bundle_chain *ch)
 {
     size_t n = 0;
@@ -451,7 +461,7 @@ static int cow_piece(struct bundle_chain *ch, size_t i, const uint8_t *p,
     if (!p && (flags & PRL_REQ_FAST_ZERO)) {
         pthread_rwlock_unlock(&ch->lock);
         return prl_error(ENOTSUP, "zero: hiding a snapshot's data needs "
-                         "written zeroes, which is not fast");
+                                  "written zeroes, which is not fast");
     }
     if (whole) {
         /* A whole cluster needs no copy; only zeroes must be written
@@ -599,8 +609,8 @@ static int journal_path(const char *dir, char **out)
 /* Only a plain name inside the bundle directory may be listed. */
 static bool journal_name_ok(const char *name)
 {
-    return name[0] != '\0' && !strchr(name, '/') &&
-           strcmp(name, ".") != 0 && strcmp(name, "..") != 0 &&
+    return name[0] != '\0' && !strchr(name, '/') && strcmp(name, ".") != 0 &&
+           strcmp(name, "..") != 0 &&
            strncmp(name, BUNDLE_DESC_NAME, strlen(BUNDLE_DESC_NAME)) != 0;
 }
 
@@ -693,8 +703,10 @@ static int journal_replay(const struct bundle_desc *d, const char *dir,
     if (r == 0) {
         r = prl_file_size(&f, &size);
         if (r == 0 && size > BUNDLE_JOURNAL_MAX) {
-            r = prl_error(EFBIG, "'%s' is %" PRIu64 " bytes, more than a "
-                          "journal ever holds", path, size);
+            r = prl_error(EFBIG,
+                          "'%s' is %" PRIu64 " bytes, more than a "
+                          "journal ever holds",
+                          path, size);
         }
         if (r == 0 && !(text = prl_calloc(1, (size_t)size + 1))) {
             r = -ENOMEM;
@@ -726,7 +738,8 @@ static int journal_replay(const struct bundle_desc *d, const char *dir,
                 r = prl_error_errno(errno, "remove '%s'", file);
             } else if (!quiet) {
                 prl_info("removed '%s', left by an unfinished snapshot "
-                         "operation", file);
+                         "operation",
+                         file);
             }
         }
         free(file);
@@ -780,8 +793,8 @@ static int bundle_open(struct prl_block *bs)
     if (d.geometry_mismatch) {
         prl_warn("'%s': Cylinders %" PRIu64 " x Heads %" PRIu64 " x "
                  "Sectors %" PRIu64 " differs from Disk_size %" PRIu64
-                 "; the size is taken from Disk_size", desc, d.cylinders,
-                 d.heads, d.sectors, d.disk_sectors);
+                 "; the size is taken from Disk_size",
+                 desc, d.cylinders, d.heads, d.sectors, d.disk_sectors);
     }
     if (rw) {
         r = journal_replay(&d, dir, false);
@@ -795,8 +808,8 @@ static int bundle_open(struct prl_block *bs)
         goto out;
     }
     for (size_t i = 0; i < s->ch.n; i++) {
-        parallel = parallel &&
-                   (prl_block_caps(s->ch.l[i].bs) & PRL_CAP_PARALLEL);
+        parallel =
+            parallel && (prl_block_caps(s->ch.l[i].bs) & PRL_CAP_PARALLEL);
     }
     bs->opaque = s;
     bs->size = s->ch.size;
@@ -832,22 +845,22 @@ static int bundle_pread(struct prl_block *bs, void *buf, uint64_t length,
     return chain_read(&s->ch, 0, buf, length, offset);
 }
 
-static int bundle_pwrite(struct prl_block *bs, const void *buf,
-                         uint64_t length, uint64_t offset, unsigned flags)
+static int bundle_pwrite(struct prl_block *bs, const void *buf, uint64_t length,
+                         uint64_t offset, unsigned flags)
 {
     struct bundle_state *s = bs->opaque;
     return chain_pwrite(&s->ch, 0, buf, length, offset, flags);
 }
 
-static int bundle_zero(struct prl_block *bs, uint64_t length,
-                       uint64_t offset, unsigned flags)
+static int bundle_zero(struct prl_block *bs, uint64_t length, uint64_t offset,
+                       unsigned flags)
 {
     struct bundle_state *s = bs->opaque;
     return chain_zero(&s->ch, 0, length, offset, flags, false);
 }
 
-static int bundle_trim(struct prl_block *bs, uint64_t length,
-                       uint64_t offset, unsigned flags)
+static int bundle_trim(struct prl_block *bs, uint64_t length, uint64_t offset,
+                       unsigned flags)
 {
     struct bundle_state *s = bs->opaque;
     return chain_zero(&s->ch, 0, length, offset, flags, true);
@@ -901,8 +914,7 @@ static char *dir_basename(const char *dir)
     return strndup(dir + b, n - b);
 }
 
-static int bundle_create(const char *path, uint64_t size,
-                         struct prl_opts *opts)
+static int bundle_create(const char *path, uint64_t size, struct prl_opts *opts)
 {
     uint64_t cs = 1 << 20, sectors;
     char *dir = NULL, *desc = NULL, *name = NULL, *file = NULL;
@@ -919,13 +931,16 @@ static int bundle_create(const char *path, uint64_t size,
         return r;
     }
     if (cs == 0 || cs % 512 != 0 || cs / 512 > PARALLELS_MAX_TRACKS) {
-        return prl_error(EINVAL, "bundle: cluster_size %" PRIu64 " must be "
+        return prl_error(EINVAL,
+                         "bundle: cluster_size %" PRIu64 " must be "
                          "a non-zero multiple of 512 of at most %u bytes",
                          cs, PARALLELS_MAX_TRACKS * 512);
     }
     if (size == 0 || size > UINT64_MAX - 511) {
-        return prl_error(EINVAL, "bundle: size %" PRIu64 " must be at "
-                         "least one sector and below 2^64", size);
+        return prl_error(EINVAL,
+                         "bundle: size %" PRIu64 " must be at "
+                         "least one sector and below 2^64",
+                         size);
     }
     sectors = prl_div_round_up(size, 512);
     dir = strdup(path);
@@ -935,8 +950,7 @@ static int bundle_create(const char *path, uint64_t size,
     if (mkdir(dir, 0755) < 0) {
         if (errno != EEXIST || stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
             r = prl_error_errno(errno == EEXIST ? ENOTDIR : errno,
-                                "bundle: could not create directory '%s'",
-                                dir);
+                                "bundle: could not create directory '%s'", dir);
             goto out;
         }
     }
@@ -946,8 +960,10 @@ static int bundle_create(const char *path, uint64_t size,
         goto out;
     }
     if (access(desc, F_OK) == 0) {
-        r = prl_error(EEXIST, "bundle: '%s' already exists; remove the "
-                      "bundle first", desc);
+        r = prl_error(EEXIST,
+                      "bundle: '%s' already exists; remove the "
+                      "bundle first",
+                      desc);
         goto out;
     }
     name = dir_basename(dir);
@@ -971,6 +987,154 @@ out:
     return r;
 }
 
+/* Append a finding about the bundle itself (not one of its images). */
+static int bundle_finding(struct prl_check_result *res,
+                          enum prl_finding_class cls, const char *kind,
+                          const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int bundle_finding(struct prl_check_result *res,
+                          enum prl_finding_class cls, const char *kind,
+                          const char *fmt, ...)
+{
+    struct prl_finding *n, *f;
+    char buf[1024];
+    va_list ap;
+
+    n = realloc(res->findings, (res->n_findings + 1) * sizeof(*n));
+    if (!n) {
+        return prl_error(ENOMEM, "out of memory");
+    }
+    res->findings = n;
+    f = &n[res->n_findings++];
+    memset(f, 0, sizeof(*f));
+    f->cls = cls;
+    f->kind = kind;
+    f->bat_index = -1;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    f->message = strdup(buf);
+    res->corruptions += cls == PRL_FINDING_CORRUPTION;
+    res->leaks += cls == PRL_FINDING_LEAK;
+    return f->message ? 0 : prl_error(ENOMEM, "out of memory");
+}
+
+/* Check one Compressed image with the Parallels check and fold its result
+ * into |res|, each message prefixed with the image's file. */
+static int check_image(const char *path, const char *file, unsigned fix,
+                       struct prl_check_result *res)
+{
+    struct prl_check_result sub;
+    int r = prl_block_check(path, "parallels", fix, &sub);
+
+    if (r < 0) {
+        r = bundle_finding(res, PRL_FINDING_CORRUPTION, "bundle-image",
+                           "image '%s': %s", file, prl_error_message());
+        res->check_errors++;
+        prl_check_result_free(&sub);
+        return r;
+    }
+    res->check_errors += sub.check_errors;
+    res->corruptions += sub.corruptions;
+    res->leaks += sub.leaks;
+    res->corruptions_fixed += sub.corruptions_fixed;
+    res->leaks_fixed += sub.leaks_fixed;
+    res->total_clusters += sub.total_clusters;
+    res->allocated_clusters += sub.allocated_clusters;
+    for (size_t i = 0; i < sub.n_findings && r == 0; i++) {
+        struct prl_finding *n, *f = &sub.findings[i];
+        char *msg;
+
+        if (asprintf(&msg, "image '%s': %s", file, f->message) < 0) {
+            r = prl_error(ENOMEM, "out of memory");
+            break;
+        }
+        n = realloc(res->findings, (res->n_findings + 1) * sizeof(*n));
+        if (!n) {
+            free(msg);
+            r = prl_error(ENOMEM, "out of memory");
+            break;
+        }
+        res->findings = n;
+        n[res->n_findings] = *f;
+        n[res->n_findings].message = msg;
+        f->action = NULL; /* moved */
+        res->n_findings++;
+    }
+    prl_check_result_free(&sub);
+    return r;
+}
+
+/* Check a bundle: the descriptor (which must parse: without it there is
+ * no list of images), every image file it names, each Parallels image
+ * with the Parallels check and its size and cluster size against the
+ * descriptor.  Repairs go to the images; the descriptor is never
+ * rewritten by a check. */
+static int bundle_check(const char *path, unsigned fix,
+                        struct prl_check_result *res)
+{
+    struct bundle_desc d;
+    char *dir, *desc;
+    int lock_fd = -1;
+    int r = bundle_paths(path, &dir, &desc);
+
+    if (r < 0) {
+        return r;
+    }
+    r = bundle_lock(dir, fix != 0, &lock_fd);
+    if (r == 0) {
+        r = bundle_desc_load(desc, &d);
+    }
+    if (r < 0) {
+        bundle_unlock(lock_fd);
+        free(dir);
+        free(desc);
+        return r;
+    }
+    for (size_t i = 0; i < d.n_shots && r == 0; i++) {
+        const struct bundle_image *im = &d.images[d.shots[i].image];
+        struct prl_block *bs;
+        char *file;
+
+        if (resolve_file(dir, im->file, false, &file) < 0) {
+            r = bundle_finding(res, PRL_FINDING_CORRUPTION, "bundle-file",
+                               "image %s: %s", im->guid, prl_error_message());
+            continue;
+        }
+        if (!im->plain) {
+            r = check_image(file, im->file, fix, res);
+        }
+        if (r == 0 && prl_block_open(file, im->plain ? "raw" : "parallels", 0,
+                                     &bs) == 0) {
+            struct prl_image_info info;
+            if (prl_block_size(bs) != d.disk_sectors * 512) {
+                r = bundle_finding(
+                    res, PRL_FINDING_CORRUPTION, "bundle-image-size",
+                    "image '%s' is %" PRIu64 " bytes; "
+                    "<Disk_size> says %" PRIu64,
+                    im->file, prl_block_size(bs), d.disk_sectors * 512);
+            }
+            if (r == 0 && !im->plain && prl_block_info(bs, &info) == 0 &&
+                info.cluster_size != d.blocksize * 512) {
+                r = bundle_finding(
+                    res, PRL_FINDING_CORRUPTION, "bundle-cluster-size",
+                    "image '%s' has clusters of %" PRIu64
+                    " bytes; <Blocksize> says %" PRIu64,
+                    im->file, info.cluster_size, d.blocksize * 512);
+            }
+            prl_block_close(bs);
+        }
+        prl_error_clear();
+        free(file);
+    }
+    bundle_desc_free(&d);
+    bundle_unlock(lock_fd);
+    free(dir);
+    free(desc);
+    return r;
+}
+
 const struct prl_driver prl_driver_bundle = {
     .name = "bundle",
     .open = bundle_open,
@@ -983,6 +1147,7 @@ const struct prl_driver prl_driver_bundle = {
     .flush = bundle_flush,
     .block_status = bundle_block_status,
     .info = bundle_info,
+    .check = bundle_check,
 };
 
 /* ---- snapshot operations ---- */
@@ -1023,8 +1188,8 @@ static int op_begin(const char *path, unsigned flags, bool exclusive,
         /* Every image of the active chain must open and match the
          * descriptor before anything changes. */
         struct bundle_chain ch;
-        r = chain_open(&op->d, op->dir, op->d.top, false, true,
-                       op->external, &ch);
+        r = chain_open(&op->d, op->dir, op->d.top, false, true, op->external,
+                       &ch);
         if (r == 0) {
             r = chain_close(&ch);
         }
@@ -1134,8 +1299,7 @@ static char *new_file_name(const struct bundle_op *op, const char *guid)
     return out;
 }
 
-int prl_bundle_snapshot_create(const char *path, unsigned flags,
-                               char guid[39])
+int prl_bundle_snapshot_create(const char *path, unsigned flags, char guid[39])
 {
     struct bundle_op op;
     char *file = NULL, *img = NULL, opt[64], top[BUNDLE_GUID_LEN];
@@ -1166,8 +1330,7 @@ int prl_bundle_snapshot_create(const char *path, unsigned flags,
     if (r < 0) {
         goto out;
     }
-    snprintf(opt, sizeof(opt), "cluster_size=%" PRIu64,
-             op.d.blocksize * 512);
+    snprintf(opt, sizeof(opt), "cluster_size=%" PRIu64, op.d.blocksize * 512);
     r = prl_block_create(img, "parallels", op.d.disk_sectors * 512, opt);
     if (r < 0) {
         goto out;
@@ -1208,9 +1371,8 @@ static int merge_down(struct bundle_chain *ch)
             off += r < 0 ? 0 : e.length;
             continue;
         }
-        for (uint64_t c0 = prl_round_down(off, cs); c0 < off + e.length &&
-                                                    r == 0;
-             c0 += cs) {
+        for (uint64_t c0 = prl_round_down(off, cs);
+             c0 < off + e.length && r == 0; c0 += cs) {
             uint64_t clen = PRL_MIN(cs, ch->size - c0);
             if (c0 < next || layer_holds(C, c0, clen, &r) || r < 0) {
                 continue;
@@ -1240,7 +1402,8 @@ static int journal_image(struct bundle_op *op, size_t si)
 
     if (!journal_name_ok(file)) {
         prl_info("'%s' is no longer part of the bundle; it is not removed "
-                 "since it lies outside the bundle directory", file);
+                 "since it lies outside the bundle directory",
+                 file);
         return 0;
     }
     return journal_write(op->dir, file);
@@ -1266,15 +1429,17 @@ int prl_bundle_snapshot_delete(const char *path, const char *guid,
     }
     memcpy(g, op.d.shots[s].guid, sizeof(g));
     if (s == op.d.top) {
-        r = prl_error(EINVAL, "snapshot: %s is the top (the active image);"
+        r = prl_error(EINVAL,
+                      "snapshot: %s is the top (the active image);"
                       " use 'prl-img commit' to merge it into its parent",
                       g);
         goto out;
     }
     if (op.d.shots[s].n_children > 1) {
-        r = prl_error(ENOTSUP, "snapshot: %s has %zu children; only a "
-                      "snapshot with one child can be merged into it", g,
-                      op.d.shots[s].n_children);
+        r = prl_error(ENOTSUP,
+                      "snapshot: %s has %zu children; only a "
+                      "snapshot with one child can be merged into it",
+                      g, op.d.shots[s].n_children);
         goto out;
     }
     for (size_t k = 0; k < op.d.n_shots; k++) {
@@ -1326,8 +1491,7 @@ static int commit_copy(struct bundle_layer *T, struct bundle_chain *ch)
         struct prl_extent e;
         uint64_t n;
 
-        r = prl_block_status(T->bs, off, PRL_MIN(ch->size - off, chunk),
-                             &e);
+        r = prl_block_status(T->bs, off, PRL_MIN(ch->size - off, chunk), &e);
         if (r < 0) {
             break;
         }
@@ -1363,15 +1527,18 @@ int prl_bundle_commit(const char *path, unsigned flags)
     p = op.d.shots[t].parent_shot;
     memcpy(g, op.d.shots[t].guid, sizeof(g));
     if (p == SIZE_MAX) {
-        r = prl_error(EINVAL, "commit: the top %s of bundle '%s' has no "
-                      "parent; there is nothing to commit into", g, op.dir);
+        r = prl_error(EINVAL,
+                      "commit: the top %s of bundle '%s' has no "
+                      "parent; there is nothing to commit into",
+                      g, op.dir);
         goto out;
     }
     if (op.d.shots[p].n_children != 1) {
-        r = prl_error(ENOTSUP, "commit: the parent %s of the top has %zu "
+        r = prl_error(ENOTSUP,
+                      "commit: the parent %s of the top has %zu "
                       "children; committing into it would change the "
-                      "other branches", op.d.shots[p].guid,
-                      op.d.shots[p].n_children);
+                      "other branches",
+                      op.d.shots[p].guid, op.d.shots[p].n_children);
         goto out;
     }
     r = layer_open(&op.d, op.dir, t, false, true, op.external, &T);

@@ -5,6 +5,7 @@
 #include "block/bundle-xml.h"
 #include "prl/block.h"
 #include "prl/bundle.h"
+#include "prl/check.h"
 #include "prl/error.h"
 #include "prl/log.h"
 
@@ -38,8 +39,8 @@ static int cmd_list(const char *path, unsigned flags)
         return fail(r, "list");
     }
     for (size_t i = 0; i < l.n; i++) {
-        printf("%s %s %u %d %s\n", l.v[i].guid, l.v[i].parent,
-               l.v[i].depth, l.v[i].top, l.v[i].file);
+        printf("%s %s %u %d %s\n", l.v[i].guid, l.v[i].parent, l.v[i].depth,
+               l.v[i].top, l.v[i].file);
     }
     prl_snapshot_list_free(&l);
     return 0;
@@ -59,9 +60,31 @@ static int cmd_parse(const char *path)
     return 0;
 }
 
+/* prl_block_check on a bundle: the counts, then one line per finding. */
+static int cmd_check(const char *path, bool fix)
+{
+    struct prl_check_result res;
+    int r = prl_block_check(path, NULL, fix ? PRL_CHECK_FIX_ALL : 0, &res);
+
+    if (r < 0) {
+        prl_check_result_free(&res);
+        return fail(r, "check");
+    }
+    printf("corruptions %d leaks %d fixed %d %d errors %d\n", res.corruptions,
+           res.leaks, res.corruptions_fixed, res.leaks_fixed, res.check_errors);
+    for (size_t i = 0; i < res.n_findings; i++) {
+        printf("%s: %s%s%s\n", res.findings[i].kind, res.findings[i].message,
+               res.findings[i].action ? ": " : "",
+               res.findings[i].action ? res.findings[i].action : "");
+    }
+    r = res.corruptions || res.leaks || res.check_errors;
+    prl_check_result_free(&res);
+    return r;
+}
+
 struct stress {
     struct prl_block *bs;
-    uint8_t *model;      /* what the guest must read at the end */
+    uint8_t *model; /* what the guest must read at the end */
     uint64_t size;
     uint64_t cs;
     unsigned threads;
@@ -133,8 +156,7 @@ static int cmd_stress(const char *path, unsigned threads, unsigned rounds,
         return 1;
     }
     for (unsigned i = 0; i < threads; i++) {
-        st[i] = (struct stress){bs, model, size, 0, threads, rounds, i,
-                                seed};
+        st[i] = (struct stress){bs, model, size, 0, threads, rounds, i, seed};
         pthread_create(&tid[i], NULL, stress_thread, &st[i]);
     }
     for (unsigned i = 0; i < threads; i++) {
@@ -146,8 +168,10 @@ static int cmd_stress(const char *path, unsigned threads, unsigned rounds,
     if (r < 0 || bad || memcmp(model, got, size) != 0) {
         for (uint64_t i = 0; i < size && r == 0; i++) {
             if (model[i] != got[i]) {
-                fprintf(stderr, "bundle-helper: stress: byte %" PRIu64
-                        " is 0x%02x, want 0x%02x\n", i, got[i], model[i]);
+                fprintf(stderr,
+                        "bundle-helper: stress: byte %" PRIu64
+                        " is 0x%02x, want 0x%02x\n",
+                        i, got[i], model[i]);
                 break;
             }
         }
@@ -163,14 +187,14 @@ static int cmd_stress(const char *path, unsigned threads, unsigned rounds,
 
 static int usage(void)
 {
-    fprintf(stderr,
-            "usage: bundle-helper [-x] list BUNDLE\n"
-            "       bundle-helper [-x] snapshot BUNDLE\n"
-            "       bundle-helper [-x] delete BUNDLE GUID\n"
-            "       bundle-helper [-x] commit BUNDLE\n"
-            "       bundle-helper parse DESCRIPTOR\n"
-            "       bundle-helper stress BUNDLE THREADS ROUNDS SEED\n"
-            "-x allows image files outside the bundle directory\n");
+    fprintf(stderr, "usage: bundle-helper [-x] list BUNDLE\n"
+                    "       bundle-helper [-x] snapshot BUNDLE\n"
+                    "       bundle-helper [-x] delete BUNDLE GUID\n"
+                    "       bundle-helper [-x] commit BUNDLE\n"
+                    "       bundle-helper parse DESCRIPTOR\n"
+                    "       bundle-helper check|repair BUNDLE\n"
+                    "       bundle-helper stress BUNDLE THREADS ROUNDS SEED\n"
+                    "-x allows image files outside the bundle directory\n");
     return 2;
 }
 
@@ -207,6 +231,12 @@ int main(int argc, char **argv)
     if (argc == 3 && strcmp(argv[1], "commit") == 0) {
         r = prl_bundle_commit(argv[2], flags);
         return r < 0 ? fail(r, "commit") : 0;
+    }
+    if (argc == 3 && strcmp(argv[1], "check") == 0) {
+        return cmd_check(argv[2], false);
+    }
+    if (argc == 3 && strcmp(argv[1], "repair") == 0) {
+        return cmd_check(argv[2], true);
     }
     if (argc == 6 && strcmp(argv[1], "stress") == 0) {
         return cmd_stress(argv[2], (unsigned)atoi(argv[3]),
