@@ -25,6 +25,10 @@ static const char *format;
 static unsigned open_flags = PRL_OPEN_RDWR;
 static struct prl_block *bs;
 static uint8_t *buf, *buf2;
+/* Globals rather than locals of main, so that exiting from die() leaves
+ * nothing the leak checker calls lost. */
+static char **cmds;
+static char *cur_line;
 
 static void usage(FILE *f)
 {
@@ -432,8 +436,9 @@ static void run(char *line)
 
 int main(int argc, char **argv)
 {
-    char **cmds = calloc((size_t)argc + 1, sizeof(*cmds));
     int ncmds = 0, opt;
+
+    cmds = calloc((size_t)argc + 1, sizeof(*cmds));
 
     if (!cmds) {
         die("out of memory");
@@ -474,20 +479,20 @@ int main(int argc, char **argv)
     do_open();
     if (ncmds > 0) {
         for (int i = 0; i < ncmds; i++) {
-            char *line = strdup(cmds[i]);
-            if (!line) {
+            cur_line = strdup(cmds[i]);
+            if (!cur_line) {
                 die("out of memory");
             }
-            run(line);
-            free(line);
+            run(cur_line);
+            free(cur_line);
+            cur_line = NULL;
         }
     } else {
-        char *line = NULL;
         size_t cap = 0;
-        while (getline(&line, &cap, stdin) >= 0) {
-            run(line);
+        while (getline(&cur_line, &cap, stdin) >= 0) {
+            run(cur_line);
         }
-        free(line);
+        free(cur_line);
     }
     if (bs) {
         do_close();
