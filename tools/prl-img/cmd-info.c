@@ -2,6 +2,7 @@
 /* prl-img info: describe an image, as text or as qemu-img style JSON. */
 #include "prl-img.h"
 
+#include "prl/bundle.h"
 #include "prl/error.h"
 
 #include <inttypes.h>
@@ -40,6 +41,58 @@ static const char *in_use_meaning(uint32_t v)
     }
 }
 
+/* The images of a bundle (Parallels disk), top first, then any other
+ * branch.  Prints nothing when they cannot be listed. */
+static void print_bundle_human(const char *path)
+{
+    struct prl_snapshot_list l;
+
+    if (prl_bundle_list(path, 0, &l) < 0) {
+        return;
+    }
+    printf("Snapshot chain (depth 1 = top):\n");
+    for (unsigned d = 1; d <= l.n; d++) {
+        for (size_t i = 0; i < l.n; i++) {
+            if (l.v[i].depth == d) {
+                printf("    %u: %s %s (%s)\n", d, l.v[i].guid, l.v[i].file,
+                       l.v[i].plain ? "Plain" : "Compressed");
+            }
+        }
+    }
+    for (size_t i = 0; i < l.n; i++) {
+        if (l.v[i].depth == 0) {
+            printf("    other branch: %s %s (parent %s)\n", l.v[i].guid,
+                   l.v[i].file, l.v[i].parent);
+        }
+    }
+    prl_snapshot_list_free(&l);
+}
+
+static void print_bundle_json(const char *path)
+{
+    struct prl_snapshot_list l;
+
+    if (prl_bundle_list(path, 0, &l) < 0) {
+        return;
+    }
+    printf("    \"format-specific\": {\n"
+           "        \"type\": \"bundle\",\n"
+           "        \"data\": {\n"
+           "            \"images\": [");
+    for (size_t i = 0; i < l.n; i++) {
+        printf("%s\n                {\"guid\": ", i ? "," : "");
+        img_json_string(stdout, l.v[i].guid);
+        printf(", \"parent\": ");
+        img_json_string(stdout, l.v[i].parent);
+        printf(", \"file\": ");
+        img_json_string(stdout, l.v[i].file);
+        printf(", \"depth\": %u, \"top\": %s}", l.v[i].depth,
+               l.v[i].top ? "true" : "false");
+    }
+    printf("\n            ]\n        }\n    },\n");
+    prl_snapshot_list_free(&l);
+}
+
 static void print_human(const struct prl_image_info *in)
 {
     char vs[32], ds[32];
@@ -53,6 +106,9 @@ static void print_human(const struct prl_image_info *in)
            in->filename, in->format, vs, in->virtual_size, ds);
     if (in->cluster_size) {
         printf("cluster_size: %" PRIu64 "\n", in->cluster_size);
+    }
+    if (strcmp(in->format, "bundle") == 0) {
+        print_bundle_human(in->filename);
     }
     if (!in->has_parallels) {
         return;
@@ -108,6 +164,9 @@ static void print_json(const struct prl_image_info *in)
                in->in_use, in->empty_flag ? "true" : "false", in->data_offset,
                in->ext_offset, in->allocated_clusters, in->bat_entries,
                in->heads, in->cylinders, in->tracks);
+    }
+    if (strcmp(in->format, "bundle") == 0) {
+        print_bundle_json(in->filename);
     }
     printf("    \"dirty-flag\": %s\n}\n", in->dirty ? "true" : "false");
 }
