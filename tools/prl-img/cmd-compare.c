@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,9 +20,27 @@
 #define CMP_CHUNK ((size_t)8 << 20)       /* bytes per read */
 #define CMP_QUERY_MAX ((uint64_t)1 << 30) /* bytes per status query */
 
+/* A helper thread reads the second image while the main thread reads the
+ * first, so the two reads overlap.  One request at a time: the main thread
+ * waits for it before it touches s->b or s->buf_b again. */
+struct cmp_reader {
+    pthread_t tid;
+    bool inited;  /* lock and cond exist */
+    bool started; /* the thread runs */
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool pending; /* a request is posted and not yet done */
+    bool quit;
+    uint64_t pos; /* the request: guest bytes */
+    size_t len;
+    int r;     /* its result */
+    char *msg; /* its error message (thread-local in the helper) */
+};
+
 struct cmp_state {
     struct prl_block *a, *b;
     void *buf_a, *buf_b; /* CMP_CHUNK bytes each */
+    struct cmp_reader reader;
     struct img_progress progress;
     uint64_t total; /* bytes to look at, for progress */
     uint64_t done;
@@ -87,6 +106,95 @@ static void add_done(struct cmp_state *s, uint64_t n)
     img_progress_update(&s->progress, s->done, s->total);
 }
 
+static void *reader_main(void *opaque)
+{
+    struct cmp_state *s = opaque;
+    struct cmp_reader *rd = &s->reader;
+
+    pthread_mutex_lock(&rd->lock);
+    for (;;) {
+        while (!rd->pending && !rd->quit) {
+            pthread_cond_wait(&rd->cond, &rd->lock);
+        }
+        if (rd->quit) {
+            break;
+        }
+        pthread_mutex_unlock(&rd->lock);
+        int r = prl_block_pread(s->b, s->buf_b, rd->len, rd->pos, 0);
+        char *msg = r < 0 ? strdup(prl_error_message()) : NULL;
+        pthread_mutex_lock(&rd->lock);
+        rd->r = r;
+        free(rd->msg);
+        rd->msg = msg;
+        rd->pending = false;
+        pthread_cond_broadcast(&rd->cond);
+    }
+    pthread_mutex_unlock(&rd->lock);
+    return NULL;
+}
+
+static void reader_start(struct cmp_state *s)
+{
+    struct cmp_reader *rd = &s->reader;
+
+    pthread_mutex_init(&rd->lock, NULL);
+    pthread_cond_init(&rd->cond, NULL);
+    rd->inited = true;
+    /* Without the thread, reads of the second image are done inline. */
+    rd->started = pthread_create(&rd->tid, NULL, reader_main, s) == 0;
+}
+
+static void reader_stop(struct cmp_state *s)
+{
+    struct cmp_reader *rd = &s->reader;
+
+    if (!rd->inited) {
+        return;
+    }
+    if (rd->started) {
+        pthread_mutex_lock(&rd->lock);
+        rd->quit = true;
+        pthread_cond_broadcast(&rd->cond);
+        pthread_mutex_unlock(&rd->lock);
+        pthread_join(rd->tid, NULL);
+    }
+    free(rd->msg);
+    pthread_cond_destroy(&rd->cond);
+    pthread_mutex_destroy(&rd->lock);
+}
+
+/* Read [pos, pos + len) of both images into buf_a and buf_b. */
+static int read_both(struct cmp_state *s, uint64_t pos, size_t len)
+{
+    struct cmp_reader *rd = &s->reader;
+    int ra, rb;
+
+    if (!rd->started) {
+        ra = prl_block_pread(s->a, s->buf_a, len, pos, 0);
+        return ra < 0 ? ra : prl_block_pread(s->b, s->buf_b, len, pos, 0);
+    }
+    pthread_mutex_lock(&rd->lock);
+    rd->pos = pos;
+    rd->len = len;
+    rd->pending = true;
+    pthread_cond_broadcast(&rd->cond);
+    pthread_mutex_unlock(&rd->lock);
+
+    ra = prl_block_pread(s->a, s->buf_a, len, pos, 0);
+
+    pthread_mutex_lock(&rd->lock);
+    while (rd->pending) {
+        pthread_cond_wait(&rd->cond, &rd->lock);
+    }
+    rb = rd->r;
+    if (ra == 0 && rb < 0) {
+        /* Move the helper's message to this thread for the caller. */
+        prl_error(-rb, "%s", rd->msg ? rd->msg : "read failed");
+    }
+    pthread_mutex_unlock(&rd->lock);
+    return ra < 0 ? ra : rb;
+}
+
 /* Compare [pos, pos + len) where a side that is_zero need not be read.
  * Returns 0 same, 1 different (*where set), or a negative errno. */
 static int compare_range(struct cmp_state *s, uint64_t pos, uint64_t len,
@@ -96,17 +204,15 @@ static int compare_range(struct cmp_state *s, uint64_t pos, uint64_t len,
         size_t n = (size_t)PRL_MIN(len, (uint64_t)CMP_CHUNK), at;
         int r;
 
-        if (!zero_a) {
+        if (!zero_a && !zero_b) {
+            r = read_both(s, pos, n);
+        } else if (!zero_a) {
             r = prl_block_pread(s->a, s->buf_a, n, pos, 0);
-            if (r < 0) {
-                return r;
-            }
-        }
-        if (!zero_b) {
+        } else {
             r = prl_block_pread(s->b, s->buf_b, n, pos, 0);
-            if (r < 0) {
-                return r;
-            }
+        }
+        if (r < 0) {
+            return r;
         }
         if (zero_a) {
             at = first_nonzero(s->buf_b, n);
@@ -244,6 +350,7 @@ int cmd_compare(int argc, char **argv)
     size_b = prl_block_size(s.b);
     s.total = PRL_MAX(size_a, size_b);
     img_progress_start(&s.progress, progress && !quiet);
+    reader_start(&s);
 
     r = compare_common(&s, PRL_MIN(size_a, size_b), &where);
     if (r == 0 && size_a != size_b) {
@@ -279,6 +386,7 @@ int cmd_compare(int argc, char **argv)
         status = CMP_SAME;
     }
 out:
+    reader_stop(&s);
     free(s.buf_a);
     free(s.buf_b);
     if (s.b && prl_block_close(s.b) < 0 && status != CMP_ERROR) {
