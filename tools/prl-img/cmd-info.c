@@ -20,8 +20,8 @@ static void info_help(void)
            "images, the\n"
            "header fields.\n"
            "\n"
-           "  -f FMT            image format (parallels or raw); probed "
-           "when absent\n"
+           "  -f FMT            image format (see '" IMG_NAME " --help'); "
+           "probed when absent\n"
            "  --output=OFMT     'human' (default) or 'json'\n"
            "  -h, --help        show this help\n");
 }

@@ -17,8 +17,8 @@ static void resize_help(void)
            "(-SIZE) it\n"
            "by that much.\n"
            "\n"
-           "  -f FMT        image format (parallels or raw); probed when "
-           "absent\n"
+           "  -f FMT        image format (see '" IMG_NAME " --help'); probed "
+           "when absent\n"
            "  --shrink      allow dropping data past the new end\n"
            "  -q            quiet: do not print \"Image resized.\"\n"
            "  -h, --help    show this help\n");

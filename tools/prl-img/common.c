@@ -251,6 +251,13 @@ static const struct create_option parallels_create_options[] = {
     {NULL, NULL},
 };
 
+static const struct create_option bundle_create_options[] = {
+    {"cluster_size=<size>", "cluster size of the image, a multiple of 512 "
+                            "(default 1M)"},
+    {"size=<size>", "Virtual disk size"},
+    {NULL, NULL},
+};
+
 static const struct create_option raw_create_options[] = {
     {"preallocation=<mode>", "off, falloc or full (default off)"},
     {"size=<size>", "Virtual disk size"},
@@ -265,8 +272,10 @@ int img_print_create_options(const char *format)
         o = parallels_create_options;
     } else if (strcmp(format, "raw") == 0) {
         o = raw_create_options;
+    } else if (strcmp(format, "bundle") == 0) {
+        o = bundle_create_options;
     } else {
-        img_err("unknown format '%s' (known: parallels, raw)", format);
+        img_err("unknown format '%s' (known: parallels, raw, bundle)", format);
         return -1;
     }
     printf("Supported %s options:\n", format);

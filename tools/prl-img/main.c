@@ -82,9 +82,11 @@ static void print_help(void)
         printf("  %s\n", commands[i].synopsis);
     }
     printf("\n"
-           "FMT is 'parallels' or 'raw'; without -f the format is probed "
-           "from the\n"
-           "file's contents.  SIZE takes the suffixes K, M, G, T, P and E "
+           "FMT is 'parallels', 'raw' or 'bundle' (a Parallels disk "
+           "directory with\n"
+           "DiskDescriptor.xml); without -f the format is probed from the "
+           "file's\n"
+           "contents.  SIZE takes the suffixes K, M, G, T, P and E "
            "(powers\n"
            "of 1024).  '" IMG_NAME " COMMAND --help' describes a command.\n");
 }
