@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define CV_CHUNK ((uint64_t)4 << 20)      /* bytes per task */
 #define CV_CHUNK_MAX ((uint64_t)64 << 20) /* largest task buffer */
@@ -431,6 +432,19 @@ static int plan_copy(struct cv_state *s, uint64_t sparse, bool unordered)
     return 0;
 }
 
+/* Creating the target truncates it: refuse when it is the source. */
+static int check_not_source(const char *src, const char *dst)
+{
+    struct stat a, b;
+
+    if (stat(src, &a) == 0 && stat(dst, &b) == 0 && a.st_dev == b.st_dev &&
+        a.st_ino == b.st_ino) {
+        img_err("'%s' and '%s' are the same file", src, dst);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 /* Create or open the target.  Prints errors. */
 static int open_target(const char *path, const char *fmt, bool fmt_given,
                        const char *opts, bool no_create, uint64_t size,
@@ -556,6 +570,9 @@ int cmd_convert(int argc, char **argv)
     pthread_mutex_init(&s.src_lock, NULL);
     pthread_mutex_init(&s.dst_lock, NULL);
     if (img_open(argv[optind], src_fmt, 0, &s.src) < 0) {
+        goto out;
+    }
+    if (check_not_source(argv[optind], argv[optind + 1]) < 0) {
         goto out;
     }
     if (open_target(argv[optind + 1], dst_fmt, dst_fmt_given, opts, no_create,
