@@ -89,6 +89,9 @@ static int read_payload(struct prl_nbd_conn *conn, uint8_t *dst, size_t len)
 {
     size_t take = PRL_MIN(len, conn->rend - conn->rpos);
 
+    if (len == 0) {
+        return 1;
+    }
     memcpy(dst, conn->rbuf + conn->rpos, take);
     conn->rpos += take;
     dst += take;
