@@ -32,6 +32,31 @@ static void xml_init(void)
     xmlInitParser();
 }
 
+/* libxml2 reports some failures (encoding conversion, I/O) through its
+ * generic error handler, which prints to stderr; the library never prints,
+ * so every call into libxml2 runs with a silent handler, restored after. */
+struct xml_quiet {
+    xmlGenericErrorFunc fn;
+    void *ctx;
+};
+
+static void xml_silent(void *ctx, const char *msg, ...)
+{
+}
+
+static void quiet_begin(struct xml_quiet *q)
+{
+    pthread_once(&xml_once, xml_init);
+    q->fn = xmlGenericError;
+    q->ctx = xmlGenericErrorContext;
+    xmlSetGenericErrorFunc(NULL, xml_silent);
+}
+
+static void quiet_end(const struct xml_quiet *q)
+{
+    xmlSetGenericErrorFunc(q->ctx, q->fn);
+}
+
 static bool is_elem(const xmlNode *n, const char *name)
 {
     return n && n->type == XML_ELEMENT_NODE &&
@@ -640,12 +665,12 @@ static void refuse_doctype(void *ctx, const xmlChar *name,
 int bundle_desc_parse(const void *buf, size_t len, const char *name,
                       struct bundle_desc *d)
 {
+    struct xml_quiet quiet;
     xmlParserCtxtPtr ctxt;
     bool doctype = false;
     int r;
 
     memset(d, 0, sizeof(*d));
-    pthread_once(&xml_once, xml_init);
     d->name = strdup(name);
     if (!d->name) {
         return prl_error(ENOMEM, "out of memory");
@@ -657,8 +682,10 @@ int bundle_desc_parse(const void *buf, size_t len, const char *name,
                       name, len, BUNDLE_XML_MAX_BYTES);
         goto fail;
     }
+    quiet_begin(&quiet);
     ctxt = xmlNewParserCtxt();
     if (!ctxt) {
+        quiet_end(&quiet);
         r = prl_error(ENOMEM, "out of memory for the XML parser");
         goto fail;
     }
@@ -689,6 +716,7 @@ int bundle_desc_parse(const void *buf, size_t len, const char *name,
         r = 0;
     }
     xmlFreeParserCtxt(ctxt);
+    quiet_end(&quiet);
     if (r < 0) {
         goto fail;
     }
@@ -1004,10 +1032,15 @@ int bundle_desc_remove(struct bundle_desc *d, const char *guid)
 
 int bundle_desc_serialize(const struct bundle_desc *d, char **out, size_t *len)
 {
+    struct xml_quiet quiet;
     xmlChar *mem = NULL;
     int size = 0;
 
-    xmlDocDumpMemory(d->doc, &mem, &size);
+    /* Always UTF-8 (libxml2's own encoding), whatever the input declared:
+     * converting back to an exotic declared encoding can fail. */
+    quiet_begin(&quiet);
+    xmlDocDumpMemoryEnc(d->doc, &mem, &size, "UTF-8");
+    quiet_end(&quiet);
     if (!mem || size <= 0) {
         xmlFree(mem);
         return prl_error(ENOMEM, "'%s': could not serialize the descriptor",
@@ -1140,15 +1173,17 @@ int bundle_desc_write_new(const char *path, uint64_t sectors,
     uint64_t cyl = sectors / (16 * 63);
     xmlDoc *doc;
     xmlNode *root, *p, *sd, *st, *im, *sn, *sh;
+    struct xml_quiet quiet;
     xmlChar *mem = NULL;
     int size = 0, r;
 
-    pthread_once(&xml_once, xml_init);
+    quiet_begin(&quiet);
     snprintf(num[0], sizeof(num[0]), "%" PRIu64, sectors);
     snprintf(num[1], sizeof(num[1]), "%" PRIu64, cyl);
     snprintf(num[2], sizeof(num[2]), "%" PRIu64, blocksize);
     doc = xmlNewDoc(BAD_CAST "1.0");
     if (!doc) {
+        quiet_end(&quiet);
         return prl_error(ENOMEM, "out of memory");
     }
     root = xmlNewNode(NULL, BAD_CAST "Parallels_disk_image");
@@ -1182,6 +1217,7 @@ int bundle_desc_write_new(const char *path, uint64_t sectors,
     add_indent(root, 0);
     xmlDocDumpMemoryEnc(doc, &mem, &size, "UTF-8");
     xmlFreeDoc(doc);
+    quiet_end(&quiet);
     if (!mem || size <= 0) {
         xmlFree(mem);
         return prl_error(ENOMEM, "out of memory");
