@@ -20,7 +20,7 @@ SEED = int(os.environ.get('PRL_RANDOM_SEED', '20261125'))
 # growth within 16 MiB must move the data area)
 SHAPES = [
     ('ext-512', 512, True, 'create', 96 * 1024, True),
-    ('ext-4K', 4096, True, 'create', 512 * 1024, True),
+    ('ext-4K', 4096, True, 'create', 3584 * 1024, True),
     ('legacy-4K', 4096, False, 'create', 512 * 1024, True),
     ('legacy0-32256', 32256, False, 'parimg', 100 * 32256, True),
     ('ext-64K', 65536, True, 'create', 2 * (1 << 20) + 512, False),
