@@ -5,13 +5,13 @@ same extents with the same fields (start, length, depth, present, zero,
 data, offset), after merging neighbours that differ in nothing but their
 split.
 
-One legitimate difference, normalized below: QEMU rounds a raw file's
-size up to a whole sector and maps that tail as a hole past the end of the
-file ("start": 3000000, "length": 320 for a 3000000-byte file); prl maps
-exactly the file's bytes."""
+Legitimate differences: QEMU rounds a raw file's size up to a whole
+sector and maps that tail as a hole past the end of the file ("start":
+3000000, "length": 320 for a 3000000-byte file) where prl maps exactly the
+file's bytes, so canonical() clips that tail; and QEMU ignores the Empty
+flag, where prl follows the spec (test_empty_flag)."""
 
 import json
-import os
 
 import parimg
 from prltest import (Failure, check, main, path, prl_img, prl_io, requires,
@@ -146,11 +146,37 @@ def test_prl_parallels():
     check(offsets == [512 + 32256, 512], 'legacy0 offsets %r' % offsets)
 
 
+def test_empty_flag():
+    """The spec's Empty flag (header flags bit 0): the image reads as
+    zeroes whatever the BAT holds.  QEMU 7.2 ignores the flag and maps
+    (and reads) the stale clusters; prl follows the spec, so here the two
+    maps differ on purpose."""
+    im = parimg.Image(8 * 65536, 65536)
+    im.allocate(2, b'\x09' * 65536)
+    im.flags = parimg.FLAG_EMPTY
+    img = path('empty-flag.hdd')
+    im.write(img)
+    p = json.loads(prl_img('map', '--output=json', img).out)
+    check(p == [{'start': 0, 'length': im.size, 'depth': 0,
+                 'present': False, 'zero': True, 'data': False}],
+          'Empty flag: prl map %r' % p)
+    q = json.loads(run(['qemu-img', 'map', '--output=json', '-f',
+                        'parallels', img]).out)
+    check(any(e['data'] for e in q), 'QEMU now honours the Empty flag: %r'
+          % q)
+    zero = path('zero.raw')
+    with open(zero, 'wb') as f:
+        f.truncate(im.size)
+    prl_img('compare', img, zero)
+    print('Empty flag: prl maps no data; QEMU maps the stale cluster')
+
+
 def test():
     requires('qemu-img', 'qemu-io')
     test_raw()
     test_qemu_parallels()
     test_prl_parallels()
+    test_empty_flag()
 
 
 main(test)
