@@ -1178,8 +1178,10 @@ static int op_begin(const char *path, unsigned flags, bool exclusive,
     op->lock_fd = -1;
     op->external = flags & PRL_OPEN_BUNDLE_EXTERNAL;
     r = bundle_paths(path, &op->dir, &op->desc_path);
-    if (r == 0) {
-        r = bundle_lock(op->dir, exclusive, &op->lock_fd);
+    /* Listing reads only the descriptor, which is always replaced
+     * atomically: it needs no lock and works while a server holds one. */
+    if (r == 0 && exclusive) {
+        r = bundle_lock(op->dir, true, &op->lock_fd);
     }
     if (r == 0) {
         r = bundle_desc_load(op->desc_path, &op->d);

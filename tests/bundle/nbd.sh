@@ -22,6 +22,12 @@ expect_status 0 qemu-io -f raw -c "write -P 0x5a 100000 9000" \
 qemu-io -f raw -c "write -P 0x5a 100000 9000" -c "write -P 0x6b 1070000 500" \
     -c "write -z 2M 4096" want.raw >/dev/null
 expect_status 0 qemu-img compare -f raw -F raw "$uri" want.raw
+# While served read-write the bundle can be listed, not changed.
+expect_status 0 prl_img snapshot -l disk.hdd
+expect_fail prl_img snapshot -c disk.hdd
+err_contains "in use by another process"
+expect_fail prl_img commit disk.hdd
+err_contains "in use by another process"
 stop_pid "$srv"
 
 expect_status 0 prl_img compare disk.hdd want.raw
