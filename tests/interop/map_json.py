@@ -146,6 +146,29 @@ def test_prl_parallels():
     check(offsets == [512 + 32256, 512], 'legacy0 offsets %r' % offsets)
 
 
+def test_ranges():
+    """--start-offset and --max-length, inside, at and past the end: the
+    output is exactly qemu-img's."""
+    img = path('ranges.hdd')
+    cs = 256 << 10
+    prl_img('create', '-f', 'parallels', '-o', 'cluster_size=%d' % cs, img,
+            16 * cs)
+    prl_io(img, ['write -P 1 %d %d' % (cs - 5, cs), 'write -P 2 %d 1'
+                 % (9 * cs)])
+    size = 16 * cs
+    for start, length in [(300000, 1000000), (cs, None), (0, 5),
+                          (size - 1, None), (size, None), (size + 7, None),
+                          (cs + 1, cs - 2), (9 * cs + 100, 10 * cs)]:
+        opts = ['--start-offset=%d' % start]
+        if length is not None:
+            opts.append('--max-length=%d' % length)
+        q = run(['qemu-img', 'map', '--output=json', '-f', 'parallels'] +
+                opts + [img])
+        p = prl_img('map', '--output=json', '-f', 'parallels', *opts, img)
+        check(json.loads(p.out) == json.loads(q.out),
+              'map %s: qemu %s, prl %s' % (' '.join(opts), q.out, p.out))
+
+
 def test_empty_flag():
     """The spec's Empty flag (header flags bit 0): the image reads as
     zeroes whatever the BAT holds.  QEMU 7.2 ignores the flag and maps
@@ -176,6 +199,7 @@ def test():
     test_raw()
     test_qemu_parallels()
     test_prl_parallels()
+    test_ranges()
     test_empty_flag()
 
 

@@ -331,7 +331,8 @@ static void test_raw_resize(void **state)
     assert_int_equal(prl_block_size(bs), 3 * MiB);
     assert_int_equal(tu_file_size(p), 3 * MiB);
     assert_int_equal(prl_block_pwrite(bs, buf, 512, 3 * MiB - 512, 0), 0);
-    /* Shrinking needs the shrink flag. */
+    /* Shrinking needs the shrink flag (the errno is test_raw_shrink_errno's
+     * business). */
     assert_true(prl_block_resize(bs, MiB, false) < 0);
     assert_int_equal(prl_block_size(bs), 3 * MiB);
     assert_int_equal(tu_file_size(p), 3 * MiB);
@@ -342,13 +343,34 @@ static void test_raw_resize(void **state)
     tu_close(bs);
 }
 
+/* prl/block.h: "Shrinking below allocated data fails with -ENOTEMPTY
+ * unless |shrink| is true" -- for raw every byte is allocated data. */
+static void test_raw_shrink_errno(void **state)
+{
+    const char *p = tu_path("shrink.raw");
+    struct prl_block *bs;
+
+    (void)state;
+    tu_create(p, "raw", 2 * MiB, NULL);
+    bs = tu_open(p, NULL, PRL_OPEN_RDWR);
+    tu_expect_err(prl_block_resize(bs, MiB, false), -ENOTEMPTY, "shrink");
+    assert_int_equal(prl_block_size(bs), 2 * MiB);
+    tu_close(bs);
+    assert_int_equal(tu_file_size(p), 2 * MiB);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_formats),       cmocka_unit_test(test_raw_create),
-        cmocka_unit_test(test_create_errors), cmocka_unit_test(test_raw_io),
-        cmocka_unit_test(test_raw_status),    cmocka_unit_test(test_validation),
-        cmocka_unit_test(test_probe),         cmocka_unit_test(test_raw_resize),
+        cmocka_unit_test(test_formats),
+        cmocka_unit_test(test_raw_create),
+        cmocka_unit_test(test_create_errors),
+        cmocka_unit_test(test_raw_io),
+        cmocka_unit_test(test_raw_status),
+        cmocka_unit_test(test_validation),
+        cmocka_unit_test(test_probe),
+        cmocka_unit_test(test_raw_resize),
+        cmocka_unit_test(test_raw_shrink_errno),
     };
     int r = cmocka_run_group_tests(tests, NULL, NULL);
 
