@@ -69,10 +69,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: fuzz-seedgen OUTDIR\n");
         return 2;
     }
-    /* Clusters under 4 KiB with a bitmap currently check with a leak
-     * (see fuzz/README.md); the seeds stay at 4 KiB and above. */
     return bitmap_image(argv[1], "seed-bitmap-c4k-1m", 1 << 20,
                         "cluster_size=4k", 4096, one) ||
+           bitmap_image(argv[1], "seed-bitmaps2-c512-128k", 128 << 10,
+                        "cluster_size=512", 512, two) ||
            bitmap_image(argv[1], "seed-bitmaps2-c8k-512k", 512 << 10,
                         "cluster_size=8k", 512, two);
 }
