@@ -37,6 +37,7 @@ static const struct cfg cfg_ext64k = {true, 128, false};
 static const struct cfg cfg_ext1m = {true, 2048, false};
 static const struct cfg cfg_legacy63 = {false, 63, true};
 static const struct cfg cfg_legacy4k = {false, 8, false};
+static const struct cfg cfg_ext4k = {true, 8, false};
 
 static uint64_t cfg_cs(const struct cfg *c)
 {
@@ -988,11 +989,12 @@ static void test_resize_shrink(void **state)
 }
 
 /* Concurrent requests through one handle.  In stripe mode thread i owns
- * the 4 KiB stripes k with k % NTHREADS == i, so every cluster is written
+ * the stripes k (an eighth of a cluster) with k % NTHREADS == i, so every
+ * cluster is written
  * by all threads at once and allocations race; in region mode it owns one
  * contiguous quarter and also frees whole clusters, so frees race with
  * other threads' allocations and reuse. */
-enum { NTHREADS = 4, OPS = 300, STRIPE = 4096 };
+enum { NTHREADS = 4, OPS = 300 };
 
 struct worker {
     struct prl_block *bs;
@@ -1034,12 +1036,13 @@ static void *worker_main(void *opaque)
     for (int i = 0; i < OPS && buf && !w->err; i++) {
         uint64_t r = tu_rand(&w->seed), off, len;
         if (w->stripes) {
-            uint64_t nstripes = w->size / STRIPE / NTHREADS;
+            uint64_t stripe = w->cs / 8;
+            uint64_t nstripes = w->size / stripe / NTHREADS;
             uint64_t k =
                 tu_rand(&w->seed) % nstripes * NTHREADS + (uint64_t)w->id;
-            uint64_t in = tu_rand(&w->seed) % STRIPE;
-            len = 1 + tu_rand(&w->seed) % (STRIPE - in);
-            off = k * STRIPE + in;
+            uint64_t in = tu_rand(&w->seed) % stripe;
+            len = 1 + tu_rand(&w->seed) % (stripe - in);
+            off = k * stripe + in;
         } else {
             len = 1 + tu_rand(&w->seed) % (2 * w->cs);
             off = (uint64_t)w->id * region +
@@ -1073,17 +1076,17 @@ static void run_workers(struct prl_block *bs, uint8_t *ref, uint64_t size,
 
 static void test_concurrency(void **state)
 {
+    const struct cfg *c = *state;
     const char *p = tu_path("threads.hdd");
-    const uint64_t cs = 64 * KiB, size = 64 * cs;
+    const uint64_t cs = cfg_cs(c), size = 64 * cs;
     uint8_t *ref = calloc(1, size);
     struct prl_block *bs;
     struct prl_extent e;
     uint64_t *hosts = calloc(size / cs, sizeof(uint64_t)), nh = 0;
 
-    (void)state;
     assert_non_null(ref);
     assert_non_null(hosts);
-    tu_create(p, "parallels", size, "cluster_size=64k");
+    make_image(c, p, size);
     bs = tu_open(p, NULL, PRL_OPEN_RDWR);
     assert_true(prl_block_caps(bs) & PRL_CAP_PARALLEL);
     run_workers(bs, ref, size, cs, true, 1000);
@@ -1136,7 +1139,9 @@ int main(void)
         cmocka_unit_test(test_resize_grow_in_bat),
         cmocka_unit_test(test_resize_grow_moves),
         cmocka_unit_test(test_resize_shrink),
-        cmocka_unit_test(test_concurrency),
+        cmocka_unit_test_prestate(test_concurrency, (void *)&cfg_ext64k),
+        cmocka_unit_test_prestate(test_concurrency, (void *)&cfg_ext4k),
+        cmocka_unit_test_prestate(test_concurrency, (void *)&cfg_legacy63),
     };
     int r = cmocka_run_group_tests(tests, NULL, NULL);
 
