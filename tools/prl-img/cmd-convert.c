@@ -475,20 +475,25 @@ static int open_target(const char *path, const char *fmt, bool fmt_given,
     return 0;
 }
 
-int cmd_convert(int argc, char **argv)
+/* The command line of convert. */
+struct cv_args {
+    const char *src_fmt, *dst_fmt;
+    char *opts; /* the -o arguments joined with ',', NULL when none */
+    bool no_create, progress, quiet, dst_fmt_given, unordered;
+    uint64_t sparse;
+    unsigned long workers;
+};
+
+/* Parse the command line into *a.  Returns -1 to go on with the copy, or
+ * the exit status (help printed, or an error). */
+static int parse_args(int argc, char **argv, struct cv_args *a)
 {
     static const struct option longopts[] = {
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *src_fmt = NULL, *dst_fmt = "raw", *opts = NULL;
-    bool no_create = false, progress = false, quiet = false;
-    bool dst_fmt_given = false, unordered = false;
-    uint64_t sparse = CV_SPARSE_DEFAULT;
-    unsigned long workers = CV_WORKERS_DEFAULT;
     char *end;
-    struct cv_state s;
-    int c, r, status = IMG_EXIT_FAIL;
+    int c;
 
     img_getopt_reset();
     while ((c = getopt_long(argc, argv, ":hf:O:o:S:m:npqW", longopts, NULL)) !=
@@ -498,70 +503,85 @@ int cmd_convert(int argc, char **argv)
             convert_help();
             return IMG_EXIT_OK;
         case 'f':
-            src_fmt = optarg;
+            a->src_fmt = optarg;
             break;
         case 'O':
-            dst_fmt = optarg;
-            dst_fmt_given = true;
+            a->dst_fmt = optarg;
+            a->dst_fmt_given = true;
             break;
         case 'o':
-            if (opts) {
-                return img_usage("convert", IMG_EXIT_FAIL,
-                                 "-o given twice; "
-                                 "join the options with ','");
-            }
-            opts = optarg;
-            break;
-        case 'S':
-            if (img_parse_size(optarg, "sparse size", &sparse) < 0) {
+            if (img_opts_append(&a->opts, optarg) < 0) {
                 return IMG_EXIT_FAIL;
             }
-            if (sparse % 512 != 0 || sparse > CV_SPARSE_MAX) {
+            break;
+        case 'S':
+            if (img_parse_size(optarg, "sparse size", &a->sparse) < 0) {
+                return IMG_EXIT_FAIL;
+            }
+            if (a->sparse % 512 != 0 || a->sparse > CV_SPARSE_MAX) {
                 return img_usage("convert", IMG_EXIT_FAIL,
-                                 "-S must be a "
-                                 "multiple of 512 up to 16M, not '%s'",
+                                 "-S must be a multiple of 512 up to 16M, "
+                                 "not '%s'",
                                  optarg);
             }
             break;
         case 'm':
-            workers = strtoul(optarg, &end, 10);
-            if (*optarg == '\0' || *end != '\0' || workers < 1 ||
-                workers > CV_WORKERS_MAX) {
+            a->workers = strtoul(optarg, &end, 10);
+            if (*optarg == '\0' || *end != '\0' || a->workers < 1 ||
+                a->workers > CV_WORKERS_MAX) {
                 return img_usage("convert", IMG_EXIT_FAIL,
                                  "-m must be 1 to %d, not '%s'", CV_WORKERS_MAX,
                                  optarg);
             }
             break;
         case 'n':
-            no_create = true;
+            a->no_create = true;
             break;
         case 'p':
-            progress = true;
+            a->progress = true;
             break;
         case 'q':
-            quiet = true;
+            a->quiet = true;
             break;
         case 'W':
-            unordered = true;
+            a->unordered = true;
             break;
         default:
             return img_bad_option("convert", c, argv, IMG_EXIT_FAIL);
         }
     }
-    if (opts && img_opts_want_help(opts)) {
-        return img_print_create_options(dst_fmt) == 0 ? IMG_EXIT_OK
-                                                      : IMG_EXIT_FAIL;
+    if (img_opts_want_help(a->opts)) {
+        return img_print_create_options(a->dst_fmt) == 0 ? IMG_EXIT_OK
+                                                         : IMG_EXIT_FAIL;
     }
     if (argc - optind != 2) {
         return img_usage("convert", IMG_EXIT_FAIL,
-                         "expecting a source and "
-                         "a target file name");
+                         "expecting a source and a target file name");
     }
-    if (no_create && opts) {
+    if (a->no_create && a->opts) {
         return img_usage("convert", IMG_EXIT_FAIL,
-                         "-o has no effect with "
-                         "-n: the target is not created");
+                         "-o has no effect with -n: the target is not "
+                         "created");
     }
+    return -1;
+}
+
+int cmd_convert(int argc, char **argv)
+{
+    struct cv_args a = {
+        .dst_fmt = "raw",
+        .sparse = CV_SPARSE_DEFAULT,
+        .workers = CV_WORKERS_DEFAULT,
+    };
+    struct cv_state s;
+    int r, status;
+
+    status = parse_args(argc, argv, &a);
+    if (status >= 0) {
+        free(a.opts);
+        return status;
+    }
+    status = IMG_EXIT_FAIL;
 
     memset(&s, 0, sizeof(s));
     pthread_mutex_init(&s.lock, NULL);
@@ -569,22 +589,22 @@ int cmd_convert(int argc, char **argv)
     pthread_cond_init(&s.flush_cond, NULL);
     pthread_mutex_init(&s.src_lock, NULL);
     pthread_mutex_init(&s.dst_lock, NULL);
-    if (img_open(argv[optind], src_fmt, 0, &s.src) < 0) {
+    if (img_open(argv[optind], a.src_fmt, 0, &s.src) < 0) {
         goto out;
     }
     if (check_not_source(argv[optind], argv[optind + 1]) < 0) {
         goto out;
     }
-    if (open_target(argv[optind + 1], dst_fmt, dst_fmt_given, opts, no_create,
-                    prl_block_size(s.src), &s.dst) < 0) {
+    if (open_target(argv[optind + 1], a.dst_fmt, a.dst_fmt_given, a.opts,
+                    a.no_create, prl_block_size(s.src), &s.dst) < 0) {
         goto out;
     }
-    if (plan_copy(&s, sparse, unordered) < 0) {
+    if (plan_copy(&s, a.sparse, a.unordered) < 0) {
         goto out;
     }
-    s.fresh = !no_create;
-    img_progress_start(&s.progress, progress && !quiet);
-    r = run_copy(&s, (int)workers);
+    s.fresh = !a.no_create;
+    img_progress_start(&s.progress, a.progress && !a.quiet);
+    r = run_copy(&s, (int)a.workers);
     if (r < 0) {
         img_progress_finish(&s.progress);
         img_err("%s", s.error_msg ? s.error_msg : "out of memory");
@@ -600,6 +620,7 @@ out:
         prl_block_close(s.src);
     }
     free(s.error_msg);
+    free(a.opts);
     pthread_mutex_destroy(&s.dst_lock);
     pthread_mutex_destroy(&s.src_lock);
     pthread_cond_destroy(&s.flush_cond);

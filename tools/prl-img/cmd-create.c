@@ -146,7 +146,6 @@ int cmd_create(int argc, char **argv)
     bool quiet = false;
     uint64_t size;
     int c, status = IMG_EXIT_FAIL;
-    size_t len = 0;
 
     img_getopt_reset();
     while ((c = getopt_long(argc, argv, ":hqf:o:", longopts, NULL)) != -1) {
@@ -162,10 +161,7 @@ int cmd_create(int argc, char **argv)
             format = optarg;
             break;
         case 'o':
-            /* Several -o accumulate, as in qemu-img. */
-            if ((len > 0 && append(&opts, &len, ",", false) < 0) ||
-                append(&opts, &len, optarg, false) < 0) {
-                img_err("out of memory");
+            if (img_opts_append(&opts, optarg) < 0) {
                 free(opts);
                 return IMG_EXIT_FAIL;
             }

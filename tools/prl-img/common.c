@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stdlib.h>
 #include <string.h>
 
 void img_err(const char *fmt, ...)
@@ -213,6 +214,23 @@ void img_json_string(FILE *f, const char *s)
         p++;
     }
     fputc('"', f);
+}
+
+int img_opts_append(char **opts, const char *more)
+{
+    size_t old = *opts ? strlen(*opts) : 0, n = strlen(more);
+    char *p = realloc(*opts, old + 1 + n + 1);
+
+    if (!p) {
+        img_err("out of memory");
+        return -ENOMEM;
+    }
+    if (old > 0) {
+        p[old++] = ',';
+    }
+    memcpy(p + old, more, n + 1);
+    *opts = p;
+    return 0;
 }
 
 bool img_opts_want_help(const char *opts)

@@ -72,6 +72,11 @@ void img_human_size(uint64_t v, char *buf, size_t len);
 /* Write |s| to |f| as a JSON string literal, quotes included. */
 void img_json_string(FILE *f, const char *s);
 
+/* Add the -o argument |more| to *opts (malloc'd, NULL at first; the
+ * caller frees it), joined with ',' as qemu-img joins repeated -o.
+ * Prints the error.  Returns 0 or -ENOMEM. */
+int img_opts_append(char **opts, const char *more);
+
 /* True when the user asked for an option list ("help" or "?") anywhere in
  * a -o string. */
 bool img_opts_want_help(const char *opts);
