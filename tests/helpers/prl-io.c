@@ -311,11 +311,19 @@ static void cmd_status(int argc, char **argv)
         if (r < 0) {
             die_prl("status", r);
         }
-        printf("%" PRIu64 " %" PRIu64 " %s%s%s%s depth=%" PRIu32, off, e.length,
-               e.flags & PRL_EXT_DATA ? "data," : "",
-               e.flags & PRL_EXT_ZERO ? "zero," : "",
-               e.flags & PRL_EXT_ALLOCATED ? "allocated," : "",
-               e.flags ? "" : "none", e.depth);
+        char names[64] = "";
+        if (e.flags & PRL_EXT_DATA) {
+            strcat(names, ",data");
+        }
+        if (e.flags & PRL_EXT_ZERO) {
+            strcat(names, ",zero");
+        }
+        if (e.flags & PRL_EXT_ALLOCATED) {
+            strcat(names, ",allocated");
+        }
+        /* "OFFSET LENGTH data,allocated depth=1 offset=N" */
+        printf("%" PRIu64 " %" PRIu64 " %s depth=%" PRIu32, off, e.length,
+               names[0] ? names + 1 : "none", e.depth);
         if (e.flags & PRL_EXT_OFFSET) {
             printf(" offset=%" PRIu64 "\n", e.offset);
         } else {
