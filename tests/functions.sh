@@ -168,6 +168,17 @@ le32()
     od -A n -t u4 -j "$2" -N 4 --endian=little "$1" | tr -d ' '
 }
 
+# json_field KEY...: read JSON on stdin and print the value found by
+# following KEYs (object keys, or list indexes) from the top.
+json_field()
+{
+    "$PYTHON" -c 'import json, sys
+v = json.load(sys.stdin)
+for k in sys.argv[1:]:
+    v = v[int(k)] if isinstance(v, list) else v[k]
+print(json.dumps(v) if isinstance(v, (dict, list, bool)) else v)' "$@"
+}
+
 # free_port: a TCP port that was free on 127.0.0.1 a moment ago.
 free_port()
 {

@@ -34,8 +34,7 @@ same()
 
 virtual_size()
 {
-    prl_img info --output=json "$1" |
-        "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["virtual-size"])'
+    prl_img info --output=json "$1" | json_field virtual-size
 }
 
 # --- Grow across the data area: 4 KiB clusters, 1 MiB holds a BAT of 256

@@ -46,8 +46,8 @@ done
 # Sparse output: clusters that are all zero in the source are left
 # unallocated (the default -S is 4 KiB, as in qemu-img).
 prl_img convert -O parallels -o cluster_size=64K src.raw sparse.hdd
-allocated=$(prl_img info --output=json sparse.hdd | "$PYTHON" -c \
-    'import json,sys; print(json.load(sys.stdin)["format-specific"]["data"]["allocated-clusters"])')
+allocated=$(prl_img info --output=json sparse.hdd |
+    json_field format-specific data allocated-clusters)
 # Data touches the 64 KiB clusters 0, 1-6, 15-16, 48-63, 96-97 and
 # 143-144: 29 of them; the written-zero cluster at 5 MiB (80) stays a
 # hole.
@@ -118,8 +118,8 @@ expect_status 1 prl_img compare short.raw long.raw
 prl_img convert -S 0 -O parallels -o cluster_size=64K short.raw full.hdd
 qemu-img convert -S 0 -O parallels -o cluster_size=64K short.raw qfull.hdd
 for img in full.hdd qfull.hdd; do
-    n=$(prl_img info --output=json $img | "$PYTHON" -c \
-        'import json,sys; print(json.load(sys.stdin)["format-specific"]["data"]["allocated-clusters"])')
+    n=$(prl_img info --output=json $img |
+        json_field format-specific data allocated-clusters)
     [ "$n" = 16 ] || fail "$img: $n clusters allocated with -S 0"
 done
 prl_img convert -p -O parallels src.raw progress.hdd 2>progress.err

@@ -44,10 +44,11 @@ for cs in 4096 32256 65536 262144 1048576 2097152; do
     prl_img check -f parallels $img
 
     # Sizes and formats agree.
-    q=$(qemu-img info --output=json $img | "$PYTHON" -c \
-        'import json,sys; print(json.load(sys.stdin)["virtual-size"])')
-    p=$(prl_img info --output=json $img | "$PYTHON" -c \
-        'import json,sys; i=json.load(sys.stdin); print(i["virtual-size"], i["format"], i["cluster-size"])')
+    qemu-img info --output=json $img >q.json
+    prl_img info --output=json $img >p.json
+    q=$(json_field virtual-size <q.json)
+    p="$(json_field virtual-size <p.json) $(json_field format <p.json)"
+    p="$p $(json_field cluster-size <p.json)"
     [ "$p" = "$q parallels $cs" ] || fail "$img: info says '$p', qemu $q"
 
     # prl writes into QEMU's image.

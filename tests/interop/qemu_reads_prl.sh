@@ -14,11 +14,11 @@ set -x
 # so its reference is a write of zeroes).
 ops()
 {
-    local cs=$1 size=$2
+    local cs=$1 size=$2 c3=$((3 * cs + 100)) c2=$((2 * cs + 5))
     cat <<EOF
 write -P 0x11 0 1|write -P 0x11 0 1
 write -P 0x12 $((cs - 7)) 14|write -P 0x12 $((cs - 7)) 14
-write -P 0x13 $((3 * cs + 100)) $((2 * cs + 5))|write -P 0x13 $((3 * cs + 100)) $((2 * cs + 5))
+write -P 0x13 $c3 $c2|write -P 0x13 $c3 $c2
 write -P 0x14 $((size - 3)) 3|write -P 0x14 $((size - 3)) 3
 zero $((3 * cs + 50)) 100|write -z $((3 * cs + 50)) 100
 zero $((4 * cs)) $cs|write -z $((4 * cs)) $cs
