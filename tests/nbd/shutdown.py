@@ -4,6 +4,7 @@ client makes FUA writes.  prl-nbd must exit 0, the Parallels image must
 be closed cleanly and check clean, and every write that was acknowledged
 must be in it.  SIGINT does the same for an idle server."""
 
+import atexit
 import os
 import signal
 import struct
@@ -36,6 +37,7 @@ def test():
          '--rw=randwrite', '--bs=64k', '--iodepth=16', '--size=32M',
          '--time_based', '--runtime=30', '--output=' + path('fio.out')],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    atexit.register(lambda: fio.poll() is None and fio.kill())
     acked = []
     failures = []
 

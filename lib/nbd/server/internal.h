@@ -156,13 +156,40 @@ struct prl_nbd_req {
     const char *error_msg;
 };
 
+/* Requests one worker takes off the socket at once, when they are
+ * already received in full: they are served in order by that worker and
+ * their replies leave in one send, so a burst of small requests costs one
+ * wake-up and one sendmsg instead of one each. */
+#define PRL_NBD_BATCH 16
+/* A batch stops growing past this many bytes of data to move. */
+#define PRL_NBD_BATCH_BYTES (256u << 10)
+/* Reply queue of a worker: iovecs, and bytes for the small ones. */
+#define PRL_NBD_OUT_IOV 128
+#define PRL_NBD_OUT_BYTES 8192
+/* Queued replies are sent once they carry this much data. */
+#define PRL_NBD_OUT_FLUSH (1u << 20)
+
+struct prl_nbd_slot {
+    struct prl_nbd_req req;
+    uint8_t *buf;                 /* its payload or read data */
+    size_t buf_size;
+};
+
 struct prl_nbd_worker {
     struct prl_nbd_conn *conn;
     pthread_t thread;
-    uint8_t *buf;                 /* request payload or read data */
+    uint8_t *buf;                 /* the current slot's buffer */
     size_t buf_size;
     void *scratch;                /* descriptors, chunk headers */
     size_t scratch_size;
+    struct prl_nbd_slot slots[PRL_NBD_BATCH];
+    /* Replies not sent yet.  Small pieces are copied into out_bytes;
+     * larger ones point into slot buffers, valid until the batch ends. */
+    struct iovec out_iov[PRL_NBD_OUT_IOV];
+    int out_n;
+    uint8_t out_bytes[PRL_NBD_OUT_BYTES];
+    size_t out_used;
+    size_t out_total;
 };
 
 /* Grow the worker's buffers; -ENOMEM with a message on failure. */
@@ -190,15 +217,23 @@ uint32_t prl_nbd_errno_to_wire(int err, uint16_t type);
 /* Send iovecs whole under the connection's send lock. */
 int prl_nbd_send_locked(struct prl_nbd_conn *conn, struct iovec *iov,
                         int iovcnt);
+/* Queue a reply message on the worker (it goes out whole, in order with
+ * the worker's other replies, by the next prl_nbd_out_flush at the
+ * latest).  Pieces of up to 512 bytes are copied; longer ones must stay
+ * valid until the flush. */
+int prl_nbd_out(struct prl_nbd_worker *w, const struct iovec *iov, int n);
+/* Send everything queued on the worker. */
+int prl_nbd_out_flush(struct prl_nbd_worker *w);
 /* Fill a reply chunk header for the negotiated style (structured or
  * extended) into |hdr| (32 bytes); returns its size. */
 size_t prl_nbd_chunk_header(const struct prl_nbd_conn *conn, void *hdr,
                             const struct prl_nbd_req *req, uint16_t flags,
                             uint16_t type, uint64_t length);
-/* Success without data: simple reply or NONE chunk. */
-int prl_nbd_reply_ok(struct prl_nbd_conn *conn, const struct prl_nbd_req *req);
-/* Failure |error| (PRL_NBD_E*) with a message for structured clients. */
-int prl_nbd_reply_error(struct prl_nbd_conn *conn,
+/* Success without data: simple reply or NONE chunk (queued). */
+int prl_nbd_reply_ok(struct prl_nbd_worker *w, const struct prl_nbd_req *req);
+/* Failure |error| (PRL_NBD_E*) with a message for structured clients
+ * (queued). */
+int prl_nbd_reply_error(struct prl_nbd_worker *w,
                         const struct prl_nbd_req *req, uint32_t error,
                         const char *msg);
 

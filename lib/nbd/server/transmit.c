@@ -46,10 +46,13 @@ int prl_nbd_worker_scratch(struct prl_nbd_worker *w, size_t size)
 
 void prl_nbd_worker_trim(struct prl_nbd_worker *w)
 {
-    if (w->buf_size > PRL_NBD_KEEP_BUF) {
-        free(w->buf);
-        w->buf = NULL;
-        w->buf_size = 0;
+    for (size_t i = 0; i < PRL_NBD_BATCH; i++) {
+        struct prl_nbd_slot *s = &w->slots[i];
+        if (s->buf_size > PRL_NBD_KEEP_BUF) {
+            free(s->buf);
+            s->buf = NULL;
+            s->buf_size = 0;
+        }
     }
     if (w->scratch_size > PRL_NBD_KEEP_BUF) {
         free(w->scratch);
@@ -354,26 +357,27 @@ static uint32_t check_request(struct prl_nbd_conn *conn,
 
 /* Answer a failed block call: the client hears the errno's text, the
  * log (at debug level) gets the library's full message. */
-static void reply_failure(struct prl_nbd_conn *conn,
+static void reply_failure(struct prl_nbd_worker *w,
                           const struct prl_nbd_req *req, int err)
 {
+    struct prl_nbd_conn *conn = w->conn;
     char msg[160];
 
     prl_debug("%s: %s failed: %s", conn->peer, cmd_name(req->type),
               prl_error_message());
     snprintf(msg, sizeof(msg), "%s failed: %s", cmd_name(req->type),
              strerror(-err));
-    prl_nbd_reply_error(conn, req, prl_nbd_errno_to_wire(err, req->type),
+    prl_nbd_reply_error(w, req, prl_nbd_errno_to_wire(err, req->type),
                         msg);
 }
 
-static void reply_result(struct prl_nbd_conn *conn,
+static void reply_result(struct prl_nbd_worker *w,
                          const struct prl_nbd_req *req, int r)
 {
     if (r < 0) {
-        reply_failure(conn, req, r);
+        reply_failure(w, req, r);
     } else {
-        prl_nbd_reply_ok(conn, req);
+        prl_nbd_reply_ok(w, req);
     }
 }
 
@@ -422,6 +426,10 @@ static void read_failed_structured(struct prl_nbd_worker *w,
     char msg[160];
     int r = err;
 
+    /* Sent directly: each piece reuses the buffer. */
+    if (prl_nbd_out_flush(w) < 0) {
+        return;
+    }
     while (off < end) {
         uint64_t n = PRL_MIN(end - off, (uint64_t)READ_GRANULE -
                                             off % READ_GRANULE);
@@ -485,9 +493,9 @@ static void cmd_read(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
             iov.iov_len = prl_nbd_chunk_header(conn, hdr, req,
                                                PRL_NBD_REPLY_FLAG_DONE,
                                                PRL_NBD_REPLY_TYPE_NONE, 0);
-            prl_nbd_send_locked(conn, &iov, 1);
+            prl_nbd_out(w, &iov, 1);
         } else {
-            prl_nbd_reply_ok(conn, req);
+            prl_nbd_reply_ok(w, req);
         }
         return;
     }
@@ -499,7 +507,7 @@ static void cmd_read(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
         if (chunky && w->buf_size >= len) {
             read_failed_structured(w, req, r);
         } else {
-            reply_failure(conn, req, r);
+            reply_failure(w, req, r);
         }
         return;
     }
@@ -513,7 +521,7 @@ static void cmd_read(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
             {.iov_base = &h, .iov_len = sizeof(h)},
             {.iov_base = w->buf, .iov_len = (size_t)len},
         };
-        prl_nbd_send_locked(conn, iov, 2);
+        prl_nbd_out(w, iov, 2);
         return;
     }
     if ((req->flags & PRL_NBD_CMD_FLAG_DF) || len <= READ_GRANULE) {
@@ -528,7 +536,7 @@ static void cmd_read(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
         iov[0].iov_len = c.len;
         iov[1].iov_base = w->buf;
         iov[1].iov_len = hole ? 0 : (size_t)len;
-        prl_nbd_send_locked(conn, iov, hole ? 1 : 2);
+        prl_nbd_out(w, iov, hole ? 1 : 2);
         return;
     }
 
@@ -542,7 +550,7 @@ static void cmd_read(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
     if (prl_nbd_worker_scratch(w, max_chunks * (sizeof(struct chunk) +
                                                 2 * sizeof(struct iovec)))
         < 0) {
-        reply_failure(conn, req, -ENOMEM);
+        reply_failure(w, req, -ENOMEM);
         return;
     }
     chunks = w->scratch;
@@ -571,7 +579,7 @@ static void cmd_read(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
         }
         n++;
     }
-    prl_nbd_send_locked(conn, iov, (int)niov);
+    prl_nbd_out(w, iov, (int)niov);
 }
 
 static void cmd_write(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
@@ -584,7 +592,7 @@ static void cmd_write(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
     r = prl_block_pwrite(exp->bs, w->buf, req->payload_len, req->offset,
                          flags);
     EXPORT_UNLOCK(exp);
-    reply_result(w->conn, req, r);
+    reply_result(w, req, r);
 }
 
 static void cmd_flush(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
@@ -595,7 +603,7 @@ static void cmd_flush(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
     EXPORT_LOCK(exp);
     r = prl_block_flush(exp->bs);
     EXPORT_UNLOCK(exp);
-    reply_result(w->conn, req, r);
+    reply_result(w, req, r);
 }
 
 static void cmd_trim(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
@@ -614,7 +622,7 @@ static void cmd_trim(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
         r = prl_block_flush(exp->bs);
     }
     EXPORT_UNLOCK(exp);
-    reply_result(w->conn, req, r);
+    reply_result(w, req, r);
 }
 
 static void cmd_cache(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
@@ -628,7 +636,7 @@ static void cmd_cache(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
         r = block_read(w->conn->exp, w->buf, n, off);
         off += n;
     }
-    reply_result(w->conn, req, r);
+    reply_result(w, req, r);
 }
 
 static void cmd_zero(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
@@ -655,7 +663,7 @@ static void cmd_zero(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
         !(req->flags & PRL_NBD_CMD_FLAG_FAST_ZERO)) {
         r = -EIO; /* ENOTSUP is reserved for a refused fast zero */
     }
-    reply_result(w->conn, req, r);
+    reply_result(w, req, r);
 }
 
 struct extent {
@@ -756,14 +764,14 @@ static void cmd_block_status(struct prl_nbd_worker *w,
                 dup |= sel[k]->id == id;
             }
             if (j == conn->n_meta || dup) {
-                prl_nbd_reply_error(conn, &req, PRL_NBD_EINVAL,
+                prl_nbd_reply_error(w, &req, PRL_NBD_EINVAL,
                                     "unknown or repeated context id");
                 return;
             }
             sel[nsel++] = &conn->meta[j];
         }
         if (nsel == 0) {
-            prl_nbd_reply_error(conn, &req, PRL_NBD_EINVAL,
+            prl_nbd_reply_error(w, &req, PRL_NBD_EINVAL,
                                 "block status payload names no context");
             return;
         }
@@ -775,7 +783,7 @@ static void cmd_block_status(struct prl_nbd_worker *w,
     if (req.length == 0 || prl_add_overflow(req.offset, req.length, &end) ||
         end > exp->size ||
         ((req.offset | req.length) & (exp->min_block - 1)) != 0) {
-        prl_nbd_reply_error(conn, &req, PRL_NBD_EINVAL,
+        prl_nbd_reply_error(w, &req, PRL_NBD_EINVAL,
                             "block status range is empty, past the end "
                             "of the export or misaligned");
         return;
@@ -785,7 +793,12 @@ static void cmd_block_status(struct prl_nbd_worker *w,
     }
     if (prl_nbd_worker_scratch(w, max_ext * (2 * sizeof(struct extent) +
                                              desc_size) + 8) < 0) {
-        reply_failure(conn, &req, -ENOMEM);
+        reply_failure(w, &req, -ENOMEM);
+        return;
+    }
+    /* Chunks point into scratch: send what is queued, then each chunk
+     * directly. */
+    if (prl_nbd_out_flush(w) < 0) {
         return;
     }
     ext = w->scratch;
@@ -804,7 +817,7 @@ static void cmd_block_status(struct prl_nbd_worker *w,
             uint32_t st;
             int r = def->status(exp, pos, end - pos, &plen, &st);
             if (r < 0) {
-                reply_failure(conn, &req, r);
+                reply_failure(w, &req, r);
                 return;
             }
             ext_push(ext, &n, plen, st);
@@ -873,7 +886,7 @@ static void handle(struct prl_nbd_worker *w, struct prl_nbd_req *req)
     }
     if (err != 0) {
         prl_debug("%s: %s refused: %s", conn->peer, cmd_name(req->type), msg);
-        prl_nbd_reply_error(conn, req, err, msg);
+        prl_nbd_reply_error(w, req, err, msg);
         return;
     }
     switch (req->type) {
@@ -903,33 +916,111 @@ static void handle(struct prl_nbd_worker *w, struct prl_nbd_req *req)
 
 /* ---- workers ---- */
 
-static void *worker_main(void *opaque)
+/* Whether a whole request (header and payload) is already received;
+ * *bytes is the data it moves. */
+static bool request_buffered(const struct prl_nbd_conn *conn,
+                             uint64_t *bytes)
 {
-    struct prl_nbd_worker *w = opaque;
-    struct prl_nbd_conn *conn = w->conn;
+    size_t hsize = conn->extended ? sizeof(struct prl_nbd_ext_request)
+                                  : sizeof(struct prl_nbd_request);
+    size_t avail = conn->rend - conn->rpos;
+    const uint8_t *p = conn->rbuf + conn->rpos;
+    uint16_t flags, type;
+    uint64_t length;
+    bool payload;
 
-    for (;;) {
-        struct prl_nbd_req req;
+    if (avail < hsize) {
+        return false;
+    }
+    flags = prl_be16_load(p + 4);
+    type = prl_be16_load(p + 6);
+    length = conn->extended ? prl_be64_load(p + 24) : prl_be32_load(p + 24);
+    payload = conn->extended ? (flags & PRL_NBD_CMD_FLAG_PAYLOAD_LEN) != 0
+                             : type == PRL_NBD_CMD_WRITE;
+    if (payload && length > avail - hsize) {
+        return false;
+    }
+    *bytes = payload || type == PRL_NBD_CMD_READ ? length : 0;
+    return true;
+}
+
+static void slot_in(struct prl_nbd_worker *w, struct prl_nbd_slot *s)
+{
+    w->buf = s->buf;
+    w->buf_size = s->buf_size;
+}
+
+static void slot_out(struct prl_nbd_worker *w, struct prl_nbd_slot *s)
+{
+    s->buf = w->buf;
+    s->buf_size = w->buf_size;
+    w->buf = NULL;
+    w->buf_size = 0;
+}
+
+/* Take the next request, and the ones right behind it that are already
+ * received (a batch), off the socket.  Returns how many. */
+static size_t read_batch(struct prl_nbd_worker *w)
+{
+    struct prl_nbd_conn *conn = w->conn;
+    uint64_t total = 0;
+    size_t n = 0;
+
+    pthread_mutex_lock(&conn->read_lock);
+    while (!conn->read_done && !atomic_load(&conn->dead) &&
+           n < PRL_NBD_BATCH) {
+        struct prl_nbd_slot *s = &w->slots[n];
+        uint64_t bytes = 0;
         int r;
 
-        pthread_mutex_lock(&conn->read_lock);
-        if (conn->read_done || atomic_load(&conn->dead)) {
-            pthread_mutex_unlock(&conn->read_lock);
+        if (n > 0 && (!request_buffered(conn, &bytes) ||
+                      total + bytes > PRL_NBD_BATCH_BYTES)) {
             break;
         }
-        r = read_request(w, &req);
-        if (r <= 0 || req.type == PRL_NBD_CMD_DISC) {
+        slot_in(w, s);
+        r = read_request(w, &s->req);
+        slot_out(w, s);
+        if (r <= 0 || s->req.type == PRL_NBD_CMD_DISC) {
             conn->read_done = true;
             if (r < 0) {
                 prl_info("%s: %s", conn->peer, prl_error_message());
             } else if (r > 0) {
                 conn->got_disc = true;
             }
-            pthread_mutex_unlock(&conn->read_lock);
             break;
         }
-        pthread_mutex_unlock(&conn->read_lock);
-        handle(w, &req);
+        total += bytes;
+        n++;
+    }
+    pthread_mutex_unlock(&conn->read_lock);
+    return n;
+}
+
+static void *worker_main(void *opaque)
+{
+    struct prl_nbd_worker *w = opaque;
+
+    for (;;) {
+        size_t n = read_batch(w);
+
+        if (n == 0) {
+            break;
+        }
+        for (size_t i = 0; i < n; i++) {
+            struct prl_nbd_slot *s = &w->slots[i];
+            uint16_t type = s->req.type;
+
+            /* Replies so far go out before anything that may take a
+             * while. */
+            if (i > 0 && type != PRL_NBD_CMD_READ &&
+                type != PRL_NBD_CMD_WRITE) {
+                prl_nbd_out_flush(w);
+            }
+            slot_in(w, s);
+            handle(w, &s->req);
+            slot_out(w, s);
+        }
+        prl_nbd_out_flush(w);
         prl_nbd_worker_trim(w);
     }
     return NULL;
@@ -963,7 +1054,9 @@ void prl_nbd_transmit(struct prl_nbd_conn *conn)
         pthread_join(w[i].thread, NULL);
     }
     for (unsigned i = 0; i < nw; i++) {
-        free(w[i].buf);
+        for (size_t j = 0; j < PRL_NBD_BATCH; j++) {
+            free(w[i].slots[j].buf);
+        }
         free(w[i].scratch);
     }
     free(w);

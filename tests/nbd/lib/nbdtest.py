@@ -3,6 +3,7 @@
 client written from the protocol spec (compact, structured and extended
 headers) for what libnbd 1.14 cannot do or refuses to send."""
 
+import atexit
 import os
 import signal
 import socket
@@ -74,6 +75,7 @@ class Server:
         self.errf = open(self.log, 'wb')
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
                                      stderr=self.errf, env=env)
+        atexit.register(self.kill)
         if sock and wait:
             self.wait_ready()
 
@@ -113,6 +115,12 @@ class Server:
         check(rc == want, 'prl-nbd exited %d, want %d:\n%s' %
               (rc, want, err))
         return err
+
+    def kill(self):
+        """End this server (only it) if it still runs: for failures."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     def alive(self):
         return self.proc.poll() is None
