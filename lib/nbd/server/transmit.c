@@ -17,8 +17,10 @@
 #define READ_GRANULE (64u << 10)
 /* Payloads this small are received through the connection buffer. */
 #define SMALL_PAYLOAD (16u << 10)
-/* CACHE reads ahead in pieces of this size. */
+/* CACHE reads ahead in pieces of this size, and at most this much of
+ * one request (the rest is a hint we may ignore). */
 #define CACHE_PIECE (1u << 20)
+#define CACHE_MAX (64u << 20)
 
 /* ---- buffers ---- */
 
@@ -627,7 +629,8 @@ static void cmd_trim(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
 
 static void cmd_cache(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
 {
-    uint64_t off = req->offset, end = req->offset + req->length;
+    uint64_t off = req->offset;
+    uint64_t end = off + PRL_MIN(req->length, (uint64_t)CACHE_MAX);
     int r = prl_nbd_worker_buf(w, CACHE_PIECE);
 
     /* Reading the range brings it into the host's page cache. */
@@ -684,9 +687,9 @@ static void ext_push(struct extent *e, size_t *n, uint64_t len, uint32_t st)
 
 /* Rewrite extents so every boundary is a multiple of |mb| (from an
  * aligned start): a block that straddles extents gets their merged
- * status.  |in| and |out| may not overlap. */
+ * status.  |in| (consumed: lengths are cut) and |out| may not overlap. */
 static size_t ext_align(const struct prl_nbd_meta_def *def,
-                        const struct extent *in, size_t n, uint64_t mb,
+                        struct extent *in, size_t n, uint64_t mb,
                         struct extent *out)
 {
     size_t o = 0, i = 0;
@@ -727,7 +730,7 @@ static size_t ext_align(const struct prl_nbd_meta_def *def,
             /* in[i] now starts at pos; shorten it by what was merged. */
             uint64_t cut = pos - in_start;
             if (cut > 0) {
-                ((struct extent *)in)[i].length -= cut;
+                in[i].length -= cut;
                 in_start = pos;
             }
         }
