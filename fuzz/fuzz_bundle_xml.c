@@ -6,20 +6,13 @@
 #include "block/bundle-xml.h"
 #include "prl/error.h"
 
+#include "fuzz-util.h"
+
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
-                    #cond);                                                    \
-            abort();                                                           \
-        }                                                                      \
-    } while (0)
 
 /* A GUID no seed uses, for the snapshot the target adds. */
 #define NEW_GUID "{0f0f0f0f-1234-4abc-8def-00000000f022}"

@@ -10,6 +10,8 @@
 #include "prl/error.h"
 #include "prl/log.h"
 
+#include "fuzz-util.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -18,15 +20,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
-
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
-                    #cond);                                                    \
-            abort();                                                           \
-        }                                                                      \
-    } while (0)
 
 /* The exports: a Parallels image of IMG_SIZE bytes with IMG_CLUSTER
  * clusters and a little data, and a raw disk of RAW_SIZE bytes. */
@@ -41,35 +34,6 @@ static uint8_t *img_template;
 static size_t img_template_len;
 static int null_fd = -1;
 
-static int new_memfd(const char *name)
-{
-    int fd = memfd_create(name, MFD_CLOEXEC);
-
-    if (fd < 0) {
-        perror("memfd_create");
-        abort();
-    }
-    return fd;
-}
-
-static void write_all(int fd, const void *buf, size_t len)
-{
-    const uint8_t *p = buf;
-
-    while (len > 0) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n <= 0) {
-            perror("write");
-            abort();
-        }
-        p += n;
-        len -= (size_t)n;
-    }
-}
-
 /* Build the Parallels image once, with data in two clusters, and keep its
  * bytes: every input starts from a fresh copy. */
 static void make_template(void)
@@ -78,9 +42,8 @@ static void make_template(void)
     struct prl_block *bs;
     uint8_t buf[4096];
     off_t len;
-    int fd = new_memfd("prl-fuzz-tmpl");
+    int fd = fuzz_memfd("prl-fuzz-tmpl", NULL, 0, path, sizeof(path));
 
-    snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
     if (prl_block_create(path, "parallels", IMG_SIZE, IMG_CLUSTER) < 0 ||
         prl_block_open(path, "parallels", PRL_OPEN_RDWR, &bs) < 0) {
         fprintf(stderr, "template: %s\n", prl_error_message());
@@ -116,6 +79,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     } else {
         prl_log_set_handler(NULL, NULL, PRL_LOG_ERROR);
     }
+    fuzz_limit_files();
     null_fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
     CHECK(null_fd >= 0);
     make_template();
@@ -130,13 +94,10 @@ static struct prl_block *open_export(const char *format, const void *data,
 {
     struct prl_block *bs;
 
-    *fd = new_memfd("prl-fuzz-export");
-    if (data) {
-        write_all(*fd, data, len);
-    } else {
+    *fd = fuzz_memfd("prl-fuzz-export", data, len, path, pathlen);
+    if (!data) {
         CHECK(ftruncate(*fd, (off_t)size) == 0);
     }
-    snprintf(path, pathlen, "/proc/self/fd/%d", *fd);
     if (prl_block_open(path, format, rw ? PRL_OPEN_RDWR : 0, &bs) < 0) {
         fprintf(stderr, "export: %s\n", prl_error_message());
         abort();
@@ -155,7 +116,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct prl_nbd_server *srv;
     struct prl_check_result res;
     struct prl_block *img, *raw;
-    char img_path[64], raw_path[64];
+    char img_path[64], raw_path[64], in_path[64];
     int img_fd, raw_fd, in_fd;
 
     if (!img_template) {
@@ -168,8 +129,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     /* The client's bytes come from a file: read() returns them, then end
      * of file, as a socket whose peer has sent everything and closed. */
-    in_fd = new_memfd("prl-fuzz-client");
-    write_all(in_fd, data, size);
+    in_fd = fuzz_memfd("prl-fuzz-client", data, size, in_path, sizeof(in_path));
     CHECK(lseek(in_fd, 0, SEEK_SET) == 0);
 
     CHECK(prl_nbd_server_new(&cfg, &srv) == 0);

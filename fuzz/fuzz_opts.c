@@ -5,21 +5,14 @@
 #include "common/opts.h"
 #include "prl/error.h"
 
+#include "fuzz-util.h"
+
 #include <errno.h>
 #include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
-                    #cond);                                                    \
-            abort();                                                           \
-        }                                                                      \
-    } while (0)
 
 /* Longest input string used, bytes; longer inputs are cut. */
 #define MAX_LEN 4096

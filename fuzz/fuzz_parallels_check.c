@@ -8,6 +8,8 @@
 #include "prl/error.h"
 #include "prl/log.h"
 
+#include "fuzz-util.h"
+
 #include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -16,17 +18,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
-
-/* A broken invariant is a library bug: crash so that libFuzzer saves the
- * input (or so that fuzz/run names it). */
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
-                    #cond);                                                    \
-            abort();                                                           \
-        }                                                                      \
-    } while (0)
 
 /* Repairs copy whole clusters into the file, which lives in memory here:
  * the repair passes run only while cluster size times the number of
@@ -60,6 +51,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argv;
     /* Repair-on-open logs warnings; they are expected here. */
     prl_log_set_handler(NULL, NULL, PRL_LOG_ERROR);
+    fuzz_limit_files();
     piece = malloc(SNAP_PIECE);
     if (!piece) {
         abort();
@@ -87,31 +79,6 @@ static bool repair_affordable(const uint8_t *data, size_t size)
     }
     /* One spare cluster for the Format Extension and a partial tail. */
     return cs <= (1u << 20) && (nonzero + 2) * cs <= REPAIR_BUDGET;
-}
-
-static int make_file(const uint8_t *data, size_t size, char *path,
-                     size_t pathlen)
-{
-    int fd = memfd_create("prl-fuzz-check", MFD_CLOEXEC);
-    size_t done = 0;
-
-    if (fd < 0) {
-        perror("memfd_create");
-        abort();
-    }
-    while (done < size) {
-        ssize_t n = write(fd, data + done, size - done);
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n <= 0) {
-            perror("write memfd");
-            abort();
-        }
-        done += (size_t)n;
-    }
-    snprintf(path, pathlen, "/proc/self/fd/%d", fd);
-    return fd;
 }
 
 static uint64_t fnv1a(const uint8_t *p, size_t n)
@@ -295,7 +262,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!piece) {
         LLVMFuzzerInitialize(NULL, NULL);
     }
-    fd = make_file(data, size, path, sizeof(path));
+    fd = fuzz_memfd("prl-fuzz-check", data, size, path, sizeof(path));
 
     /* Check only: consistent counters, nothing fixed. */
     r = prl_block_check(path, "parallels", 0, &res0);

@@ -8,6 +8,8 @@
 #include "prl/error.h"
 #include "prl/log.h"
 
+#include "fuzz-util.h"
+
 #include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -37,17 +39,6 @@ struct input {
     size_t size;
 };
 
-/* A broken invariant is a bug in the library: crash so that libFuzzer
- * (or the standalone driver's caller) sees it. */
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,   \
-                    #cond);                                                    \
-            abort();                                                           \
-        }                                                                      \
-    } while (0)
-
 static uint8_t *buf_a, *buf_b;
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -59,40 +50,13 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argv;
     /* Open warnings (dirty images) are expected; keep the output quiet. */
     prl_log_set_handler(NULL, NULL, PRL_LOG_ERROR);
+    fuzz_limit_files();
     buf_a = malloc(CHUNK);
     buf_b = malloc(CHUNK);
     if (!buf_a || !buf_b) {
         abort();
     }
     return 0;
-}
-
-/* An anonymous in-memory file holding |data|; *path names it for
- * prl_block_open.  Returns the descriptor; a failure here is the harness's
- * environment, not the library, so it aborts. */
-static int make_file(const uint8_t *data, size_t size, char *path,
-                     size_t pathlen)
-{
-    int fd = memfd_create("prl-fuzz", MFD_CLOEXEC);
-    size_t done = 0;
-
-    if (fd < 0) {
-        perror("memfd_create");
-        abort();
-    }
-    while (done < size) {
-        ssize_t n = write(fd, data + done, size - done);
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n <= 0) {
-            perror("write memfd");
-            abort();
-        }
-        done += (size_t)n;
-    }
-    snprintf(path, pathlen, "/proc/self/fd/%d", fd);
-    return fd;
 }
 
 /* FNV-1a: a stable way to derive the read-write pass's offsets from the
@@ -275,7 +239,7 @@ static void exercise_rw(const struct input *in)
     uint64_t w_off = 0, w_len = 0, budget = READ_BUDGET;
     uint8_t pattern = 0;
     bool ok = true;
-    int fd = make_file(in->data, in->size, path, sizeof(path));
+    int fd = fuzz_memfd("prl-fuzz-rw", in->data, in->size, path, sizeof(path));
 
     if (prl_block_open(path, "parallels", PRL_OPEN_RDWR, &bs) < 0) {
         close(fd);
@@ -403,7 +367,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!buf_a) {
         LLVMFuzzerInitialize(NULL, NULL);
     }
-    fd = make_file(data, size, path, sizeof(path));
+    fd = fuzz_memfd("prl-fuzz-ro", data, size, path, sizeof(path));
     exercise_ro(&in, path, NULL);
     exercise_ro(&in, path, "parallels");
     close(fd);
