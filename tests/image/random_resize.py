@@ -74,6 +74,11 @@ def run_shape(name, cs, ext, how, size, must_move):
             # Within or just past the last cluster.
             new = len(ref) + rng.randint(-cs, 2 * cs)
         new = min(new, 16 << 20)
+        if must_move and moved == 0 and rnd == ROUNDS // 2:
+            # Make sure of one grow past what the BAT's space can hold.
+            d = parimg.parse(img)
+            room = (d['data_offset'] - 64) // 4
+            new = max(new, (room + 1) * cs + rng.randint(1, cs))
         cmds.append('resize %d shrink' % new)
         new = round_up(new, 512)
         if new < len(ref):
