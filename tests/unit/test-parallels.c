@@ -863,6 +863,41 @@ static void test_resize_grow_in_bat(void **state)
     tu_close(bs);
 }
 
+/* A BAT may be longer than nb_sectors needs (parallels.rst only asks that
+ * it cover them), and its entries past the end may point at clusters.
+ * Growing over them must still show zeroes, as zero_tail_locked ensures
+ * for the rest of the old last cluster. */
+static void test_resize_grow_stale_entries(void **state)
+{
+    const char *p = tu_path("stale.hdd");
+    const uint64_t cs = 4096;
+    struct tu_par par;
+    uint32_t bat[4] = {0};
+    uint8_t *buf = xmalloc(4 * cs);
+    struct prl_block *bs;
+
+    (void)state;
+    tu_par_init(&par, true, 8, 2 * cs);
+    par.bat_entries = 4;
+    bat[0] = tu_par_entry(&par, 0);
+    bat[3] = tu_par_entry(&par, 1);
+    tu_par_write(p, &par, bat, 4, tu_par_data_off(&par) + 2 * cs);
+    tu_par_fill_cluster(p, &par, 0, 0x61);
+    tu_par_fill_cluster(p, &par, 1, 0xee);
+
+    bs = tu_open(p, NULL, PRL_OPEN_RDWR);
+    assert_int_equal(prl_block_size(bs), 2 * cs);
+    assert_int_equal(prl_block_resize(bs, 4 * cs, false), 0);
+    assert_int_equal(prl_block_pread(bs, buf, 4 * cs, 0, 0), 0);
+    assert_true(tu_all(buf, cs, 0x61));
+    if (!tu_all(buf + cs, 3 * cs, 0)) {
+        fail_msg("the grown area shows stale data of a BAT entry past the "
+                 "old end");
+    }
+    tu_close(bs);
+    free(buf);
+}
+
 /* Grow an image of |cs|-byte clusters from |from| to |to| bytes so far
  * that the BAT outgrows the space before the data area and data clusters
  * must move; |nwrite| clusters are written first. */
@@ -1138,6 +1173,7 @@ int main(void)
         cmocka_unit_test(test_in_use),
         cmocka_unit_test(test_resize_grow_in_bat),
         cmocka_unit_test(test_resize_grow_moves),
+        cmocka_unit_test(test_resize_grow_stale_entries),
         cmocka_unit_test(test_resize_shrink),
         cmocka_unit_test_prestate(test_concurrency, (void *)&cfg_ext64k),
         cmocka_unit_test_prestate(test_concurrency, (void *)&cfg_ext4k),
