@@ -14,6 +14,9 @@ struct prl_block;
 /* Open flags. */
 #define PRL_OPEN_RDWR (1u << 0)     /* read-write; default read-only */
 #define PRL_OPEN_UNSAFE (1u << 1)   /* skip image validation (check, repair) */
+/* Bundles: let DiskDescriptor.xml name image files outside the bundle
+ * directory (absolute paths, "..", symlinks out). */
+#define PRL_OPEN_BUNDLE_EXTERNAL (1u << 16)
 
 /* Request flags. */
 #define PRL_REQ_FUA (1u << 0)       /* write/zero/trim: stable on return */

@@ -6,15 +6,16 @@
 #ifndef PRL_BUNDLE_H
 #define PRL_BUNDLE_H
 
+#include "prl/block.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
-/* Open flag for bundles (with prl_block_open and the functions below):
- * accept image files that are absolute or lie outside the bundle
- * directory.  Without it such a descriptor is refused, so that a served
- * bundle can never make prl read an arbitrary host file. */
-#define PRL_OPEN_BUNDLE_EXTERNAL (1u << 16)
+/* PRL_OPEN_BUNDLE_EXTERNAL (prl/block.h), with prl_block_open and the
+ * functions below: accept image files that are absolute or lie outside
+ * the bundle directory.  Without it such a descriptor is refused, so that
+ * a served bundle can never make prl read an arbitrary host file. */
 
 /* One image of the bundle, as prl_bundle_list reports it. */
 struct prl_snapshot {

@@ -45,8 +45,8 @@ static const struct prl_driver *find_driver(const char *name)
 
 static int unknown_format(const char *name)
 {
-    return prl_error(EINVAL, "unknown format '%s' (known: parallels, raw)",
-                     name);
+    return prl_error(EINVAL, "unknown format '%s' (known: parallels, raw, "
+                     "bundle)", name);
 }
 
 static bool has_parallels_suffix(const char *path)
