@@ -62,17 +62,17 @@ start()
     prl-nbd)
         if [ "$tr" = unix ]; then addr=(-k "$sock"); else
             addr=(-b 127.0.0.1 -p "$port"); fi
-        "$prl_nbd" -t -e 0 -f "$fmt" "${addr[@]}" "$file" &
+        "$prl_nbd" -t -e 0 -f "$fmt" "${addr[@]}" "$file" 2>/dev/null &
         ;;
     qemu-nbd)
         if [ "$tr" = unix ]; then addr=(-k "$sock"); else
             addr=(-b 127.0.0.1 -p "$port"); fi
-        qemu-nbd -t -e 8 -f "$fmt" "${addr[@]}" "$file" &
+        qemu-nbd -t -e 8 -f "$fmt" "${addr[@]}" "$file" 2>/dev/null &
         ;;
     nbdkit)
         if [ "$tr" = unix ]; then addr=(-U "$sock"); else
             addr=(-i 127.0.0.1 -p "$port"); fi
-        nbdkit -f "${addr[@]}" file "$file" &
+        nbdkit -f "${addr[@]}" file "$file" 2>/dev/null &
         ;;
     esac
     pid=$!
@@ -99,6 +99,8 @@ stop()
 job()
 {
     local rw=$2 bs=$3 qd=$4 nj=$5 kind
+    # Dirty pages of the previous job must not throttle this one.
+    sync
     fio --name="$1" --ioengine=nbd --uri="$uri" --rw="$rw" --bs="$bs" \
         --iodepth="$qd" --numjobs="$nj" --size="$((size / nj))M" \
         --offset_increment="$((size / nj))M" --time_based \

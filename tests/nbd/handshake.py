@@ -237,6 +237,26 @@ def test():
         r = c.cmd(CMD_READ, 512, 1024)
         check(r.error == 0 and len(r.data) == 1024, 'aligned read %r' % r)
         c.disconnect()
+    # Block status in whole minimum blocks: a 64 KiB block that is part
+    # data, part hole is reported as data (and not known to be zero).
+    sparse = make_raw('c.img', 1 << 20, pattern=False)
+    with open(sparse, 'r+b') as f:
+        f.seek(4096)
+        f.write(b'\x01' * 4096)
+    with Server('-t', '--min-block-size', '65536', sparse) as srv:
+        c = Client(srv.sock)
+        ids = c.connect(structured=True, meta=(b'base:allocation',
+                                               b'qemu:allocation-depth'))
+        r = c.cmd(CMD_BLOCK_STATUS, 0, 1 << 20)
+        ext = r.status[ids['base:allocation']]
+        check(ext == [(65536, 0), ((1 << 20) - 65536, 3)],
+              'aligned extents %r' % ext)
+        r = c.cmd(CMD_BLOCK_STATUS, 0, 65536, F_REQ_ONE)
+        check(r.status[ids['base:allocation']] == [(65536, 0)],
+              'aligned REQ_ONE %r' % r)
+        r = c.cmd(CMD_BLOCK_STATUS, 4096, 65536)
+        check(r.error == EINVAL, 'misaligned block status %r' % r)
+        c.disconnect()
 
 
 main(test)

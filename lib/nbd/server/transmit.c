@@ -747,7 +747,8 @@ static void cmd_block_status(struct prl_nbd_worker *w,
     const struct prl_nbd_meta_sel *sel[PRL_NBD_MAX_META];
     size_t nsel = 0;
     bool one = req.flags & PRL_NBD_CMD_FLAG_REQ_ONE;
-    size_t max_ext = one ? 1 : PRL_NBD_MAX_EXTENTS;
+    /* With REQ_ONE the first whole minimum block must still be known. */
+    size_t max_ext = one && exp->min_block == 1 ? 1 : PRL_NBD_MAX_EXTENTS;
     size_t desc_size = conn->extended ? 16 : 8;
     struct extent *ext, *ext2;
     uint8_t *wire;
@@ -825,12 +826,9 @@ static void cmd_block_status(struct prl_nbd_worker *w,
             }
             ext_push(ext, &n, plen, st);
             pos += plen;
-            if (one) {
+            if (one && pos - req.offset >= exp->min_block) {
                 break;
             }
-        }
-        if (one && ext[0].length > req.length) {
-            ext[0].length = req.length;
         }
         if (exp->min_block > 1) {
             size_t m = ext_align(def, ext, n, exp->min_block, ext2);
@@ -846,6 +844,12 @@ static void cmd_block_status(struct prl_nbd_worker *w,
             }
             memcpy(ext, ext2, m * sizeof(*ext));
             n = m;
+        }
+        if (one) {
+            n = 1;
+            if (ext[0].length > req.length) {
+                ext[0].length = req.length;
+            }
         }
         /* Compact descriptors hold 32-bit lengths. */
         uint8_t *d = wire + hdr_extra;
