@@ -40,6 +40,14 @@ truncate -s 0 dst.img && truncate -s 24M dst.img
 qemu-img convert -n -f raw -O raw src.img "nbd+unix:///dst?socket=s.sock"
 cmp src.img dst.img || fail "qemu-img convert in differs"
 
+# qemu-img map reads base:allocation: holes of src.img are holes.
+qemu-img map --output=json -f raw "nbd+unix:///src?socket=s.sock" >map.json
+cat map.json
+grep -q '"start": 1048576, "length": 2097152, .*"zero": true, "data": false' \
+    map.json || fail "qemu-img map does not see the hole at 1 MiB"
+grep -q '"start": 0, "length": 1048576, .*"data": true' map.json ||
+    fail "qemu-img map does not see data at 0"
+
 # qemu-io: patterned writes and reads checked by qemu itself.
 qemu-io -f raw -c 'write -P 0x5a 1M 512k' -c 'write -z 2M 64k' \
     -c 'discard 4M 64k' -c 'flush' "nbd://127.0.0.1:$port/par" >qio.out

@@ -192,6 +192,26 @@ def extended_only(srv, img):
     check(c.is_closed(), 'oversized extended payload accepted')
 
 
+def extended_big(big):
+    """64-bit effect lengths on an 8 GiB sparse export."""
+    with Server('-t', big) as srv:
+        c = Client(srv.sock)
+        ids = c.connect(extended=True, meta=(b'base:allocation',))
+        alloc = ids['base:allocation']
+        r = c.cmd(CMD_BLOCK_STATUS, 0, 5 << 30)
+        check(r.error == 0 and r.status[alloc] == [(5 << 30, 3)],
+              '64-bit block status %r' % r)
+        r = c.cmd(CMD_TRIM, 1 << 30, 5 << 30)
+        check(r.error == 0, '64-bit trim %r' % r)
+        r = c.cmd(CMD_CACHE, 0, 6 << 30)
+        check(r.error == 0, '64-bit cache %r' % r)
+        r = c.cmd(CMD_READ, 0, 5 << 30)
+        check(r.error == EOVERFLOW, '64-bit read %r' % r)
+        r = c.cmd(CMD_WRITE_ZEROES, 7 << 30, 2 << 30)
+        check(r.error == ENOSPC, 'zero past the end %r' % r)
+        c.disconnect()
+
+
 def abusive(srv, img):
     # Bad request magic: hang up.
     c = Client(srv.sock)
@@ -258,6 +278,10 @@ def test():
         abusive(srv, img)
         exercise(srv, img, 'structured')
     read_only(img)
+    big = path('big.img')
+    with open(big, 'wb') as f:
+        f.truncate(8 << 30)
+    extended_big(big)
 
 
 main(test)
