@@ -1645,10 +1645,19 @@ static int grow_locked(struct prl_block *bs, struct parallels_state *s,
     /* The new BAT entries and the moved-out space must read as zero
      * before the header points at them. */
     if (new_data_off > s->lay.bat_end) {
-        r = prl_file_zero(&s->file, s->lay.bat_end,
-                          new_data_off - s->lay.bat_end, true, false);
-        if (r < 0) {
-            return r;
+        /* Only what lies inside the file needs clearing (a punch zeroes
+         * partial blocks); an extension past it is a sparse hole. */
+        uint64_t zend = PRL_MIN(new_data_off, s->file_size);
+        if (zend > s->lay.bat_end) {
+            r = prl_file_punch(&s->file, s->lay.bat_end,
+                               zend - s->lay.bat_end);
+            if (r == -ENOTSUP) {
+                r = prl_file_zero(&s->file, s->lay.bat_end,
+                                  zend - s->lay.bat_end, false, false);
+            }
+            if (r < 0) {
+                return r;
+            }
         }
         if (s->file_size < new_data_off) {
             r = prl_file_truncate(&s->file, new_data_off);
@@ -1728,6 +1737,15 @@ static int parallels_resize(struct prl_block *bs, uint64_t new_size,
         /* Bytes between the old end and the end of its cluster become
          * guest-visible: make sure they read as zero. */
         r = zero_tail_locked(s, bs->size, new_size);
+        /* The BAT may hold more entries than the old size needed, and
+         * they may point at clusters: those must not become visible. */
+        uint64_t old_need = prl_div_round_up(bs->size, s->lay.cluster_size);
+        for (uint64_t c = old_need;
+             r == 0 && c < PRL_MIN(s->lay.bat_entries, new_bat); c++) {
+            if (s->bat[c]) {
+                r = free_cluster_locked(s, c);
+            }
+        }
         if (r == 0 && new_bat <= s->lay.bat_entries) {
             s->hdr.nb_sectors = sectors;
             s->hdr.cylinders = parallels_cylinders(sectors);

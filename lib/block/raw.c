@@ -142,8 +142,9 @@ static int raw_resize(struct prl_block *bs, uint64_t new_size, bool shrink)
     int r;
 
     if (new_size < bs->size && !shrink) {
-        return prl_error(EINVAL, "shrinking '%s' from %" PRIu64 " to %" PRIu64
-                         " bytes would drop data; use --shrink",
+        /* Every byte of a raw file is guest data, as qemu-img sees it. */
+        return prl_error(ENOTEMPTY, "shrinking '%s' from %" PRIu64 " to %"
+                         PRIu64 " bytes would drop data; use --shrink",
                          bs->filename, bs->size, new_size);
     }
     r = prl_file_truncate(&s->file, new_size);
