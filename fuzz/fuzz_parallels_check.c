@@ -23,7 +23,7 @@
  * the repair passes run only while cluster size times the number of
  * non-zero BAT entries stays under this many bytes.  Larger inputs get the
  * read-only check alone. */
-#define REPAIR_BUDGET (64u << 20)
+#define REPAIR_BUDGET (16u << 20)
 /* Guest bytes compared across the repair, and the piece size (bytes). */
 #define SNAP_BUDGET (2u << 20)
 #define SNAP_PIECE (64u << 10)
