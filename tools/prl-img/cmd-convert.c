@@ -63,7 +63,7 @@ struct cv_state {
     uint64_t next_ticket;
     uint64_t turn;    /* ticket allowed to write */
     uint64_t done;    /* bytes finished, for progress */
-    uint64_t written; /* bytes written or zeroed in the target */
+    uint64_t written; /* bytes of data written to the target */
     uint64_t flushed; /* s->written when the last flush started */
     bool finished;    /* workers are done: the flusher stops */
     pthread_cond_t flush_cond;
@@ -207,13 +207,15 @@ static bool wait_turn(struct cv_state *s, const struct cv_task *t)
     return ok;
 }
 
-static void end_turn(struct cv_state *s, const struct cv_task *t)
+/* Task |t| is done; it wrote |wrote| bytes of data. */
+static void end_turn(struct cv_state *s, const struct cv_task *t,
+                     uint64_t wrote)
 {
     pthread_mutex_lock(&s->lock);
     /* Unordered tasks finish in any order; only the count matters. */
     s->turn++;
     add_done_locked(s, t->length);
-    s->written += t->length;
+    s->written += wrote;
     pthread_cond_broadcast(&s->turn_cond);
     if (s->written - s->flushed >= CV_FLUSH_EVERY) {
         pthread_cond_signal(&s->flush_cond);
@@ -271,15 +273,16 @@ static int dst_write(struct cv_state *s, const uint8_t *buf, uint64_t len,
 
 /* Write the chunk in |buf|: runs of aligned zero blocks are skipped (or
  * zeroed, when the target held data before), the rest is written in as
- * few requests as possible. */
+ * few requests as possible.  Adds the bytes of data written to *wrote. */
 static int write_chunk(struct cv_state *s, const uint8_t *buf,
-                       const struct cv_task *t)
+                       const struct cv_task *t, uint64_t *wrote)
 {
     uint64_t g = s->zero_gran, pos = 0, run = 0;
     bool run_zero = false;
     int r;
 
     if (s->sparse == 0) {
+        *wrote += t->length;
         return dst_write(s, buf, t->length, t->offset);
     }
     while (pos < t->length) {
@@ -291,6 +294,7 @@ static int write_chunk(struct cv_state *s, const uint8_t *buf,
         if (run > 0 && zero != run_zero) {
             uint64_t start = pos - run;
             if (!run_zero) {
+                *wrote += run;
                 r = dst_write(s, buf + start, run, t->offset + start);
             } else {
                 r = s->fresh ? 0 : dst_write(s, NULL, run, t->offset + start);
@@ -307,6 +311,7 @@ static int write_chunk(struct cv_state *s, const uint8_t *buf,
     if (run > 0) {
         uint64_t start = pos - run;
         if (!run_zero) {
+            *wrote += run;
             return dst_write(s, buf + start, run, t->offset + start);
         }
         return s->fresh ? 0 : dst_write(s, NULL, run, t->offset + start);
@@ -319,6 +324,7 @@ static void *worker(void *opaque)
     struct cv_state *s = opaque;
     uint8_t *buf = prl_alloc_aligned((size_t)s->chunk);
     struct cv_task t;
+    uint64_t wrote;
     int r;
 
     if (!buf) {
@@ -348,15 +354,16 @@ static void *worker(void *opaque)
             r = 0;
             break;
         }
+        wrote = 0;
         if (t.kind == CV_COPY) {
-            r = write_chunk(s, buf, &t);
+            r = write_chunk(s, buf, &t, &wrote);
         } else {
             r = dst_write(s, NULL, t.length, t.offset);
         }
         if (r < 0) {
             break;
         }
-        end_turn(s, &t);
+        end_turn(s, &t, wrote);
     }
     if (r < 0) {
         cv_fail(s, r);
