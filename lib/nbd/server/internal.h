@@ -26,8 +26,9 @@
 #define PRL_NBD_MAX_OPTIONS 512u
 /* Metadata contexts one connection may select at once. */
 #define PRL_NBD_MAX_META 64u
-/* Descriptors in one block status chunk (the spec asks <= 2^20). */
-#define PRL_NBD_MAX_EXTENTS 65536u
+/* Descriptors in one block status chunk (the spec asks <= 2^20); the
+ * client asks again from where the reply stopped. */
+#define PRL_NBD_MAX_EXTENTS 16384u
 /* Bytes of the per-connection receive buffer. */
 #define PRL_NBD_RBUF_SIZE (64u << 10)
 /* Worker data buffers up to this size are kept between requests. */

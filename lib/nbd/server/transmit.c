@@ -792,9 +792,6 @@ static void cmd_block_status(struct prl_nbd_worker *w,
                             "of the export or misaligned");
         return;
     }
-    if (!conn->extended && req.length > UINT32_MAX) {
-        req.length = UINT32_MAX; /* only from a payload; keep it 32-bit */
-    }
     if (prl_nbd_worker_scratch(w, max_ext * (2 * sizeof(struct extent) +
                                              desc_size) + 8) < 0) {
         reply_failure(w, &req, -ENOMEM);
