@@ -1543,6 +1543,15 @@ static int make_room_locked(struct parallels_state *s, uint64_t k)
             }
         }
     }
+    struct {
+        uint64_t i, idx, c;
+        bool is_ext;
+    } *moved = prl_calloc((size_t)k, sizeof(*moved));
+    size_t n_moved = 0;
+    if (!moved) {
+        free(owner);
+        return -ENOMEM;
+    }
     for (uint64_t i = 0; i < k && r == 0; i++) {
         uint64_t from = index_host(s, i), to, idx;
         uint64_t c = owner[i];
@@ -1558,7 +1567,8 @@ static int make_room_locked(struct parallels_state *s, uint64_t k)
         if (!buf) {
             buf = prl_malloc((size_t)cs);
             if (!buf) {
-                return -ENOMEM;
+                r = -ENOMEM;
+                break;
             }
         }
         /* Append only: the space below k is about to become the BAT. */
@@ -1574,30 +1584,39 @@ static int make_room_locked(struct parallels_state *s, uint64_t k)
         if (r == 0) {
             r = prl_file_pwrite(&s->file, buf, (size_t)cs, to);
         }
-        if (r == 0) {
-            s->file_size = PRL_MAX(s->file_size, to + cs);
-            r = prl_file_sync(&s->file);
-        }
         if (r < 0) {
             break;
         }
-        if (is_ext) {
+        s->file_size = PRL_MAX(s->file_size, to + cs);
+        /* Reserve the target so the next move goes past it; the entry
+         * switches in the second pass, after one sync for all copies. */
+        r = used_set(s, idx, true);
+        moved[n_moved].i = i;
+        moved[n_moved].idx = idx;
+        moved[n_moved].c = c;
+        moved[n_moved].is_ext = is_ext;
+        n_moved++;
+    }
+    if (r == 0 && n_moved) {
+        r = prl_file_sync(&s->file);
+    }
+    for (size_t m = 0; r == 0 && m < n_moved; m++) {
+        uint64_t to = index_host(s, moved[m].idx);
+        if (moved[m].is_ext) {
             s->hdr.ext_off = to / PARALLELS_SECTOR;
             r = write_header(s);
         } else {
-            s->bat[c] = (uint32_t)(to / s->lay.entry_unit);
-            r = write_bat_entry(s, c);
+            s->bat[moved[m].c] = (uint32_t)(to / s->lay.entry_unit);
+            r = write_bat_entry(s, moved[m].c);
         }
         if (r == 0) {
-            r = used_set(s, idx, true);
-        }
-        if (r == 0) {
-            r = used_set(s, i, false);
-        }
-        if (r == 0) {
-            r = prl_file_sync(&s->file);
+            r = used_set(s, moved[m].i, false);
         }
     }
+    if (r == 0 && n_moved) {
+        r = prl_file_sync(&s->file);
+    }
+    free(moved);
     free(buf);
     free(owner);
     return r;
