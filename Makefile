@@ -36,7 +36,9 @@ build:
 deps:
 	scripts/install-deps
 
-demo: deps build
+# deps before build even under make -j.
+demo: deps
+	@$(MAKE) --no-print-directory build
 	scripts/demo $(BUILD)
 
 # Both builds run their suites even when the first fails, so one CI run
