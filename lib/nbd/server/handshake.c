@@ -537,6 +537,10 @@ static int handle_option(struct hs *hs, uint32_t option, uint32_t len)
             return reply_err(hs, option, PRL_NBD_REP_ERR_INVALID,
                              "NBD_OPT_STARTTLS takes no data");
         }
+        /* NOTLS mode.  With TLS configured this becomes: reply ACK,
+         * swap conn->sock.ops for the GnuTLS layer, run its handshake,
+         * and forget structured/extended/meta state (the spec's rule);
+         * FORCEDTLS mode answers other options with ERR_TLS_REQD. */
         return reply_err(hs, option, PRL_NBD_REP_ERR_POLICY,
                          "TLS not configured on this server");
     case PRL_NBD_OPT_INFO:
