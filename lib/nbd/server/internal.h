@@ -143,6 +143,10 @@ struct prl_nbd_conn {
     pthread_mutex_t send_lock;
     atomic_bool dead;             /* a send failed: drop the connection */
     bool got_disc;
+    /* Serve cheap batches while still holding read_lock (no hand-off
+     * between workers) until one turns out slow; see transmit.c. */
+    atomic_bool inline_ok;
+    atomic_uint fast_batches;     /* fast in a row since the last slow */
 };
 
 /* A parsed request; the payload (if any) is in the worker's buffer. */

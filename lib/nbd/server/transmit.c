@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* Structured reads are split into data and hole chunks on this grid. */
 #define READ_GRANULE (64u << 10)
@@ -963,14 +964,14 @@ static void slot_out(struct prl_nbd_worker *w, struct prl_nbd_slot *s)
 }
 
 /* Take the next request, and the ones right behind it that are already
- * received (a batch), off the socket.  Returns how many. */
-static size_t read_batch(struct prl_nbd_worker *w)
+ * received (a batch), off the socket; read_lock held.  Returns how
+ * many. */
+static size_t read_batch_locked(struct prl_nbd_worker *w)
 {
     struct prl_nbd_conn *conn = w->conn;
     uint64_t total = 0;
     size_t n = 0;
 
-    pthread_mutex_lock(&conn->read_lock);
     while (!conn->read_done && !atomic_load(&conn->dead) &&
            n < PRL_NBD_BATCH) {
         struct prl_nbd_slot *s = &w->slots[n];
@@ -996,20 +997,75 @@ static size_t read_batch(struct prl_nbd_worker *w)
         total += bytes;
         n++;
     }
-    pthread_mutex_unlock(&conn->read_lock);
     return n;
+}
+
+/*
+ * Inline serving.  Handing the socket to the next worker costs a futex
+ * wake-up and a context switch per batch, which is most of the CPU a
+ * small request costs when the data is in the page cache.  So while
+ * requests complete fast, the worker that read a batch of small reads
+ * and writes serves it still holding read_lock, and reads the next batch
+ * itself.  A batch that takes longer than SLOW_BATCH_NS (a page cache
+ * miss, a cluster allocation) switches the connection to hand-off mode,
+ * where workers serve in parallel; FAST_BATCHES fast batches in a row
+ * switch it back.
+ */
+#define SLOW_BATCH_NS 500000
+#define FAST_BATCHES 256
+#define INLINE_MAX_BYTES (64u << 10)
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static bool batch_cheap(const struct prl_nbd_worker *w, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        const struct prl_nbd_req *r = &w->slots[i].req;
+        if ((r->type != PRL_NBD_CMD_READ && r->type != PRL_NBD_CMD_WRITE) ||
+            r->length > INLINE_MAX_BYTES ||
+            (r->flags & PRL_NBD_CMD_FLAG_FUA)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static void note_batch_time(struct prl_nbd_conn *conn, int64_t ns)
+{
+    if (ns > SLOW_BATCH_NS) {
+        atomic_store(&conn->fast_batches, 0);
+        atomic_store(&conn->inline_ok, false);
+    } else if (atomic_fetch_add(&conn->fast_batches, 1) + 1 >=
+               FAST_BATCHES) {
+        atomic_store(&conn->inline_ok, true);
+    }
 }
 
 static void *worker_main(void *opaque)
 {
     struct prl_nbd_worker *w = opaque;
+    struct prl_nbd_conn *conn = w->conn;
 
+    pthread_mutex_lock(&conn->read_lock);
     for (;;) {
-        size_t n = read_batch(w);
+        size_t n = read_batch_locked(w);
+        bool inl;
+        int64_t t0;
 
         if (n == 0) {
             break;
         }
+        inl = atomic_load(&conn->inline_ok) && batch_cheap(w, n);
+        if (!inl) {
+            pthread_mutex_unlock(&conn->read_lock);
+        }
+        t0 = mono_ns();
         for (size_t i = 0; i < n; i++) {
             struct prl_nbd_slot *s = &w->slots[i];
             uint16_t type = s->req.type;
@@ -1025,8 +1081,15 @@ static void *worker_main(void *opaque)
             slot_out(w, s);
         }
         prl_nbd_out_flush(w);
+        if (batch_cheap(w, n)) {
+            note_batch_time(conn, mono_ns() - t0);
+        }
         prl_nbd_worker_trim(w);
+        if (!inl) {
+            pthread_mutex_lock(&conn->read_lock);
+        }
     }
+    pthread_mutex_unlock(&conn->read_lock);
     return NULL;
 }
 
@@ -1044,6 +1107,8 @@ void prl_nbd_transmit(struct prl_nbd_conn *conn)
         return;
     }
     conn->rpos = conn->rend = 0;
+    atomic_init(&conn->inline_ok, true);
+    atomic_init(&conn->fast_batches, 0);
     for (unsigned i = 0; i < nw; i++) {
         w[i].conn = conn;
     }
