@@ -21,7 +21,7 @@
 #define CV_WORKERS_DEFAULT 2
 #define CV_WORKERS_MAX 16
 /* Bytes written between background flushes (see flusher()). */
-#define CV_FLUSH_EVERY ((uint64_t)64 << 20)
+#define CV_FLUSH_EVERY ((uint64_t)16 << 20)
 
 /*
  * The plan: one cursor walks the source under s->lock and hands out tasks
