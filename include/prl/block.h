@@ -14,6 +14,9 @@ struct prl_block;
 /* Open flags. */
 #define PRL_OPEN_RDWR (1u << 0)     /* read-write; default read-only */
 #define PRL_OPEN_UNSAFE (1u << 1)   /* skip image validation (check, repair) */
+/* Never sync to stable storage: flush and FUA only order writes, as with
+ * qemu's cache=unsafe.  For a target that is useless until complete. */
+#define PRL_OPEN_NO_FLUSH (1u << 2)
 /* Bundles: let DiskDescriptor.xml name image files outside the bundle
  * directory (absolute paths, "..", symlinks out). */
 #define PRL_OPEN_BUNDLE_EXTERNAL (1u << 16)

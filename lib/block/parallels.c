@@ -288,6 +288,8 @@ static int allocate_and_write_locked(struct parallels_state *s, uint64_t c,
         if (r < 0) {
             return r;
         }
+        /* A write that ends the cluster extended the file already. */
+        s->file_size = PRL_MAX(s->file_size, host + in + len);
     }
     if (host + cs > s->file_size) {
         /* The whole cluster lies inside the file; the extension reads as
@@ -1295,6 +1297,7 @@ static int parallels_open(struct prl_block *bs)
         free(s);
         return r;
     }
+    s->file.no_sync = bs->open_flags & PRL_OPEN_NO_FLUSH;
     r = prl_file_size(&s->file, &s->file_size);
     if (r < 0) {
         goto fail;

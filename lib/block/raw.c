@@ -27,6 +27,7 @@ static int raw_open(struct prl_block *bs)
         free(s);
         return r;
     }
+    s->file.no_sync = bs->open_flags & PRL_OPEN_NO_FLUSH;
     r = prl_file_size(&s->file, &bs->size);
     if (r < 0) {
         prl_file_close(&s->file);

@@ -203,6 +203,9 @@ int prl_file_allocate(struct prl_file *f, uint64_t off, uint64_t len)
 
 int prl_file_sync(struct prl_file *f)
 {
+    if (f->no_sync) {
+        return 0;
+    }
     if (fdatasync(f->fd) < 0) {
         return prl_error_errno(errno, "sync '%s'", f->path);
     }

@@ -15,6 +15,8 @@ struct prl_file {
     /* Learned at run time: fallocate modes this file system refused. */
     bool no_zero_range;
     bool no_punch_hole;
+    /* Set by the owner: syncs are no-ops (qemu's cache=unsafe). */
+    bool no_sync;
 };
 
 /* Open |path| read-only or read-write; with |create|, create or truncate

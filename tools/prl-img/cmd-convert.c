@@ -76,9 +76,9 @@ struct cv_state {
 
 static void convert_help(void)
 {
-    printf("Usage: " IMG_NAME " convert [-n] [-p] [-q] [-W] [-f FMT] "
-           "[-O FMT] [-o OPTS]\n"
-           "                   [-S SIZE] [-m NUM] SRC DST\n"
+    printf("Usage: " IMG_NAME " convert [-n] [-p] [-q] [-W] [-t CACHE] "
+           "[-f FMT] [-O FMT]\n"
+           "                   [-o OPTS] [-S SIZE] [-m NUM] SRC DST\n"
            "\n"
            "Copy the guest data of image SRC into DST, creating DST unless "
            "-n.\n"
@@ -98,6 +98,11 @@ static void convert_help(void)
            "0 writes every byte\n"
            "  -m NUM        worker threads, 1 to 16 (default 2)\n"
            "  -W            allow writes out of guest order\n"
+           "  -t CACHE      cache mode of DST: unsafe (default, as in "
+           "qemu-img: never\n"
+           "                synced) or writeback, writethrough, none, "
+           "directsync (synced\n"
+           "                when complete)\n"
            "  -p            show progress on stderr\n"
            "  -q            quiet\n"
            "  -h, --help    show this help\n");
@@ -454,8 +459,8 @@ static int check_not_source(const char *src, const char *dst)
 
 /* Create or open the target.  Prints errors. */
 static int open_target(const char *path, const char *fmt, bool fmt_given,
-                       const char *opts, bool no_create, uint64_t size,
-                       struct prl_block **out)
+                       const char *opts, bool no_create, bool no_flush,
+                       uint64_t size, struct prl_block **out)
 {
     int r;
 
@@ -466,8 +471,8 @@ static int open_target(const char *path, const char *fmt, bool fmt_given,
             return r;
         }
     }
-    r = img_open(path, no_create && !fmt_given ? NULL : fmt, PRL_OPEN_RDWR,
-                 out);
+    r = img_open(path, no_create && !fmt_given ? NULL : fmt,
+                 PRL_OPEN_RDWR | (no_flush ? PRL_OPEN_NO_FLUSH : 0), out);
     if (r < 0) {
         return r;
     }
@@ -487,6 +492,7 @@ struct cv_args {
     const char *src_fmt, *dst_fmt;
     char *opts; /* the -o arguments joined with ',', NULL when none */
     bool no_create, progress, quiet, dst_fmt_given, unordered;
+    bool no_flush; /* -t unsafe, qemu-img convert's default */
     uint64_t sparse;
     unsigned long workers;
 };
@@ -503,8 +509,8 @@ static int parse_args(int argc, char **argv, struct cv_args *a)
     int c;
 
     img_getopt_reset();
-    while ((c = getopt_long(argc, argv, ":hf:O:o:S:m:npqW", longopts, NULL)) !=
-           -1) {
+    while ((c = getopt_long(argc, argv, ":hf:O:o:S:m:npqWt:", longopts,
+                            NULL)) != -1) {
         switch (c) {
         case 'h':
             convert_help();
@@ -553,6 +559,20 @@ static int parse_args(int argc, char **argv, struct cv_args *a)
         case 'W':
             a->unordered = true;
             break;
+        case 't':
+            if (strcmp(optarg, "unsafe") == 0) {
+                a->no_flush = true;
+            } else if (strcmp(optarg, "writeback") == 0 ||
+                       strcmp(optarg, "writethrough") == 0 ||
+                       strcmp(optarg, "none") == 0 ||
+                       strcmp(optarg, "directsync") == 0) {
+                a->no_flush = false;
+            } else {
+                return img_usage("convert", IMG_EXIT_FAIL, "invalid cache "
+                                 "mode '%s' (unsafe, writeback, "
+                                 "writethrough, none, directsync)", optarg);
+            }
+            break;
         default:
             return img_bad_option("convert", c, argv, IMG_EXIT_FAIL);
         }
@@ -579,6 +599,7 @@ int cmd_convert(int argc, char **argv)
         .dst_fmt = "raw",
         .sparse = CV_SPARSE_DEFAULT,
         .workers = CV_WORKERS_DEFAULT,
+        .no_flush = true,
     };
     struct cv_state s;
     int r, status;
@@ -603,7 +624,8 @@ int cmd_convert(int argc, char **argv)
         goto out;
     }
     if (open_target(argv[optind + 1], a.dst_fmt, a.dst_fmt_given, a.opts,
-                    a.no_create, prl_block_size(s.src), &s.dst) < 0) {
+                    a.no_create, a.no_flush, prl_block_size(s.src),
+                    &s.dst) < 0) {
         goto out;
     }
     if (plan_copy(&s, a.sparse, a.unordered) < 0) {

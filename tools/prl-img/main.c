@@ -38,8 +38,8 @@ static const struct command commands[] = {
     {"compare", cmd_compare,
      "compare [-f FMT] [-F FMT] [-p] [-q] [-s] FILE1 FILE2", 2},
     {"convert", cmd_convert,
-     "convert [-n] [-p] [-q] [-W] [-f FMT] [-O FMT] [-o OPTS] [-S SIZE]\n"
-     "          [-m NUM] SRC DST",
+     "convert [-n] [-p] [-q] [-W] [-t CACHE] [-f FMT] [-O FMT] [-o OPTS]\n"
+     "          [-S SIZE] [-m NUM] SRC DST",
      IMG_EXIT_FAIL},
     {"create", cmd_create, "create [-q] [-f FMT] [-o OPTS] FILE [SIZE]",
      IMG_EXIT_FAIL},
