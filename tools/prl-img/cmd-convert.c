@@ -4,6 +4,7 @@
 #include "prl-img.h"
 
 #include "common/util.h"
+#include "prl/bitmap.h"
 #include "prl/error.h"
 
 #include <errno.h>
@@ -78,7 +79,8 @@ static void convert_help(void)
 {
     printf("Usage: " IMG_NAME " convert [-n] [-p] [-q] [-W] [-t CACHE] "
            "[-f FMT] [-O FMT]\n"
-           "                   [-o OPTS] [-S SIZE] [-m NUM] SRC DST\n"
+           "                   [-o OPTS] [-S SIZE] [-m NUM] [--bitmaps] SRC "
+           "DST\n"
            "\n"
            "Copy the guest data of image SRC into DST, creating DST unless "
            "-n.\n"
@@ -98,6 +100,8 @@ static void convert_help(void)
            "0 writes every byte\n"
            "  -m NUM        worker threads, 1 to 16 (default 2)\n"
            "  -W            allow writes out of guest order\n"
+           "  --bitmaps     copy the persistent dirty bitmaps too (to a "
+           "Parallels DST)\n"
            "  -t CACHE      cache mode of DST: unsafe (default, as in "
            "qemu-img: never\n"
            "                synced) or writeback, writethrough, none, "
@@ -487,12 +491,44 @@ static int open_target(const char *path, const char *fmt, bool fmt_given,
     return 0;
 }
 
+/* Copy every bitmap of |src| into |dst| with its name, granularity and
+ * state.  After the data: the copy's own writes must not mark them.
+ * Prints errors. */
+static int copy_bitmaps(struct prl_block *src, struct prl_block *dst)
+{
+    struct prl_bitmap_info *v = NULL;
+    size_t n = 0;
+    int r = prl_bitmap_list(src, &v, &n);
+
+    for (size_t i = 0; r == 0 && i < n; i++) {
+        if (!v[i].consistent) {
+            r = prl_error(EINVAL, "bitmap '%s' of the source is "
+                          "inconsistent; clear or remove it first",
+                          v[i].name);
+            break;
+        }
+        r = prl_bitmap_add(dst, v[i].name, v[i].granularity, NULL);
+        if (r == 0) {
+            r = prl_bitmap_merge(dst, v[i].name, src, v[i].name);
+        }
+        if (r == 0 && !v[i].enabled) {
+            r = prl_bitmap_disable(dst, v[i].name);
+        }
+    }
+    free(v);
+    if (r < 0) {
+        img_lib_err();
+    }
+    return r;
+}
+
 /* The command line of convert. */
 struct cv_args {
     const char *src_fmt, *dst_fmt;
     char *opts; /* the -o arguments joined with ',', NULL when none */
     bool no_create, progress, quiet, dst_fmt_given, unordered;
     bool no_flush; /* -t unsafe, qemu-img convert's default */
+    bool bitmaps;  /* --bitmaps */
     uint64_t sparse;
     unsigned long workers;
 };
@@ -501,8 +537,10 @@ struct cv_args {
  * the exit status (help printed, or an error). */
 static int parse_args(int argc, char **argv, struct cv_args *a)
 {
+    enum { OPT_BITMAPS = 256 };
     static const struct option longopts[] = {
         {"help", no_argument, NULL, 'h'},
+        {"bitmaps", no_argument, NULL, OPT_BITMAPS},
         {NULL, 0, NULL, 0},
     };
     char *end;
@@ -558,6 +596,9 @@ static int parse_args(int argc, char **argv, struct cv_args *a)
             break;
         case 'W':
             a->unordered = true;
+            break;
+        case OPT_BITMAPS:
+            a->bitmaps = true;
             break;
         case 't':
             if (strcmp(optarg, "unsafe") == 0) {
@@ -640,6 +681,9 @@ int cmd_convert(int argc, char **argv)
         goto out;
     }
     img_progress_finish(&s.progress);
+    if (a.bitmaps && copy_bitmaps(s.src, s.dst) < 0) {
+        goto out;
+    }
     status = IMG_EXIT_OK;
 out:
     if (s.dst && img_close(s.dst) < 0) {

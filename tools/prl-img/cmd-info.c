@@ -2,10 +2,12 @@
 /* prl-img info: describe an image, as text or as qemu-img style JSON. */
 #include "prl-img.h"
 
+#include "prl/bitmap.h"
 #include "prl/bundle.h"
 #include "prl/error.h"
 
 #include <inttypes.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* in_use values of parallels.rst. */
@@ -93,7 +95,50 @@ static void print_bundle_json(const char *path)
     prl_snapshot_list_free(&l);
 }
 
-static void print_human(const struct prl_image_info *in)
+/* Dirty bitmaps, in the layout of qemu-img info (flags "auto" for an
+ * enabled bitmap, "in-use" for an inconsistent one) plus prl's fields. */
+static void print_bitmaps_human(const struct prl_bitmap_info *v, size_t n)
+{
+    if (n == 0) {
+        return;
+    }
+    printf("    bitmaps:\n");
+    for (size_t i = 0; i < n; i++) {
+        printf("        [%zu]:\n"
+               "            name: %s\n"
+               "            granularity: %" PRIu64 "\n"
+               "            enabled: %s\n"
+               "            consistent: %s\n"
+               "            dirty bytes: %" PRIu64 "\n",
+               i, v[i].name, v[i].granularity, v[i].enabled ? "true" : "false",
+               v[i].consistent ? "true" : "false", v[i].dirty_bytes);
+    }
+}
+
+static void print_bitmaps_json(const struct prl_bitmap_info *v, size_t n)
+{
+    printf(",\n            \"bitmaps\": [");
+    for (size_t i = 0; i < n; i++) {
+        printf("%s\n                {\"flags\": [", i ? "," : "");
+        bool first = true;
+        if (v[i].enabled) {
+            printf("\"auto\"");
+            first = false;
+        }
+        if (!v[i].consistent) {
+            printf("%s\"in-use\"", first ? "" : ", ");
+        }
+        printf("], \"name\": \"%s\", \"granularity\": %" PRIu64
+               ", \"enabled\": %s, \"consistent\": %s, \"dirty-bytes\": %"
+               PRIu64 "}", v[i].name, v[i].granularity,
+               v[i].enabled ? "true" : "false",
+               v[i].consistent ? "true" : "false", v[i].dirty_bytes);
+    }
+    printf("%s]", n ? "\n            " : "");
+}
+
+static void print_human(const struct prl_image_info *in,
+                        const struct prl_bitmap_info *bm, size_t n_bm)
 {
     char vs[32], ds[32];
 
@@ -128,10 +173,12 @@ static void print_human(const struct prl_image_info *in)
            " sectors per track\n",
            in->allocated_clusters, in->bat_entries, in->cylinders, in->heads,
            in->tracks);
+    print_bitmaps_human(bm, n_bm);
 }
 
 /* Keys and layout follow `qemu-img info --output=json`. */
-static void print_json(const struct prl_image_info *in)
+static void print_json(const struct prl_image_info *in,
+                       const struct prl_bitmap_info *bm, size_t n_bm)
 {
     printf("{\n    \"virtual-size\": %" PRIu64 ",\n    \"filename\": ",
            in->virtual_size);
@@ -158,12 +205,12 @@ static void print_json(const struct prl_image_info *in)
                "            \"bat-entries\": %" PRIu64 ",\n"
                "            \"heads\": %" PRIu32 ",\n"
                "            \"cylinders\": %" PRIu32 ",\n"
-               "            \"tracks\": %" PRIu32 "\n"
-               "        }\n"
-               "    },\n",
+               "            \"tracks\": %" PRIu32,
                in->in_use, in->empty_flag ? "true" : "false", in->data_offset,
                in->ext_offset, in->allocated_clusters, in->bat_entries,
                in->heads, in->cylinders, in->tracks);
+        print_bitmaps_json(bm, n_bm);
+        printf("\n        }\n    },\n");
     }
     if (strcmp(in->format, "bundle") == 0) {
         print_bundle_json(in->filename);
@@ -220,11 +267,19 @@ int cmd_info(int argc, char **argv)
         prl_block_close(bs);
         return IMG_EXIT_FAIL;
     }
-    if (json) {
-        print_json(&info);
-    } else {
-        print_human(&info);
+    struct prl_bitmap_info *bm = NULL;
+    size_t n_bm = 0;
+    if (prl_bitmap_list(bs, &bm, &n_bm) < 0) {
+        img_lib_err();
+        prl_block_close(bs);
+        return IMG_EXIT_FAIL;
     }
+    if (json) {
+        print_json(&info, bm, n_bm);
+    } else {
+        print_human(&info, bm, n_bm);
+    }
+    free(bm);
     /* info points into bs: close only after printing. */
     return img_close(bs) < 0 ? IMG_EXIT_FAIL : IMG_EXIT_OK;
 }

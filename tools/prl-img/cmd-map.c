@@ -4,6 +4,7 @@
 #include "prl-img.h"
 
 #include "common/util.h"
+#include "prl/bitmap.h"
 #include "prl/error.h"
 
 #include <inttypes.h>
@@ -25,7 +26,7 @@ static void map_help(void)
 {
     printf("Usage: " IMG_NAME " map [-f FMT] [--output=human|json] "
            "[--start-offset=N]\n"
-           "               [--max-length=N] FILE\n"
+           "               [--max-length=N] [--bitmap=NAME] FILE\n"
            "\n"
            "Show which guest ranges of FILE hold data and where they are "
            "stored.\n"
@@ -39,6 +40,8 @@ static void map_help(void)
            "range\n"
            "  --start-offset=N    first guest byte to describe (default 0)\n"
            "  --max-length=N      describe at most N bytes\n"
+           "  --bitmap=NAME       show the dirty extents of bitmap NAME "
+           "instead\n"
            "  -h, --help          show this help\n");
 }
 
@@ -123,19 +126,60 @@ static int map_image(struct prl_block *bs, uint64_t start, uint64_t end,
     return 0;
 }
 
+/* The dirty extents of a bitmap: JSON lists every extent with "dirty",
+ * human output lists the dirty ones. */
+static int map_bitmap(struct prl_block *bs, const char *name, uint64_t start,
+                      uint64_t end, bool json)
+{
+    uint64_t pos = start;
+    bool first = true;
+
+    if (json) {
+        printf("[");
+    } else {
+        printf("%-16s%s\n", "Offset", "Length");
+    }
+    while (pos < end) {
+        uint64_t n;
+        bool dirty;
+        int r = prl_bitmap_status(bs, name, pos, end - pos, &dirty, &n);
+        if (r < 0) {
+            img_lib_err();
+            if (json) {
+                printf("]\n");
+            }
+            return r;
+        }
+        if (json) {
+            printf("%s{ \"start\": %" PRIu64 ", \"length\": %" PRIu64
+                   ", \"dirty\": %s}", first ? "" : ",\n", pos, n,
+                   dirty ? "true" : "false");
+            first = false;
+        } else if (dirty) {
+            printf("%#-16" PRIx64 "%#" PRIx64 "\n", pos, n);
+        }
+        pos += n;
+    }
+    if (json) {
+        printf("]\n");
+    }
+    return 0;
+}
+
 int cmd_map(int argc, char **argv)
 {
-    enum { OPT_OUTPUT = 256, OPT_START, OPT_MAXLEN };
+    enum { OPT_OUTPUT = 256, OPT_START, OPT_MAXLEN, OPT_BITMAP };
     static const struct option longopts[] = {
         {"help", no_argument, NULL, 'h'},
         {"format", required_argument, NULL, 'f'},
         {"output", required_argument, NULL, OPT_OUTPUT},
         {"start-offset", required_argument, NULL, OPT_START},
         {"max-length", required_argument, NULL, OPT_MAXLEN},
+        {"bitmap", required_argument, NULL, OPT_BITMAP},
         {NULL, 0, NULL, 0},
     };
     struct prl_block *bs;
-    const char *format = NULL;
+    const char *format = NULL, *bitmap = NULL;
     uint64_t start = 0, max_len = UINT64_MAX, size, end;
     bool json = false;
     int c, r;
@@ -158,6 +202,9 @@ int cmd_map(int argc, char **argv)
             if (img_parse_size(optarg, "start offset", &start) < 0) {
                 return IMG_EXIT_FAIL;
             }
+            break;
+        case OPT_BITMAP:
+            bitmap = optarg;
             break;
         case OPT_MAXLEN:
             if (img_parse_size(optarg, "max length", &max_len) < 0) {
@@ -185,7 +232,8 @@ int cmd_map(int argc, char **argv)
     } else if (max_len < size - start) {
         end = start + max_len;
     }
-    r = map_image(bs, start, end, json);
+    r = bitmap ? map_bitmap(bs, bitmap, start, end, json)
+               : map_image(bs, start, end, json);
     if (img_close(bs) < 0) {
         r = -1;
     }

@@ -39,7 +39,7 @@ static const struct command commands[] = {
      "compare [-f FMT] [-F FMT] [-p] [-q] [-s] FILE1 FILE2", 2},
     {"convert", cmd_convert,
      "convert [-n] [-p] [-q] [-W] [-t CACHE] [-f FMT] [-O FMT] [-o OPTS]\n"
-     "          [-S SIZE] [-m NUM] SRC DST",
+     "          [-S SIZE] [-m NUM] [--bitmaps] SRC DST",
      IMG_EXIT_FAIL},
     {"create", cmd_create, "create [-q] [-f FMT] [-o OPTS] FILE [SIZE]",
      IMG_EXIT_FAIL},
@@ -47,7 +47,7 @@ static const struct command commands[] = {
      IMG_EXIT_FAIL},
     {"map", cmd_map,
      "map [-f FMT] [--output=human|json] [--start-offset=N]\n"
-     "          [--max-length=N] FILE",
+     "          [--max-length=N] [--bitmap=NAME] FILE",
      IMG_EXIT_FAIL},
     {"resize", cmd_resize, "resize [-q] [-f FMT] [--shrink] FILE [+|-]SIZE",
      IMG_EXIT_FAIL},
