@@ -95,20 +95,34 @@ stop()
     pid=
 }
 
-# job NAME RW BS IODEPTH JOBS: IOPS of one fio run against $uri.
+# CPU time (user + system, clock ticks) the server has used so far.
+cpu_ticks()
+{
+    awk '{ print $14 + $15 }' "/proc/$pid/stat"
+}
+
+# job NAME RW BS IODEPTH JOBS: "IOPS CPU-us-per-request" of one fio run
+# against $uri.  The second figure (server CPU per request) is what
+# separates servers when the client is the bottleneck.
 job()
 {
-    local rw=$2 bs=$3 qd=$4 nj=$5 kind
+    local rw=$2 bs=$3 qd=$4 nj=$5 kind t0 t1 ios hz
     # Dirty pages of the previous job must not throttle this one.
     sync
+    t0=$(cpu_ticks)
     fio --name="$1" --ioengine=nbd --uri="$uri" --rw="$rw" --bs="$bs" \
         --iodepth="$qd" --numjobs="$nj" --size="$((size / nj))M" \
         --offset_increment="$((size / nj))M" --time_based \
         --runtime="$runtime" --group_reporting --output-format=json \
         --output="$tmp/fio.json" \
         >/dev/null 2>&1
+    t1=$(cpu_ticks)
     case $rw in *read) kind=read ;; *) kind=write ;; esac
-    jq ".jobs[0].$kind.iops | floor" "$tmp/fio.json"
+    ios=$(jq ".jobs[0].$kind.total_ios" "$tmp/fio.json")
+    hz=$(getconf CLK_TCK)
+    printf '%s %s\n' "$(jq ".jobs[0].$kind.iops | floor" "$tmp/fio.json")" \
+        "$(awk -v t=$((t1 - t0)) -v n="$ios" -v hz="$hz" \
+            'BEGIN { printf "%.1f", n ? t * 1e6 / hz / n : 0 }')"
 }
 
 jobs=(
@@ -120,15 +134,17 @@ jobs=(
     "rand-write-4c randwrite 4k 32 4"
 )
 
-declare -A iops
+declare -A iops cpu
 run_server()
 {
-    local server=$1 fmt=$2 file=$3 tr=$4 j name
+    local server=$1 fmt=$2 file=$3 tr=$4 j name res
     start "$server" "$fmt" "$file" "$tr"
     for j in "${jobs[@]}"; do
         set -- $j
         name=$1
-        iops[$server/$fmt/$tr/$name]=$(job "$@")
+        res=$(job "$@")
+        iops[$server/$fmt/$tr/$name]=${res% *}
+        cpu[$server/$fmt/$tr/$name]=${res#* }
     done
     stop
 }
@@ -139,7 +155,8 @@ ratio()
                                       else printf "-" }'
 }
 
-echo "fio nbd engine, ${runtime}s per job, ${size} MiB image, IOPS"
+echo "fio nbd engine, ${runtime}s per job, ${size} MiB image"
+echo "IOPS, then server CPU per request (us; lower is better)"
 for tr in $transports; do
     run_server prl-nbd raw "$raw" "$tr"
     run_server nbdkit raw "$raw" "$tr"
@@ -160,5 +177,18 @@ for tr in $transports; do
         printf '%-5s %-14s %9s %9s %9s %8s %8s | %9s %9s %8s %8s\n' "$tr" \
             "$n" "$p" "$k" "$q" "$(ratio "$p" "$k")" "$(ratio "$p" "$q")" \
             "$ph" "$qh" "$(ratio "$ph" "$qh")" "$(ratio "$ph" "$p")"
+    done
+    printf '%-5s %-14s %9s %9s %9s %8s %8s | %9s %9s\n' "$tr" "cpu us/req" \
+        prl nbdkit qemu-nbd knbd/prl qemu/prl prl-hdd qemu-hdd
+    for j in "${jobs[@]}"; do
+        set -- $j
+        n=$1
+        p=${cpu[prl-nbd/raw/$tr/$n]}
+        k=${cpu[nbdkit/raw/$tr/$n]}
+        q=${cpu[qemu-nbd/raw/$tr/$n]}
+        printf '%-5s %-14s %9s %9s %9s %8s %8s | %9s %9s\n' "$tr" "$n" \
+            "$p" "$k" "$q" "$(ratio "$k" "$p")" "$(ratio "$q" "$p")" \
+            "${cpu[prl-nbd/parallels/$tr/$n]}" \
+            "${cpu[qemu-nbd/parallels/$tr/$n]}"
     done
 done

@@ -28,8 +28,8 @@ nbdcopy "$(nbd_uri s.sock src)" out3.img
 cmp src.img out3.img || fail "nbdcopy sparse out differs"
 
 # qemu-img: info, compare, convert both ways.
-qemu-img info "nbd+unix:///src?socket=s.sock" | grep -q 'virtual size: 24 MiB' ||
-    fail "qemu-img info size"
+qemu-img info "nbd+unix:///src?socket=s.sock" |
+    grep -q 'virtual size: 24 MiB' || fail "qemu-img info size"
 qemu-img compare -f raw -F raw src.img "nbd+unix:///dst?socket=s.sock" ||
     fail "qemu-img compare src dst"
 qemu-img compare -f raw -F raw src.img "nbd://127.0.0.1:$port/par" ||

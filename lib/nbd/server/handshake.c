@@ -91,7 +91,7 @@ static int hs_read(struct hs *hs, void *buf, size_t len)
         if (r < 0) {
             return r;
         }
-        n = hs->conn->sock.ops->recv(&hs->conn->sock, p, len);
+        n = hs->conn->sock.ops->recv(&hs->conn->sock, p, len, false);
         if (n == 0) {
             return prl_error(ECONNRESET, "%s: client closed the connection "
                              "during the handshake", hs->conn->peer);

@@ -52,9 +52,12 @@ struct prl_nbd_export {
 struct prl_nbd_sock;
 
 struct prl_nbd_sock_ops {
-    /* Receive at most |len| (> 0) bytes.  Returns the count (> 0), 0 at
-     * end of stream or after shutdown_read, or a negative errno. */
-    ssize_t (*recv)(struct prl_nbd_sock *s, void *buf, size_t len);
+    /* Receive at most |len| (> 0) bytes; with |all|, preferably wait
+     * for all of them (fewer calls for large payloads).  Returns the
+     * count (> 0), 0 at end of stream or after shutdown_read, or a
+     * negative errno. */
+    ssize_t (*recv)(struct prl_nbd_sock *s, void *buf, size_t len,
+                    bool all);
     /* Send every byte of |iov| (modified).  0 or a negative errno. */
     int (*sendv)(struct prl_nbd_sock *s, struct iovec *iov, int iovcnt);
     /* Bytes already received and buffered by this layer (TLS records),

@@ -9,7 +9,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-static ssize_t plain_recv(struct prl_nbd_sock *s, void *buf, size_t len)
+static ssize_t plain_recv(struct prl_nbd_sock *s, void *buf, size_t len,
+                          bool all)
 {
     for (;;) {
         ssize_t n;
@@ -35,7 +36,8 @@ static ssize_t plain_recv(struct prl_nbd_sock *s, void *buf, size_t len)
                 return 0;
             }
         }
-        n = s->is_socket ? recv(s->rfd, buf, len, 0) : read(s->rfd, buf, len);
+        n = s->is_socket ? recv(s->rfd, buf, len, all ? MSG_WAITALL : 0)
+                         : read(s->rfd, buf, len);
         if (n >= 0) {
             return n;
         }

@@ -81,7 +81,8 @@ static int rbuf_fill(struct prl_nbd_conn *conn, size_t need)
     }
     while (conn->rend - conn->rpos < need) {
         ssize_t n = conn->sock.ops->recv(&conn->sock, conn->rbuf + conn->rend,
-                                         PRL_NBD_RBUF_SIZE - conn->rend);
+                                         PRL_NBD_RBUF_SIZE - conn->rend,
+                                         false);
         if (n <= 0) {
             return (int)n;
         }
@@ -119,7 +120,7 @@ static int read_payload(struct prl_nbd_conn *conn, uint8_t *dst, size_t len)
         return 1;
     }
     while (len > 0) {
-        ssize_t n = conn->sock.ops->recv(&conn->sock, dst, len);
+        ssize_t n = conn->sock.ops->recv(&conn->sock, dst, len, true);
         if (n <= 0) {
             return (int)n;
         }
