@@ -22,8 +22,8 @@
 
 struct hs {
     struct prl_nbd_conn *conn;
-    int64_t deadline_ms;   /* CLOCK_MONOTONIC; -1 none */
-    uint8_t *opt;          /* option data, PRL_NBD_MAX_OPTION bytes */
+    int64_t deadline_ms; /* CLOCK_MONOTONIC; -1 none */
+    uint8_t *opt;        /* option data, PRL_NBD_MAX_OPTION bytes */
 };
 
 static int64_t now_ms(void)
@@ -93,8 +93,10 @@ static int hs_read(struct hs *hs, void *buf, size_t len)
         }
         n = hs->conn->sock.ops->recv(&hs->conn->sock, p, len, false);
         if (n == 0) {
-            return prl_error(ECONNRESET, "%s: client closed the connection "
-                             "during the handshake", hs->conn->peer);
+            return prl_error(ECONNRESET,
+                             "%s: client closed the connection "
+                             "during the handshake",
+                             hs->conn->peer);
         }
         if (n < 0) {
             return prl_error_errno((int)-n, "%s: receive", hs->conn->peer);
@@ -130,8 +132,8 @@ static int hs_send(struct hs *hs, struct iovec *iov, int n)
 }
 
 /* One option reply with |len| bytes of |data| (may be split in two). */
-static int reply2(struct hs *hs, uint32_t option, uint32_t type,
-                  const void *d1, size_t l1, const void *d2, size_t l2)
+static int reply2(struct hs *hs, uint32_t option, uint32_t type, const void *d1,
+                  size_t l1, const void *d2, size_t l2)
 {
     struct prl_nbd_opt_reply h = {
         .magic = htobe64(PRL_NBD_MAGIC_REP),
@@ -155,9 +157,8 @@ static int reply(struct hs *hs, uint32_t option, uint32_t type,
 }
 
 /* An error reply whose data is a message for the user. */
-__attribute__((format(printf, 4, 5)))
-static int reply_err(struct hs *hs, uint32_t option, uint32_t type,
-                     const char *fmt, ...)
+__attribute__((format(printf, 4, 5))) static int
+reply_err(struct hs *hs, uint32_t option, uint32_t type, const char *fmt, ...)
 {
     char msg[512];
     va_list ap;
@@ -236,8 +237,10 @@ static int opt_export_name(struct hs *hs, uint32_t len)
 
     /* No way to answer an error here: the spec says hang up. */
     if (conn->extended) {
-        return prl_error(EPROTO, "%s: NBD_OPT_EXPORT_NAME after extended "
-                         "headers", conn->peer);
+        return prl_error(EPROTO,
+                         "%s: NBD_OPT_EXPORT_NAME after extended "
+                         "headers",
+                         conn->peer);
     }
     if (!valid_string(hs->opt, len)) {
         return prl_error(EPROTO, "%s: invalid export name", conn->peer);
@@ -245,16 +248,15 @@ static int opt_export_name(struct hs *hs, uint32_t len)
     copy_string(name, hs->opt, len);
     exp = prl_nbd_server_find(conn->srv, name);
     if (!exp) {
-        return prl_error(ENOENT, "%s: no export named '%s'", conn->peer,
-                         name);
+        return prl_error(ENOENT, "%s: no export named '%s'", conn->peer, name);
     }
     enter_transmission(hs, exp);
     memset(&rep, 0, sizeof(rep));
     rep.size = htobe64(exp->size);
     rep.flags = htobe16(conn->tflags);
     iov.iov_base = &rep;
-    iov.iov_len = conn->no_zeroes ? sizeof(rep) - sizeof(rep.zeroes)
-                                  : sizeof(rep);
+    iov.iov_len =
+        conn->no_zeroes ? sizeof(rep) - sizeof(rep.zeroes) : sizeof(rep);
     return hs_send(hs, &iov, 1);
 }
 
@@ -273,20 +275,21 @@ static int opt_info_go(struct hs *hs, uint32_t option, uint32_t len)
 
     if (len < 6) {
         return reply_err(hs, option, PRL_NBD_REP_ERR_INVALID,
-                         "option data of %" PRIu32 " bytes is too short",
-                         len);
+                         "option data of %" PRIu32 " bytes is too short", len);
     }
     namelen = prl_be32_load(p);
     if (namelen > len - 6) {
         return reply_err(hs, option, PRL_NBD_REP_ERR_INVALID,
                          "export name length %" PRIu32 " overruns the "
-                         "option", namelen);
+                         "option",
+                         namelen);
     }
     nreq = prl_be16_load(p + 4 + namelen);
     if ((uint64_t)nreq * 2 != len - 6 - namelen) {
         return reply_err(hs, option, PRL_NBD_REP_ERR_INVALID,
                          "%u information requests do not match the option "
-                         "length %" PRIu32, nreq, len);
+                         "length %" PRIu32,
+                         nreq, len);
     }
     if (!valid_string(p + 4, namelen)) {
         return reply_err(hs, option, PRL_NBD_REP_ERR_INVALID,
@@ -348,8 +351,8 @@ static int opt_info_go(struct hs *hs, uint32_t option, uint32_t len)
     if (option == PRL_NBD_OPT_GO && !want_bsize && exp->min_block > 1) {
         return reply_err(hs, option, PRL_NBD_REP_ERR_BLOCK_SIZE_REQD,
                          "export '%s' needs requests aligned to %" PRIu32
-                         " bytes; ask for NBD_INFO_BLOCK_SIZE", exp->name,
-                         exp->min_block);
+                         " bytes; ask for NBD_INFO_BLOCK_SIZE",
+                         exp->name, exp->min_block);
     }
     r = reply(hs, option, PRL_NBD_REP_ACK, NULL, 0);
     if (r < 0) {
@@ -631,22 +634,26 @@ int prl_nbd_handshake(struct prl_nbd_conn *conn)
         }
         /* Without fixed newstyle the client understands no replies. */
         if (!conn->fixed_newstyle && option != PRL_NBD_OPT_EXPORT_NAME) {
-            r = prl_error(EPROTO, "%s: option %" PRIu32 " without fixed "
-                          "newstyle", conn->peer, option);
+            r = prl_error(EPROTO,
+                          "%s: option %" PRIu32 " without fixed "
+                          "newstyle",
+                          conn->peer, option);
             break;
         }
         if (len > PRL_NBD_MAX_OPTION) {
-            if (option == PRL_NBD_OPT_EXPORT_NAME ||
-                len > PRL_NBD_MAX_DRAIN) {
-                r = prl_error(EPROTO, "%s: option %" PRIu32 " of %" PRIu32
-                              " bytes is too long", conn->peer, option, len);
+            if (option == PRL_NBD_OPT_EXPORT_NAME || len > PRL_NBD_MAX_DRAIN) {
+                r = prl_error(EPROTO,
+                              "%s: option %" PRIu32 " of %" PRIu32
+                              " bytes is too long",
+                              conn->peer, option, len);
                 break;
             }
             r = hs_drain(&hs, len);
             if (r == 0) {
                 r = reply_err(&hs, option, PRL_NBD_REP_ERR_TOO_BIG,
                               "option data of %" PRIu32 " bytes is over "
-                              "the limit of %u", len, PRL_NBD_MAX_OPTION);
+                              "the limit of %u",
+                              len, PRL_NBD_MAX_OPTION);
             }
         } else {
             r = hs_read(&hs, hs.opt, len);

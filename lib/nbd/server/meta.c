@@ -30,8 +30,7 @@ static bool always(const struct prl_nbd_export *exp)
  * unallocated cluster, a hole in a raw file), zero where it reads as
  * zeroes. */
 static int allocation_status(struct prl_nbd_export *exp, uint64_t offset,
-                             uint64_t length, uint64_t *plen,
-                             uint32_t *status)
+                             uint64_t length, uint64_t *plen, uint32_t *status)
 {
     struct prl_extent ext;
     int r = export_status(exp, offset, length, &ext);
@@ -88,11 +87,9 @@ static const struct prl_nbd_meta_def meta_defs[] = {
     {"qemu:allocation-depth", always, depth_status, depth_merge},
 };
 
-size_t prl_nbd_meta_match(const struct prl_nbd_export *exp,
-                          const char *query, bool wildcards,
-                          void (*fn)(void *opaque,
-                                     const struct prl_nbd_meta_def *def),
-                          void *opaque)
+size_t prl_nbd_meta_match(
+    const struct prl_nbd_export *exp, const char *query, bool wildcards,
+    void (*fn)(void *opaque, const struct prl_nbd_meta_def *def), void *opaque)
 {
     size_t qlen = strlen(query), n = 0;
     bool prefix = wildcards && (qlen == 0 || query[qlen - 1] == ':');

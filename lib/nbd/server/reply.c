@@ -11,11 +11,11 @@ static const struct {
     int err;
     uint32_t wire;
 } errno_table[] = {
-    {EPERM, PRL_NBD_EPERM},       {EROFS, PRL_NBD_EPERM},
-    {EACCES, PRL_NBD_EPERM},      {EIO, PRL_NBD_EIO},
-    {ENOMEM, PRL_NBD_ENOMEM},     {EINVAL, PRL_NBD_EINVAL},
-    {ERANGE, PRL_NBD_EINVAL},     {ENOSPC, PRL_NBD_ENOSPC},
-    {EDQUOT, PRL_NBD_ENOSPC},     {EFBIG, PRL_NBD_ENOSPC},
+    {EPERM, PRL_NBD_EPERM},         {EROFS, PRL_NBD_EPERM},
+    {EACCES, PRL_NBD_EPERM},        {EIO, PRL_NBD_EIO},
+    {ENOMEM, PRL_NBD_ENOMEM},       {EINVAL, PRL_NBD_EINVAL},
+    {ERANGE, PRL_NBD_EINVAL},       {ENOSPC, PRL_NBD_ENOSPC},
+    {EDQUOT, PRL_NBD_ENOSPC},       {EFBIG, PRL_NBD_ENOSPC},
     {EOVERFLOW, PRL_NBD_EOVERFLOW}, {ENOTSUP, PRL_NBD_ENOTSUP},
     {ESHUTDOWN, PRL_NBD_ESHUTDOWN},
 };
@@ -27,8 +27,7 @@ uint32_t prl_nbd_errno_to_wire(int err, uint16_t type)
     if (err < 0) {
         err = -err;
     }
-    for (size_t i = 0; i < sizeof(errno_table) / sizeof(errno_table[0]);
-         i++) {
+    for (size_t i = 0; i < sizeof(errno_table) / sizeof(errno_table[0]); i++) {
         if (errno_table[i].err == err) {
             wire = errno_table[i].wire;
             break;
@@ -150,8 +149,8 @@ int prl_nbd_out(struct prl_nbd_worker *w, const struct iovec *iov, int n)
     return 0;
 }
 
-static int reply_simple(struct prl_nbd_worker *w,
-                        const struct prl_nbd_req *req, uint32_t error)
+static int reply_simple(struct prl_nbd_worker *w, const struct prl_nbd_req *req,
+                        uint32_t error)
 {
     struct prl_nbd_simple_reply h = {
         .magic = htobe32(PRL_NBD_MAGIC_SIMPLE_REPLY),
@@ -175,15 +174,13 @@ int prl_nbd_reply_ok(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
         return reply_simple(w, req, 0);
     }
     iov.iov_base = hdr;
-    iov.iov_len = prl_nbd_chunk_header(conn, hdr, req,
-                                       PRL_NBD_REPLY_FLAG_DONE,
+    iov.iov_len = prl_nbd_chunk_header(conn, hdr, req, PRL_NBD_REPLY_FLAG_DONE,
                                        PRL_NBD_REPLY_TYPE_NONE, 0);
     return prl_nbd_out(w, &iov, 1);
 }
 
-int prl_nbd_reply_error(struct prl_nbd_worker *w,
-                        const struct prl_nbd_req *req, uint32_t error,
-                        const char *msg)
+int prl_nbd_reply_error(struct prl_nbd_worker *w, const struct prl_nbd_req *req,
+                        uint32_t error, const char *msg)
 {
     struct prl_nbd_conn *conn = w->conn;
     uint8_t hdr[32];
@@ -200,10 +197,9 @@ int prl_nbd_reply_error(struct prl_nbd_worker *w,
     ce.error = htobe32(error);
     ce.msg_length = htobe16((uint16_t)mlen);
     iov[0].iov_base = hdr;
-    iov[0].iov_len = prl_nbd_chunk_header(conn, hdr, req,
-                                          PRL_NBD_REPLY_FLAG_DONE,
-                                          PRL_NBD_REPLY_TYPE_ERROR,
-                                          sizeof(ce) + mlen);
+    iov[0].iov_len =
+        prl_nbd_chunk_header(conn, hdr, req, PRL_NBD_REPLY_FLAG_DONE,
+                             PRL_NBD_REPLY_TYPE_ERROR, sizeof(ce) + mlen);
     iov[1].iov_base = &ce;
     iov[1].iov_len = sizeof(ce);
     iov[2].iov_base = (void *)msg;

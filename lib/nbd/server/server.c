@@ -36,14 +36,14 @@ struct prl_nbd_server {
     size_t n_listen;
     char *unix_paths[MAX_LISTENERS];
     size_t n_unix;
-    int wake[2];          /* readable for good once stop was asked */
-    int done[2];          /* a byte per connection that ended */
+    int wake[2]; /* readable for good once stop was asked */
+    int done[2]; /* a byte per connection that ended */
     atomic_bool stopping;
 
     pthread_mutex_t lock; /* protects what follows */
     struct prl_nbd_conn *conns;
     unsigned n_conns;
-    unsigned served;      /* connections ever accepted */
+    unsigned served; /* connections ever accepted */
 };
 
 bool prl_nbd_server_stopping(const struct prl_nbd_server *srv)
@@ -84,8 +84,7 @@ struct prl_nbd_export *prl_nbd_server_find(struct prl_nbd_server *srv,
     return NULL;
 }
 
-void prl_nbd_server_conn_log(const struct prl_nbd_conn *conn,
-                             const char *what)
+void prl_nbd_server_conn_log(const struct prl_nbd_conn *conn, const char *what)
 {
     prl_info("%s: %s", conn->peer, what);
 }
@@ -105,11 +104,12 @@ int prl_nbd_server_new(const struct prl_nbd_server_config *cfg,
     int r;
 
     *out = NULL;
-    if (cfg->min_block_size != 0 &&
-        (!prl_is_power_of_2(cfg->min_block_size) ||
-         cfg->min_block_size > 65536)) {
-        return prl_error(EINVAL, "minimum block size %u is not a power of "
-                         "two up to 65536", cfg->min_block_size);
+    if (cfg->min_block_size != 0 && (!prl_is_power_of_2(cfg->min_block_size) ||
+                                     cfg->min_block_size > 65536)) {
+        return prl_error(EINVAL,
+                         "minimum block size %u is not a power of "
+                         "two up to 65536",
+                         cfg->min_block_size);
     }
     srv = prl_calloc(1, sizeof(*srv));
     if (!srv) {
@@ -148,8 +148,10 @@ int prl_nbd_server_add_export(struct prl_nbd_server *srv, const char *name,
     if (strlen(name) > PRL_NBD_MAX_STRING ||
         (description && strlen(description) > PRL_NBD_MAX_STRING)) {
         prl_block_close(bs);
-        return prl_error(EINVAL, "export name or description longer than "
-                         "%u bytes", PRL_NBD_MAX_STRING);
+        return prl_error(EINVAL,
+                         "export name or description longer than "
+                         "%u bytes",
+                         PRL_NBD_MAX_STRING);
     }
     for (size_t i = 0; i < srv->n_exports; i++) {
         if (strcmp(srv->exports[i]->name, name) == 0) {
@@ -166,8 +168,8 @@ int prl_nbd_server_add_export(struct prl_nbd_server *srv, const char *name,
     }
     srv->exports = v;
     exp->name = strdup(name);
-    exp->description = description && description[0] ? strdup(description)
-                                                      : NULL;
+    exp->description =
+        description && description[0] ? strdup(description) : NULL;
     pthread_mutex_init(&exp->lock, NULL);
     if (!exp->name || (description && description[0] && !exp->description)) {
         export_free(exp);
@@ -189,8 +191,8 @@ int prl_nbd_server_add_export(struct prl_nbd_server *srv, const char *name,
     while (!prl_is_power_of_2(pref)) {
         pref &= pref - 1;
     }
-    exp->pref_block = PRL_MIN(PRL_MAX(pref, exp->min_block),
-                              PRL_NBD_MAX_PAYLOAD);
+    exp->pref_block =
+        PRL_MIN(PRL_MAX(pref, exp->min_block), PRL_NBD_MAX_PAYLOAD);
     srv->exports[srv->n_exports++] = exp;
     return 0;
 }
@@ -257,8 +259,8 @@ int prl_nbd_server_listen_tcp(struct prl_nbd_server *srv, const char *addr,
     freeaddrinfo(res);
     if (bound == 0) {
         return prl_error_errno(err ? err : EADDRNOTAVAIL,
-                               "cannot listen on %s port %s",
-                               addr ? addr : "*", port);
+                               "cannot listen on %s port %s", addr ? addr : "*",
+                               port);
     }
     return 0;
 }
@@ -357,9 +359,10 @@ static void *conn_main(void *opaque)
         if (stop) {
             conn->sock.ops->shutdown_read(&conn->sock);
         }
-        snprintf(msg, sizeof(msg), "serving export '%s'%s%s",
-                 conn->exp->name, conn->extended ? " (extended headers)"
-                 : conn->structured ? " (structured replies)" : "",
+        snprintf(msg, sizeof(msg), "serving export '%s'%s%s", conn->exp->name,
+                 conn->extended     ? " (extended headers)"
+                 : conn->structured ? " (structured replies)"
+                                    : "",
                  conn->exp->read_only ? " read-only" : "");
         prl_nbd_server_conn_log(conn, msg);
         prl_nbd_transmit(conn);
@@ -389,8 +392,7 @@ static void *conn_main(void *opaque)
 }
 
 /* Start serving |rfd|/|wfd| on a thread of its own. */
-static int start_conn(struct prl_nbd_server *srv, int rfd, int wfd,
-                      bool owned)
+static int start_conn(struct prl_nbd_server *srv, int rfd, int wfd, bool owned)
 {
     struct prl_nbd_conn *conn = calloc(1, sizeof(*conn));
     pthread_attr_t attr;
@@ -510,8 +512,7 @@ static int serve_loop(struct prl_nbd_server *srv)
         if (stopping && n_conns == 0) {
             return 0;
         }
-        if (!stopping && !srv->cfg.persistent && served > 0 &&
-            n_conns == 0) {
+        if (!stopping && !srv->cfg.persistent && served > 0 && n_conns == 0) {
             prl_info("last client left; exiting (use -t to keep serving)");
             return 0;
         }

@@ -55,7 +55,7 @@ static int plain_sendv(struct prl_nbd_sock *s, struct iovec *iov, int iovcnt)
             .msg_iovlen = (size_t)(iovcnt > IOV_MAX ? IOV_MAX : iovcnt),
         };
         ssize_t n = s->w_socket ? sendmsg(s->wfd, &msg, MSG_NOSIGNAL)
-                                 : writev(s->wfd, iov, (int)msg.msg_iovlen);
+                                : writev(s->wfd, iov, (int)msg.msg_iovlen);
         if (n < 0) {
             if (errno == EINTR) {
                 continue;
@@ -120,8 +120,8 @@ static const struct prl_nbd_sock_ops plain_ops = {
     .close = plain_close,
 };
 
-void prl_nbd_sock_plain(struct prl_nbd_sock *s, int rfd, int wfd,
-                        bool owned, int wake_fd)
+void prl_nbd_sock_plain(struct prl_nbd_sock *s, int rfd, int wfd, bool owned,
+                        int wake_fd)
 {
     int type;
     socklen_t len = sizeof(type);

@@ -74,15 +74,13 @@ static int rbuf_fill(struct prl_nbd_conn *conn, size_t need)
         return 1;
     }
     if (conn->rpos > 0 && PRL_NBD_RBUF_SIZE - conn->rpos < need) {
-        memmove(conn->rbuf, conn->rbuf + conn->rpos,
-                conn->rend - conn->rpos);
+        memmove(conn->rbuf, conn->rbuf + conn->rpos, conn->rend - conn->rpos);
         conn->rend -= conn->rpos;
         conn->rpos = 0;
     }
     while (conn->rend - conn->rpos < need) {
         ssize_t n = conn->sock.ops->recv(&conn->sock, conn->rbuf + conn->rend,
-                                         PRL_NBD_RBUF_SIZE - conn->rend,
-                                         false);
+                                         PRL_NBD_RBUF_SIZE - conn->rend, false);
         if (n <= 0) {
             return (int)n;
         }
@@ -164,8 +162,8 @@ static int read_request(struct prl_nbd_worker *w, struct prl_nbd_req *req)
     }
     p = conn->rbuf + conn->rpos;
     magic = prl_be32_load(p);
-    if (magic != (conn->extended ? PRL_NBD_MAGIC_EXT_REQUEST
-                                 : PRL_NBD_MAGIC_REQUEST)) {
+    if (magic !=
+        (conn->extended ? PRL_NBD_MAGIC_EXT_REQUEST : PRL_NBD_MAGIC_REQUEST)) {
         return prl_error(EPROTO, "%s: bad request magic 0x%08" PRIx32,
                          conn->peer, magic);
     }
@@ -173,8 +171,8 @@ static int read_request(struct prl_nbd_worker *w, struct prl_nbd_req *req)
     req->type = prl_be16_load(p + 6);
     req->cookie = prl_be64_load(p + 8);
     req->offset = prl_be64_load(p + 16);
-    req->length = conn->extended ? prl_be64_load(p + 24)
-                                 : prl_be32_load(p + 24);
+    req->length =
+        conn->extended ? prl_be64_load(p + 24) : prl_be32_load(p + 24);
     req->payload_len = 0;
     req->error = 0;
     req->error_msg = NULL;
@@ -189,8 +187,10 @@ static int read_request(struct prl_nbd_worker *w, struct prl_nbd_req *req)
         plen = req->length;
         if (plen > PRL_NBD_MAX_PAYLOAD && conn->extended) {
             /* The spec's advice for oversized declared payloads. */
-            return prl_error(EPROTO, "%s: request payload of %" PRIu64
-                             " bytes is over the maximum", conn->peer, plen);
+            return prl_error(EPROTO,
+                             "%s: request payload of %" PRIu64
+                             " bytes is over the maximum",
+                             conn->peer, plen);
         }
     }
     if (has_payload && req->type == PRL_NBD_CMD_WRITE &&
@@ -218,8 +218,10 @@ static int read_request(struct prl_nbd_worker *w, struct prl_nbd_req *req)
         r = drain_payload(conn, plen);
     }
     if (r <= 0) {
-        return r == 0 ? prl_error(ECONNRESET, "%s: client left in the "
-                                  "middle of a request", conn->peer)
+        return r == 0 ? prl_error(ECONNRESET,
+                                  "%s: client left in the "
+                                  "middle of a request",
+                                  conn->peer)
                       : r;
     }
     if (prl_nbd_server_stopping(conn->srv) && req->type != PRL_NBD_CMD_DISC) {
@@ -234,8 +236,8 @@ static int read_request(struct prl_nbd_worker *w, struct prl_nbd_req *req)
 static const char *cmd_name(uint16_t type)
 {
     static const char *const names[] = {
-        "read", "write", "disconnect", "flush", "trim", "cache",
-        "write zeroes", "block status",
+        "read", "write", "disconnect",   "flush",
+        "trim", "cache", "write zeroes", "block status",
     };
     return type < PRL_ARRAY_SIZE(names) ? names[type] : "unknown command";
 }
@@ -247,8 +249,8 @@ static uint32_t check_request(struct prl_nbd_conn *conn,
 {
     const struct prl_nbd_export *exp = conn->exp;
     bool chunky = conn->structured || conn->extended;
-    uint16_t common = conn->tflags & PRL_NBD_FLAG_SEND_FUA
-                          ? PRL_NBD_CMD_FLAG_FUA : 0;
+    uint16_t common =
+        conn->tflags & PRL_NBD_FLAG_SEND_FUA ? PRL_NBD_CMD_FLAG_FUA : 0;
     uint16_t allowed;
     bool writes = false, size_err_nospc = false;
     uint64_t end;
@@ -259,8 +261,7 @@ static uint32_t check_request(struct prl_nbd_conn *conn,
         allowed = common | (chunky ? PRL_NBD_CMD_FLAG_DF : 0);
         break;
     case PRL_NBD_CMD_WRITE:
-        allowed = common |
-                  (conn->extended ? PRL_NBD_CMD_FLAG_PAYLOAD_LEN : 0);
+        allowed = common | (conn->extended ? PRL_NBD_CMD_FLAG_PAYLOAD_LEN : 0);
         writes = size_err_nospc = true;
         break;
     case PRL_NBD_CMD_FLUSH:
@@ -276,13 +277,15 @@ static uint32_t check_request(struct prl_nbd_conn *conn,
     case PRL_NBD_CMD_WRITE_ZEROES:
         allowed = common | PRL_NBD_CMD_FLAG_NO_HOLE |
                   (conn->tflags & PRL_NBD_FLAG_SEND_FAST_ZERO
-                       ? PRL_NBD_CMD_FLAG_FAST_ZERO : 0);
+                       ? PRL_NBD_CMD_FLAG_FAST_ZERO
+                       : 0);
         writes = size_err_nospc = true;
         break;
     case PRL_NBD_CMD_BLOCK_STATUS:
         allowed = common | PRL_NBD_CMD_FLAG_REQ_ONE |
                   (conn->tflags & PRL_NBD_FLAG_BLOCK_STATUS_PAYLOAD
-                       ? PRL_NBD_CMD_FLAG_PAYLOAD_LEN : 0);
+                       ? PRL_NBD_CMD_FLAG_PAYLOAD_LEN
+                       : 0);
         break;
     default:
         snprintf(buf, bufsize, "unknown command %u", req->type);
@@ -299,8 +302,7 @@ static uint32_t check_request(struct prl_nbd_conn *conn,
         return PRL_NBD_EINVAL;
     }
     if (writes && exp->read_only) {
-        snprintf(buf, bufsize, "%s on a read-only export",
-                 cmd_name(req->type));
+        snprintf(buf, bufsize, "%s on a read-only export", cmd_name(req->type));
         return PRL_NBD_EPERM;
     }
     if (req->type == PRL_NBD_CMD_FLUSH) {
@@ -308,14 +310,17 @@ static uint32_t check_request(struct prl_nbd_conn *conn,
     }
     if (req->type == PRL_NBD_CMD_BLOCK_STATUS) {
         if (conn->n_meta == 0) {
-            snprintf(buf, bufsize, "block status without a metadata "
+            snprintf(buf, bufsize,
+                     "block status without a metadata "
                      "context selected");
             return PRL_NBD_EINVAL;
         }
         if (req->flags & PRL_NBD_CMD_FLAG_PAYLOAD_LEN) {
             if (req->payload_len < 8 || (req->payload_len - 8) % 4 != 0) {
-                snprintf(buf, bufsize, "block status payload of %" PRIu32
-                         " bytes is malformed", req->payload_len);
+                snprintf(buf, bufsize,
+                         "block status payload of %" PRIu32
+                         " bytes is malformed",
+                         req->payload_len);
                 return PRL_NBD_EINVAL;
             }
             /* Check the range against the effect length inside. */
@@ -323,22 +328,24 @@ static uint32_t check_request(struct prl_nbd_conn *conn,
         }
     }
     if (req->type == PRL_NBD_CMD_READ && req->length > PRL_NBD_MAX_PAYLOAD) {
-        snprintf(buf, bufsize, "read of %" PRIu64 " bytes is over the "
-                 "maximum of %u", req->length, PRL_NBD_MAX_PAYLOAD);
+        snprintf(buf, bufsize,
+                 "read of %" PRIu64 " bytes is over the "
+                 "maximum of %u",
+                 req->length, PRL_NBD_MAX_PAYLOAD);
         return PRL_NBD_EOVERFLOW;
     }
-    if (prl_add_overflow(req->offset, req->length, &end) ||
-        end > exp->size) {
-        snprintf(buf, bufsize, "%s of %" PRIu64 " bytes at %" PRIu64
+    if (prl_add_overflow(req->offset, req->length, &end) || end > exp->size) {
+        snprintf(buf, bufsize,
+                 "%s of %" PRIu64 " bytes at %" PRIu64
                  " is past the end of the export (%" PRIu64 " bytes)",
                  cmd_name(req->type), req->length, req->offset, exp->size);
         return size_err_nospc ? PRL_NBD_ENOSPC : PRL_NBD_EINVAL;
     }
     if (((req->offset | req->length) & (exp->min_block - 1)) != 0) {
-        snprintf(buf, bufsize, "%s at %" PRIu64 "+%" PRIu64 " is not "
+        snprintf(buf, bufsize,
+                 "%s at %" PRIu64 "+%" PRIu64 " is not "
                  "aligned to the minimum block size %" PRIu32,
-                 cmd_name(req->type), req->offset, req->length,
-                 exp->min_block);
+                 cmd_name(req->type), req->offset, req->length, exp->min_block);
         return PRL_NBD_EINVAL;
     }
     return 0;
@@ -346,17 +353,17 @@ static uint32_t check_request(struct prl_nbd_conn *conn,
 
 /* ---- commands ---- */
 
-#define EXPORT_LOCK(exp)                                                   \
-    do {                                                                   \
-        if ((exp)->serialize) {                                            \
-            pthread_mutex_lock(&(exp)->lock);                              \
-        }                                                                  \
+#define EXPORT_LOCK(exp)                                                       \
+    do {                                                                       \
+        if ((exp)->serialize) {                                                \
+            pthread_mutex_lock(&(exp)->lock);                                  \
+        }                                                                      \
     } while (0)
-#define EXPORT_UNLOCK(exp)                                                 \
-    do {                                                                   \
-        if ((exp)->serialize) {                                            \
-            pthread_mutex_unlock(&(exp)->lock);                            \
-        }                                                                  \
+#define EXPORT_UNLOCK(exp)                                                     \
+    do {                                                                       \
+        if ((exp)->serialize) {                                                \
+            pthread_mutex_unlock(&(exp)->lock);                                \
+        }                                                                      \
     } while (0)
 
 /* Answer a failed block call: the client hears the errno's text, the
@@ -371,8 +378,7 @@ static void reply_failure(struct prl_nbd_worker *w,
               prl_error_message());
     snprintf(msg, sizeof(msg), "%s failed: %s", cmd_name(req->type),
              strerror(-err));
-    prl_nbd_reply_error(w, req, prl_nbd_errno_to_wire(err, req->type),
-                        msg);
+    prl_nbd_reply_error(w, req, prl_nbd_errno_to_wire(err, req->type), msg);
 }
 
 static void reply_result(struct prl_nbd_worker *w,
@@ -406,12 +412,11 @@ static void chunk_fill(struct prl_nbd_conn *conn, struct chunk *c,
                        const struct prl_nbd_req *req, bool done, bool hole,
                        uint64_t off, uint64_t len)
 {
-    uint16_t type = hole ? PRL_NBD_REPLY_TYPE_OFFSET_HOLE
-                         : PRL_NBD_REPLY_TYPE_OFFSET_DATA;
+    uint16_t type =
+        hole ? PRL_NBD_REPLY_TYPE_OFFSET_HOLE : PRL_NBD_REPLY_TYPE_OFFSET_DATA;
     uint64_t plen = hole ? 12 : 8 + len;
-    size_t h = prl_nbd_chunk_header(conn, c->bytes, req,
-                                    done ? PRL_NBD_REPLY_FLAG_DONE : 0,
-                                    type, plen);
+    size_t h = prl_nbd_chunk_header(
+        conn, c->bytes, req, done ? PRL_NBD_REPLY_FLAG_DONE : 0, type, plen);
 
     prl_be64_store(c->bytes + h, off);
     if (hole) {
@@ -435,8 +440,8 @@ static void read_failed_structured(struct prl_nbd_worker *w,
         return;
     }
     while (off < end) {
-        uint64_t n = PRL_MIN(end - off, (uint64_t)READ_GRANULE -
-                                            off % READ_GRANULE);
+        uint64_t n =
+            PRL_MIN(end - off, (uint64_t)READ_GRANULE - off % READ_GRANULE);
         struct chunk c;
         struct iovec iov[2];
 
@@ -494,9 +499,9 @@ static void cmd_read(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
         if (chunky) {
             uint8_t hdr[32];
             struct iovec iov = {.iov_base = hdr};
-            iov.iov_len = prl_nbd_chunk_header(conn, hdr, req,
-                                               PRL_NBD_REPLY_FLAG_DONE,
-                                               PRL_NBD_REPLY_TYPE_NONE, 0);
+            iov.iov_len =
+                prl_nbd_chunk_header(conn, hdr, req, PRL_NBD_REPLY_FLAG_DONE,
+                                     PRL_NBD_REPLY_TYPE_NONE, 0);
             prl_nbd_out(w, &iov, 1);
         } else {
             prl_nbd_reply_ok(w, req);
@@ -551,9 +556,9 @@ static void cmd_read(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
     size_t n = 0, niov = 0;
     uint64_t pos = 0;
 
-    if (prl_nbd_worker_scratch(w, max_chunks * (sizeof(struct chunk) +
-                                                2 * sizeof(struct iovec)))
-        < 0) {
+    if (prl_nbd_worker_scratch(
+            w, max_chunks * (sizeof(struct chunk) + 2 * sizeof(struct iovec))) <
+        0) {
         reply_failure(w, req, -ENOMEM);
         return;
     }
@@ -563,8 +568,8 @@ static void cmd_read(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
         uint64_t start = pos;
         bool hole;
 
-        pos = PRL_MIN(len, pos + READ_GRANULE -
-                               (req->offset + pos) % READ_GRANULE);
+        pos = PRL_MIN(len,
+                      pos + READ_GRANULE - (req->offset + pos) % READ_GRANULE);
         hole = prl_is_zero(w->buf + start, (size_t)(pos - start));
         while (pos < len) {
             uint64_t next = PRL_MIN(len, pos + READ_GRANULE);
@@ -573,8 +578,8 @@ static void cmd_read(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
             }
             pos = next;
         }
-        chunk_fill(conn, &chunks[n], req, pos == len, hole,
-                   req->offset + start, pos - start);
+        chunk_fill(conn, &chunks[n], req, pos == len, hole, req->offset + start,
+                   pos - start);
         iov[niov].iov_base = chunks[n].bytes;
         iov[niov++].iov_len = chunks[n].len;
         if (!hole) {
@@ -593,8 +598,7 @@ static void cmd_write(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
     int r;
 
     EXPORT_LOCK(exp);
-    r = prl_block_pwrite(exp->bs, w->buf, req->payload_len, req->offset,
-                         flags);
+    r = prl_block_pwrite(exp->bs, w->buf, req->payload_len, req->offset, flags);
     EXPORT_UNLOCK(exp);
     reply_result(w, req, r);
 }
@@ -613,8 +617,8 @@ static void cmd_flush(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
 static void cmd_trim(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
 {
     struct prl_nbd_export *exp = w->conn->exp;
-    bool unmap = prl_nbd_server_cfg(w->conn->srv)->discard ==
-                 PRL_NBD_DISCARD_UNMAP;
+    bool unmap =
+        prl_nbd_server_cfg(w->conn->srv)->discard == PRL_NBD_DISCARD_UNMAP;
     bool fua = req->flags & PRL_NBD_CMD_FLAG_FUA;
     int r = 0;
 
@@ -647,8 +651,8 @@ static void cmd_cache(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
 static void cmd_zero(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
 {
     struct prl_nbd_export *exp = w->conn->exp;
-    bool unmap = prl_nbd_server_cfg(w->conn->srv)->discard ==
-                 PRL_NBD_DISCARD_UNMAP;
+    bool unmap =
+        prl_nbd_server_cfg(w->conn->srv)->discard == PRL_NBD_DISCARD_UNMAP;
     unsigned flags = 0;
     int r;
 
@@ -690,9 +694,8 @@ static void ext_push(struct extent *e, size_t *n, uint64_t len, uint32_t st)
 /* Rewrite extents so every boundary is a multiple of |mb| (from an
  * aligned start): a block that straddles extents gets their merged
  * status.  |in| (consumed: lengths are cut) and |out| may not overlap. */
-static size_t ext_align(const struct prl_nbd_meta_def *def,
-                        struct extent *in, size_t n, uint64_t mb,
-                        struct extent *out)
+static size_t ext_align(const struct prl_nbd_meta_def *def, struct extent *in,
+                        size_t n, uint64_t mb, struct extent *out)
 {
     size_t o = 0, i = 0;
     uint64_t pos = 0, in_start = 0; /* relative to the request offset */
@@ -794,8 +797,8 @@ static void cmd_block_status(struct prl_nbd_worker *w,
                             "of the export or misaligned");
         return;
     }
-    if (prl_nbd_worker_scratch(w, max_ext * (2 * sizeof(struct extent) +
-                                             desc_size) + 8) < 0) {
+    if (prl_nbd_worker_scratch(
+            w, max_ext * (2 * sizeof(struct extent) + desc_size) + 8) < 0) {
         reply_failure(w, &req, -ENOMEM);
         return;
     }
@@ -836,8 +839,7 @@ static void cmd_block_status(struct prl_nbd_worker *w,
                 ext2[0].length = exp->min_block;
                 ext2[0].status = ext[0].status;
                 for (size_t i = 1; i < n; i++) {
-                    ext2[0].status = def->merge(ext2[0].status,
-                                                ext[i].status);
+                    ext2[0].status = def->merge(ext2[0].status, ext[i].status);
                 }
                 m = 1;
             }
@@ -924,8 +926,7 @@ static void handle(struct prl_nbd_worker *w, struct prl_nbd_req *req)
 
 /* Whether a whole request (header and payload) is already received;
  * *bytes is the data it moves. */
-static bool request_buffered(const struct prl_nbd_conn *conn,
-                             uint64_t *bytes)
+static bool request_buffered(const struct prl_nbd_conn *conn, uint64_t *bytes)
 {
     size_t hsize = conn->extended ? sizeof(struct prl_nbd_ext_request)
                                   : sizeof(struct prl_nbd_request);
@@ -973,8 +974,7 @@ static size_t read_batch_locked(struct prl_nbd_worker *w)
     uint64_t total = 0;
     size_t n = 0;
 
-    while (!conn->read_done && !atomic_load(&conn->dead) &&
-           n < PRL_NBD_BATCH) {
+    while (!conn->read_done && !atomic_load(&conn->dead) && n < PRL_NBD_BATCH) {
         struct prl_nbd_slot *s = &w->slots[n];
         uint64_t bytes = 0;
         int r;
@@ -1029,8 +1029,7 @@ static bool batch_cheap(const struct prl_nbd_worker *w, size_t n)
     for (size_t i = 0; i < n; i++) {
         const struct prl_nbd_req *r = &w->slots[i].req;
         if ((r->type != PRL_NBD_CMD_READ && r->type != PRL_NBD_CMD_WRITE) ||
-            r->length > INLINE_MAX_BYTES ||
-            (r->flags & PRL_NBD_CMD_FLAG_FUA)) {
+            r->length > INLINE_MAX_BYTES || (r->flags & PRL_NBD_CMD_FLAG_FUA)) {
             return false;
         }
     }
@@ -1042,8 +1041,7 @@ static void note_batch_time(struct prl_nbd_conn *conn, int64_t ns)
     if (ns > SLOW_BATCH_NS) {
         atomic_store(&conn->fast_batches, 0);
         atomic_store(&conn->inline_ok, false);
-    } else if (atomic_fetch_add(&conn->fast_batches, 1) + 1 >=
-               FAST_BATCHES) {
+    } else if (atomic_fetch_add(&conn->fast_batches, 1) + 1 >= FAST_BATCHES) {
         atomic_store(&conn->inline_ok, true);
     }
 }
