@@ -654,7 +654,9 @@ static int check_overlaps(struct chk *k)
             }
         }
     }
-    qsort(k->refs, k->n_refs, sizeof(*k->refs), cmp_ref);
+    if (k->n_refs > 1) {
+        qsort(k->refs, k->n_refs, sizeof(*k->refs), cmp_ref);
+    }
 
     /* Extension metadata colliding with guest data: guest data wins. */
     bool drop_ext = false;
@@ -722,7 +724,9 @@ static int check_overlaps(struct chk *k)
         }
     }
     /* Copies moved refs: keep the list sorted for the leak scan. */
-    qsort(k->refs, k->n_refs, sizeof(*k->refs), cmp_ref);
+    if (k->n_refs > 1) {
+        qsort(k->refs, k->n_refs, sizeof(*k->refs), cmp_ref);
+    }
     return 0;
 }
 
