@@ -10,9 +10,9 @@
 #include <string.h>
 
 /* Handshake magics (64 bits, big-endian on the wire). */
-#define PRL_NBD_MAGIC_INIT 0x4e42444d41474943ull    /* "NBDMAGIC" */
-#define PRL_NBD_MAGIC_OPTS 0x49484156454F5054ull    /* "IHAVEOPT" */
-#define PRL_NBD_MAGIC_REP 0x0003e889045565a9ull     /* option replies */
+#define PRL_NBD_MAGIC_INIT 0x4e42444d41474943ull /* "NBDMAGIC" */
+#define PRL_NBD_MAGIC_OPTS 0x49484156454F5054ull /* "IHAVEOPT" */
+#define PRL_NBD_MAGIC_REP 0x0003e889045565a9ull  /* option replies */
 
 /* Transmission magics (32 bits). */
 #define PRL_NBD_MAGIC_REQUEST 0x25609513u
@@ -129,30 +129,34 @@
  * buffer, and their fields converted with the be*toh / htobe* helpers
  * below, never read in host order.
  */
-struct prl_nbd_opt_hdr {          /* client option header */
-    uint64_t magic;               /* PRL_NBD_MAGIC_OPTS */
+/* Client option header. */
+struct prl_nbd_opt_hdr {
+    uint64_t magic; /* PRL_NBD_MAGIC_OPTS */
     uint32_t option;
-    uint32_t length;              /* bytes of option data that follow */
+    uint32_t length; /* bytes of option data that follow */
 } __attribute__((packed));
 static_assert(sizeof(struct prl_nbd_opt_hdr) == 16, "option header");
 
-struct prl_nbd_opt_reply {        /* server option reply header */
-    uint64_t magic;               /* PRL_NBD_MAGIC_REP */
+/* Server option reply header. */
+struct prl_nbd_opt_reply {
+    uint64_t magic; /* PRL_NBD_MAGIC_REP */
     uint32_t option;
-    uint32_t type;                /* PRL_NBD_REP_* */
+    uint32_t type; /* PRL_NBD_REP_* */
     uint32_t length;
 } __attribute__((packed));
 static_assert(sizeof(struct prl_nbd_opt_reply) == 20, "option reply");
 
-struct prl_nbd_export_name_reply { /* answer to NBD_OPT_EXPORT_NAME */
+/* Answer to NBD_OPT_EXPORT_NAME. */
+struct prl_nbd_export_name_reply {
     uint64_t size;
     uint16_t flags;
-    uint8_t zeroes[124];          /* omitted with NO_ZEROES */
+    uint8_t zeroes[124]; /* omitted with NO_ZEROES */
 } __attribute__((packed));
 static_assert(sizeof(struct prl_nbd_export_name_reply) == 134,
               "export name reply");
 
-struct prl_nbd_info_export {      /* NBD_REP_INFO payload, INFO_EXPORT */
+/* NBD_REP_INFO payload, INFO_EXPORT. */
+struct prl_nbd_info_export {
     uint16_t type;
     uint64_t size;
     uint16_t flags;
@@ -167,8 +171,9 @@ struct prl_nbd_info_block_size {
 } __attribute__((packed));
 static_assert(sizeof(struct prl_nbd_info_block_size) == 14, "info bsize");
 
-struct prl_nbd_request {          /* compact request */
-    uint32_t magic;               /* PRL_NBD_MAGIC_REQUEST */
+/* Compact request. */
+struct prl_nbd_request {
+    uint32_t magic; /* PRL_NBD_MAGIC_REQUEST */
     uint16_t flags;
     uint16_t type;
     uint64_t cookie;
@@ -177,8 +182,9 @@ struct prl_nbd_request {          /* compact request */
 } __attribute__((packed));
 static_assert(sizeof(struct prl_nbd_request) == 28, "request");
 
-struct prl_nbd_ext_request {      /* extended request */
-    uint32_t magic;               /* PRL_NBD_MAGIC_EXT_REQUEST */
+/* Extended request. */
+struct prl_nbd_ext_request {
+    uint32_t magic; /* PRL_NBD_MAGIC_EXT_REQUEST */
     uint16_t flags;
     uint16_t type;
     uint64_t cookie;
@@ -188,14 +194,14 @@ struct prl_nbd_ext_request {      /* extended request */
 static_assert(sizeof(struct prl_nbd_ext_request) == 32, "ext request");
 
 struct prl_nbd_simple_reply {
-    uint32_t magic;               /* PRL_NBD_MAGIC_SIMPLE_REPLY */
+    uint32_t magic; /* PRL_NBD_MAGIC_SIMPLE_REPLY */
     uint32_t error;
     uint64_t cookie;
 } __attribute__((packed));
 static_assert(sizeof(struct prl_nbd_simple_reply) == 16, "simple reply");
 
 struct prl_nbd_struct_reply {
-    uint32_t magic;               /* PRL_NBD_MAGIC_STRUCT_REPLY */
+    uint32_t magic; /* PRL_NBD_MAGIC_STRUCT_REPLY */
     uint16_t flags;
     uint16_t type;
     uint64_t cookie;
@@ -204,11 +210,11 @@ struct prl_nbd_struct_reply {
 static_assert(sizeof(struct prl_nbd_struct_reply) == 20, "struct reply");
 
 struct prl_nbd_ext_reply {
-    uint32_t magic;               /* PRL_NBD_MAGIC_EXT_REPLY */
+    uint32_t magic; /* PRL_NBD_MAGIC_EXT_REPLY */
     uint16_t flags;
     uint16_t type;
     uint64_t cookie;
-    uint64_t offset;              /* the request's offset */
+    uint64_t offset; /* the request's offset */
     uint64_t length;
 } __attribute__((packed));
 static_assert(sizeof(struct prl_nbd_ext_reply) == 32, "ext reply");
@@ -220,19 +226,22 @@ struct prl_nbd_chunk_offset_hole {
 } __attribute__((packed));
 static_assert(sizeof(struct prl_nbd_chunk_offset_hole) == 12, "hole");
 
-struct prl_nbd_chunk_error {      /* followed by the message */
+/* Followed by the message. */
+struct prl_nbd_chunk_error {
     uint32_t error;
     uint16_t msg_length;
 } __attribute__((packed));
 static_assert(sizeof(struct prl_nbd_chunk_error) == 6, "error chunk");
 
-struct prl_nbd_block_desc {       /* NBD_REPLY_TYPE_BLOCK_STATUS entry */
+/* NBD_REPLY_TYPE_BLOCK_STATUS entry. */
+struct prl_nbd_block_desc {
     uint32_t length;
     uint32_t flags;
 } __attribute__((packed));
 static_assert(sizeof(struct prl_nbd_block_desc) == 8, "descriptor");
 
-struct prl_nbd_block_desc_ext {   /* NBD_REPLY_TYPE_BLOCK_STATUS_EXT */
+/* NBD_REPLY_TYPE_BLOCK_STATUS_EXT. */
+struct prl_nbd_block_desc_ext {
     uint64_t length;
     uint64_t flags;
 } __attribute__((packed));

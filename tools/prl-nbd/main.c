@@ -60,6 +60,8 @@ static bool log_syslog;
 
 static void usage(FILE *f)
 {
+    /* One help line per source line. */
+    /* clang-format off */
     fprintf(f,
 "Usage: prl-nbd [OPTIONS] [FILE]\n"
 "Serve disk images (raw, Parallels) over the NBD protocol.\n"
@@ -97,13 +99,12 @@ static void usage(FILE *f)
 "  -v, --verbose             more messages (twice: debug)\n"
 "  -h, --help                this help\n"
 "  -V, --version             version\n");
+    /* clang-format on */
 }
 
-static void log_handler(enum prl_log_level level, const char *msg,
-                        void *opaque)
+static void log_handler(enum prl_log_level level, const char *msg, void *opaque)
 {
-    static const char *const names[] = {"error", "warning", "info",
-                                        "debug"};
+    static const char *const names[] = {"error", "warning", "info", "debug"};
     static const int prio[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
 
     if (log_syslog) {
@@ -178,7 +179,8 @@ static int parse_export(struct options *o, char *arg)
     }
     if (!eq || eq[1] == '\0') {
         return die("--export '%s': expected NAME=FILE[,ro][,format=FMT]"
-                   "[,description=TEXT]", arg);
+                   "[,description=TEXT]",
+                   arg);
     }
     e = &o->exports[o->n_exports];
     memset(e, 0, sizeof(*e));
@@ -195,7 +197,8 @@ static int parse_export(struct options *o, char *arg)
             e->format = item + 7;
         } else {
             return die("--export %s: unknown key '%s' (ro, format=, "
-                       "description=)", e->name, item);
+                       "description=)",
+                       e->name, item);
         }
     }
     if (e->file[0] == '\0') {
@@ -309,8 +312,7 @@ static int parse_args(struct options *o, int argc, char **argv)
                        strcmp(optarg, "on") == 0) {
                 o->cfg.discard = PRL_NBD_DISCARD_UNMAP;
             } else {
-                return die("invalid --discard '%s' (ignore or unmap)",
-                           optarg);
+                return die("invalid --discard '%s' (ignore or unmap)", optarg);
             }
             break;
         case OPT_EXPORT:
@@ -346,7 +348,8 @@ static int parse_args(struct options *o, int argc, char **argv)
             if (!parse_uint(optarg, 65536, &o->cfg.min_block_size) ||
                 (o->cfg.min_block_size & (o->cfg.min_block_size - 1))) {
                 return die("invalid --min-block-size '%s' (a power of two "
-                           "up to 65536)", optarg);
+                           "up to 65536)",
+                           optarg);
             }
             break;
         case 'v':
@@ -472,8 +475,7 @@ static int open_exports(struct options *o, struct prl_nbd_server *srv)
         const char *fmt = e->format ? e->format : o->format;
         int r;
 
-        r = prl_block_open(e->file, fmt, e->read_only ? 0 : PRL_OPEN_RDWR,
-                           &bs);
+        r = prl_block_open(e->file, fmt, e->read_only ? 0 : PRL_OPEN_RDWR, &bs);
         if (r < 0) {
             return die("%s", prl_error_message());
         }
@@ -533,8 +535,9 @@ int main(int argc, char **argv)
     if (log_syslog) {
         openlog("prl-nbd", LOG_PID, LOG_DAEMON);
     }
-    level = o.verbose >= 2 ? PRL_LOG_DEBUG
-            : o.verbose == 1 ? PRL_LOG_INFO : PRL_LOG_WARNING;
+    level = o.verbose >= 2   ? PRL_LOG_DEBUG
+            : o.verbose == 1 ? PRL_LOG_INFO
+                             : PRL_LOG_WARNING;
     prl_log_set_handler(log_handler, NULL, level);
 
     r = prl_nbd_server_new(&o.cfg, &srv);

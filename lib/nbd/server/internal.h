@@ -36,15 +36,15 @@
 
 struct prl_nbd_export {
     char *name;
-    char *description;            /* NULL: none */
+    char *description; /* NULL: none */
     struct prl_block *bs;
     uint64_t size;
-    unsigned caps;                /* PRL_CAP_* */
+    unsigned caps; /* PRL_CAP_* */
     bool read_only;
-    bool serialize;               /* driver lacks PRL_CAP_PARALLEL */
-    pthread_mutex_t lock;         /* held around block calls if serialize */
-    uint32_t min_block;           /* bytes, power of two */
-    uint32_t pref_block;          /* bytes, power of two >= 512 */
+    bool serialize;       /* driver lacks PRL_CAP_PARALLEL */
+    pthread_mutex_t lock; /* held around block calls if serialize */
+    uint32_t min_block;   /* bytes, power of two */
+    uint32_t pref_block;  /* bytes, power of two >= 512 */
 };
 
 /* ---- sockets: an ops table so TLS can replace the plain one ---- */
@@ -56,8 +56,7 @@ struct prl_nbd_sock_ops {
      * for all of them (fewer calls for large payloads).  Returns the
      * count (> 0), 0 at end of stream or after shutdown_read, or a
      * negative errno. */
-    ssize_t (*recv)(struct prl_nbd_sock *s, void *buf, size_t len,
-                    bool all);
+    ssize_t (*recv)(struct prl_nbd_sock *s, void *buf, size_t len, bool all);
     /* Send every byte of |iov| (modified).  0 or a negative errno. */
     int (*sendv)(struct prl_nbd_sock *s, struct iovec *iov, int iovcnt);
     /* Bytes already received and buffered by this layer (TLS records),
@@ -73,18 +72,18 @@ struct prl_nbd_sock_ops {
 
 struct prl_nbd_sock {
     const struct prl_nbd_sock_ops *ops;
-    int rfd, wfd;                 /* the same for a socket */
-    bool owned;                   /* close() closes the descriptors */
-    bool is_socket;               /* shutdown(2) works on rfd */
-    bool w_socket;                /* wfd is a socket: sendmsg(2) */
-    int wake_fd;                  /* readable when the server stops */
-    atomic_bool down;             /* shutdown_read was called */
-    void *opaque;                 /* the layer's state (TLS session) */
+    int rfd, wfd;     /* the same for a socket */
+    bool owned;       /* close() closes the descriptors */
+    bool is_socket;   /* shutdown(2) works on rfd */
+    bool w_socket;    /* wfd is a socket: sendmsg(2) */
+    int wake_fd;      /* readable when the server stops */
+    atomic_bool down; /* shutdown_read was called */
+    void *opaque;     /* the layer's state (TLS session) */
 };
 
 /* Set up the plain (unencrypted) layer over |rfd|/|wfd|. */
-void prl_nbd_sock_plain(struct prl_nbd_sock *s, int rfd, int wfd,
-                        bool owned, int wake_fd);
+void prl_nbd_sock_plain(struct prl_nbd_sock *s, int rfd, int wfd, bool owned,
+                        int wake_fd);
 
 /* ---- metadata contexts ---- */
 
@@ -94,25 +93,23 @@ struct prl_nbd_meta_def {
     bool (*available)(const struct prl_nbd_export *exp);
     /* Status of the longest uniform prefix of [offset, offset+length)
      * (length > 0, inside the export): *plen in 1..length. */
-    int (*status)(struct prl_nbd_export *exp, uint64_t offset,
-                  uint64_t length, uint64_t *plen, uint32_t *status);
+    int (*status)(struct prl_nbd_export *exp, uint64_t offset, uint64_t length,
+                  uint64_t *plen, uint32_t *status);
     /* Status to report for a block that straddles two extents. */
     uint32_t (*merge)(uint32_t a, uint32_t b);
 };
 
 struct prl_nbd_meta_sel {
-    uint32_t id;                  /* as sent in NBD_REP_META_CONTEXT */
+    uint32_t id; /* as sent in NBD_REP_META_CONTEXT */
     const struct prl_nbd_meta_def *def;
 };
 
 /* Call |fn| for every context of |exp| that |query| selects: exact
  * names, and with |wildcards| a query ending in ':' selects every name
  * that starts with it and "" selects all.  Returns the count. */
-size_t prl_nbd_meta_match(const struct prl_nbd_export *exp,
-                          const char *query, bool wildcards,
-                          void (*fn)(void *opaque,
-                                     const struct prl_nbd_meta_def *def),
-                          void *opaque);
+size_t prl_nbd_meta_match(
+    const struct prl_nbd_export *exp, const char *query, bool wildcards,
+    void (*fn)(void *opaque, const struct prl_nbd_meta_def *def), void *opaque);
 
 /* ---- connections ---- */
 
@@ -121,35 +118,35 @@ struct prl_nbd_server;
 struct prl_nbd_conn {
     struct prl_nbd_server *srv;
     struct prl_nbd_sock sock;
-    char peer[80];                /* for log messages */
-    struct prl_nbd_conn *next;    /* server's list, under srv->lock */
+    char peer[80];             /* for log messages */
+    struct prl_nbd_conn *next; /* server's list, under srv->lock */
 
     /* Negotiated in the handshake. */
     bool fixed_newstyle;
     bool no_zeroes;
     bool structured;
-    bool extended;                /* implies structured chunk types */
+    bool extended; /* implies structured chunk types */
     unsigned n_options;
-    struct prl_nbd_export *exp;   /* chosen export */
+    struct prl_nbd_export *exp;      /* chosen export */
     struct prl_nbd_export *meta_exp; /* export the contexts were set for */
     struct prl_nbd_meta_sel meta[PRL_NBD_MAX_META];
     size_t n_meta;
     uint32_t next_meta_id;
-    uint16_t tflags;              /* transmission flags sent */
-    bool in_transmission;         /* under the server's lock */
+    uint16_t tflags;      /* transmission flags sent */
+    bool in_transmission; /* under the server's lock */
 
     /* Transmission. */
-    pthread_mutex_t read_lock;    /* lock order: read_lock, then send_lock */
-    uint8_t *rbuf;                /* received, not yet parsed: [rpos,rend) */
+    pthread_mutex_t read_lock; /* lock order: read_lock, then send_lock */
+    uint8_t *rbuf;             /* received, not yet parsed: [rpos,rend) */
     size_t rpos, rend;
-    bool read_done;               /* under read_lock: no more requests */
+    bool read_done; /* under read_lock: no more requests */
     pthread_mutex_t send_lock;
-    atomic_bool dead;             /* a send failed: drop the connection */
+    atomic_bool dead; /* a send failed: drop the connection */
     bool got_disc;
     /* Serve cheap batches while still holding read_lock (no hand-off
      * between workers) until one turns out slow; see transmit.c. */
     atomic_bool inline_ok;
-    atomic_uint fast_batches;     /* fast in a row since the last slow */
+    atomic_uint fast_batches; /* fast in a row since the last slow */
 };
 
 /* A parsed request; the payload (if any) is in the worker's buffer. */
@@ -158,9 +155,9 @@ struct prl_nbd_req {
     uint16_t type;
     uint64_t cookie;
     uint64_t offset;
-    uint64_t length;              /* effect length, or payload length */
-    uint32_t payload_len;         /* bytes of payload in the buffer */
-    uint32_t error;               /* PRL_NBD_E* decided while reading */
+    uint64_t length;      /* effect length, or payload length */
+    uint32_t payload_len; /* bytes of payload in the buffer */
+    uint32_t error;       /* PRL_NBD_E* decided while reading */
     const char *error_msg;
 };
 
@@ -179,16 +176,16 @@ struct prl_nbd_req {
 
 struct prl_nbd_slot {
     struct prl_nbd_req req;
-    uint8_t *buf;                 /* its payload or read data */
+    uint8_t *buf; /* its payload or read data */
     size_t buf_size;
 };
 
 struct prl_nbd_worker {
     struct prl_nbd_conn *conn;
     pthread_t thread;
-    uint8_t *buf;                 /* the current slot's buffer */
+    uint8_t *buf; /* the current slot's buffer */
     size_t buf_size;
-    void *scratch;                /* descriptors, chunk headers */
+    void *scratch; /* descriptors, chunk headers */
     size_t scratch_size;
     struct prl_nbd_slot slots[PRL_NBD_BATCH];
     /* Replies not sent yet.  Small pieces are copied into out_bytes;
@@ -241,9 +238,8 @@ size_t prl_nbd_chunk_header(const struct prl_nbd_conn *conn, void *hdr,
 int prl_nbd_reply_ok(struct prl_nbd_worker *w, const struct prl_nbd_req *req);
 /* Failure |error| (PRL_NBD_E*) with a message for structured clients
  * (queued). */
-int prl_nbd_reply_error(struct prl_nbd_worker *w,
-                        const struct prl_nbd_req *req, uint32_t error,
-                        const char *msg);
+int prl_nbd_reply_error(struct prl_nbd_worker *w, const struct prl_nbd_req *req,
+                        uint32_t error, const char *msg);
 
 /* server.c */
 bool prl_nbd_server_stopping(const struct prl_nbd_server *srv);
@@ -256,7 +252,6 @@ size_t prl_nbd_server_n_exports(const struct prl_nbd_server *srv);
 struct prl_nbd_export *prl_nbd_server_export(struct prl_nbd_server *srv,
                                              size_t i);
 /* Log |what| about |conn| at info level, naming the peer. */
-void prl_nbd_server_conn_log(const struct prl_nbd_conn *conn,
-                             const char *what);
+void prl_nbd_server_conn_log(const struct prl_nbd_conn *conn, const char *what);
 
 #endif
