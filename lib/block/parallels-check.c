@@ -255,16 +255,22 @@ static int check_header(struct chk *k)
                     " = %" PRIu32 ": the BAT ends at byte %" PRIu64 ", past "
                     "the end of the file (%" PRIu64 " bytes)",
                     h->bat_entries, bat_end, k->file_size);
+        /* The entries past the end of the file map nothing, so the disk
+         * keeps what the file holds: the BAT and the size shrink to the
+         * entries inside the file.  (Extending the file instead would
+         * let a header field size the repair: 0x3fffffff entries are a
+         * 4 GiB BAT.)  The rest of the check sees the reduced header. */
+        uint64_t keep = (k->file_size - PARALLELS_HEADER_SIZE) / 4;
+        uint64_t old_sectors = h->nb_sectors;
+        h->bat_entries = (uint32_t)keep;
+        h->nb_sectors = PRL_MIN(h->nb_sectors, keep * h->tracks);
         if (k->fix_errors) {
-            int r = prl_file_truncate(&k->f, bat_end);
-            if (r < 0) {
-                return r;
-            }
-            fixed(k, "extended the file to %" PRIu64 " bytes; the missing "
-                  "BAT entries read as unallocated", bat_end);
+            k->header_changed = true;
+            fixed(k, "reduced nb_bat_entries to %" PRIu64 " and nb_sectors "
+                  "from %" PRIu64 " to %" PRIu64 "; the missing entries "
+                  "mapped no data", keep, old_sectors, h->nb_sectors);
         }
-        /* Missing entries read as zero either way. */
-        k->file_size = PRL_MAX(k->file_size, bat_end);
+        bat_end = PARALLELS_HEADER_SIZE + keep * 4;
     }
 
     /* data_off rules. */
@@ -1021,6 +1027,36 @@ static int run_check(struct chk *k)
     k->needed = prl_div_round_up(lh.nb_sectors, lh.tracks);
     k->res->total_clusters = k->nbat;
     k->res->has_clusters = true;
+
+    /* Entries between the BAT and data_off: data_off is too high (past
+     * the end of the file, even).  Lowering it keeps every byte those
+     * entries reference, where copying them would follow data_off. */
+    uint64_t low = UINT64_MAX;
+    for (uint64_t c = 0; c < k->nbat; c++) {
+        uint64_t e = entry_off(k, k->bat[c]);
+        if (k->bat[c] && e >= k->lay.bat_end && e < k->lay.data_off &&
+            e < k->file_size) {
+            low = PRL_MIN(low, e);
+        }
+    }
+    if (low != UINT64_MAX) {
+        add_finding(k, PRL_FINDING_CORRUPTION, "data-off", -1,
+                    PARALLELS_OFF_DATA_OFF, "header field data_off = %"
+                    PRIu32 " (byte %" PRIu64 ") lies above BAT entries that "
+                    "point at byte %" PRIu64, k->h.data_off,
+                    k->lay.data_off, low);
+        if (k->fix_errors) {
+            fix_data_off(k);
+            lh.data_off = k->h.data_off;
+            r = parallels_layout(&lh, k->file_size, &k->lay, why,
+                                 sizeof(why));
+            if (r < 0) {
+                add_finding(k, PRL_FINDING_CORRUPTION, "header", -1, 0,
+                            "invalid header: %s", why);
+                return 0;
+            }
+        }
+    }
 
     /* Copies go past every referenced cluster inside the file; what lies
      * beyond is leaked space. */

@@ -12,6 +12,9 @@ static _Thread_local char error_msg[PRL_ERROR_MAX];
 static _Thread_local int error_set;
 
 static void error_vset(const char *fmt, va_list ap)
+    __attribute__((format(printf, 1, 0)));
+
+static void error_vset(const char *fmt, va_list ap)
 {
     vsnprintf(error_msg, sizeof(error_msg), fmt, ap);
     error_set = 1;
