@@ -48,6 +48,7 @@ nbdinfo --size "$(nbd_uri f.sock)" | grep -qx 4194304 || fail "forked size"
 kill -TERM "$child"
 wait_for 10 "forked server to exit" sh -c "! kill -0 $child"
 [ ! -e f.sock ] || fail "socket left after exit"
+[ ! -e nbd.pid ] || fail "pid file left after exit"
 
 # -s: one client on stdin/stdout (libnbd runs the command on a socket
 # pair), and socket activation (libnbd passes LISTEN_FDS/LISTEN_PID).

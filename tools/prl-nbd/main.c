@@ -581,5 +581,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "prl-nbd: %s\n", prl_error_message());
         r = -1;
     }
+    if (o.pid_file) {
+        unlink(o.pid_file); /* the images are closed: the server is gone */
+    }
     return r < 0 ? 1 : 0;
 }
