@@ -1106,10 +1106,15 @@ static int run_check(struct chk *k)
     if (r < 0) {
         return r;
     }
-    /* A repair that leaves no corruption closes the image cleanly. */
+    /* A repair that leaves no corruption closes the image cleanly; -r all
+     * also replaces an in_use value the spec does not allow (0 stays: it
+     * names old software). */
+    bool foreign = k->fix_errors && k->h.in_use != 0 &&
+                   k->h.in_use != PARALLELS_IN_USE_CLEAN &&
+                   k->h.in_use != PARALLELS_IN_USE_DIRTY;
     if ((k->fix_errors || k->fix_leaks) && k->res->corruptions == 0 &&
         (k->header_changed || k->h.in_use == PARALLELS_IN_USE_DIRTY ||
-         k->res->leaks_fixed)) {
+         k->res->leaks_fixed || foreign)) {
         if (k->h.in_use == PARALLELS_IN_USE_DIRTY && k->ext_valid &&
             k->h.ext_off) {
             /* Bitmaps missed the writes of the unclean session: say so
@@ -1119,10 +1124,11 @@ static int run_check(struct chk *k)
                 return r;
             }
         }
-        if (k->h.in_use == PARALLELS_IN_USE_DIRTY) {
+        if (k->h.in_use == PARALLELS_IN_USE_DIRTY || foreign) {
             for (size_t i = 0; i < k->res->n_findings; i++) {
                 struct prl_finding *f = &k->res->findings[i];
-                if (strcmp(f->kind, "unclean-close") == 0) {
+                if (strcmp(f->kind, "unclean-close") == 0 ||
+                    strcmp(f->kind, "in-use-value") == 0) {
                     f->action = strdup("marked the image closed cleanly");
                     f->fixed = true;
                 }
