@@ -49,6 +49,13 @@ static const char *class_name(enum prl_finding_class c)
     }
 }
 
+/* Of the repair pass, what was fixed and the notes; a corruption or leak
+ * it left is what the second pass reports, and is printed from there. */
+static bool repair_pass_shows(const struct prl_finding *f)
+{
+    return f->fixed || f->cls == PRL_FINDING_NOTE;
+}
+
 static void print_json(const struct prl_check_result *res,
                        const struct prl_check_result *repair)
 {
@@ -87,6 +94,9 @@ static void print_json(const struct prl_check_result *res,
             if (repair && r == res && f->cls == PRL_FINDING_NOTE) {
                 continue;
             }
+            if (r == repair && !repair_pass_shows(f)) {
+                continue;
+            }
             printf("%s\n        {\"kind\": ", first ? "" : ",");
             first = false;
             img_json_string(stdout, f->kind);
@@ -111,7 +121,8 @@ static void print_json(const struct prl_check_result *res,
     printf("%s]\n}\n", first ? "" : "\n    ");
 }
 
-static void print_findings(const struct prl_check_result *res, bool quiet)
+static void print_findings(const struct prl_check_result *res, bool quiet,
+                           bool repair_pass)
 {
     for (size_t i = 0; i < res->n_findings; i++) {
         const struct prl_finding *f = &res->findings[i];
@@ -119,6 +130,9 @@ static void print_findings(const struct prl_check_result *res, bool quiet)
                           : f->cls == PRL_FINDING_LEAK     ? "Leaked"
                                                            : "Note";
         if (quiet && f->cls == PRL_FINDING_NOTE) {
+            continue;
+        }
+        if (repair_pass && !repair_pass_shows(f)) {
             continue;
         }
         printf("%s %s", f->fixed ? "Repairing" : tag, f->message);
@@ -137,7 +151,7 @@ static void print_human(const struct prl_check_result *res,
                         const struct prl_check_result *repair, bool quiet)
 {
     if (repair) {
-        print_findings(repair, quiet);
+        print_findings(repair, quiet, true);
         if (repair->corruptions_fixed || repair->leaks_fixed) {
             printf("The following inconsistencies were found and "
                    "repaired:\n\n"
@@ -147,7 +161,7 @@ static void print_human(const struct prl_check_result *res,
                    repair->leaks_fixed, repair->corruptions_fixed);
         }
     } else {
-        print_findings(res, quiet);
+        print_findings(res, quiet, false);
     }
     if (repair) {
         /* Print only what the second pass still finds. */
