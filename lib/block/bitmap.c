@@ -18,9 +18,12 @@ struct prl_dirty_bitmap *prl_dirty_bitmap_new(const uint8_t id[16],
 {
     struct prl_dirty_bitmap *b;
 
-    if (granularity < 512 || !prl_is_power_of_2(granularity)) {
+    /* At most 2 GiB: what QEMU and prl load back from a Parallels image
+     * (a u32 of bytes). */
+    if (granularity < 512 || granularity > ((uint64_t)1 << 31) ||
+        !prl_is_power_of_2(granularity)) {
         prl_error(EINVAL, "bitmap granularity %" PRIu64 " must be a power "
-                  "of two of at least 512 bytes", granularity);
+                  "of two from 512 bytes to 2 GiB", granularity);
         return NULL;
     }
     b = prl_calloc(1, sizeof(*b));
