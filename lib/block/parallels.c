@@ -1077,6 +1077,51 @@ static int keep_data_last_locked(struct parallels_state *s)
     return r;
 }
 
+/* Bytes of the Format Extension cluster that the bitmaps and kept
+ * features need.  bitmap_lock held. */
+static uint64_t ext_need_locked(struct prl_block *bs,
+                                struct parallels_state *s)
+{
+    uint64_t cs = s->lay.cluster_size, n_attrs = 0;
+    uint64_t need = PARALLELS_EXT_HEADER + PARALLELS_FEATURE_HEADER +
+                    s->transit_len;
+
+    for (size_t i = 0; i < bs->n_bitmaps; i++) {
+        struct prl_dirty_bitmap *b = bs->bitmaps[i];
+        uint64_t l1 = prl_div_round_up(prl_dirty_bitmap_bytes(b), cs);
+        need += PARALLELS_FEATURE_HEADER +
+                prl_round_up(PARALLELS_BITMAP_FIXED + l1 * 8, 8);
+        n_attrs += !b->enabled || !b->consistent;
+    }
+    if (n_attrs) {
+        need += PARALLELS_FEATURE_HEADER + 8 + n_attrs * PARALLELS_ATTR_ENTRY;
+    }
+    return need;
+}
+
+/* Drop the newest bitmaps until the rest fit in the extension cluster,
+ * so that a bitmap too many costs only itself, not the clean close that
+ * keeps the others consistent.  Returns 0, or -ENOSPC naming the last
+ * bitmap dropped.  Lock held exclusive. */
+static int drop_unfit_bitmaps_locked(struct prl_block *bs,
+                                     struct parallels_state *s)
+{
+    int r = 0;
+
+    pthread_rwlock_wrlock(&bs->bitmap_lock);
+    while (bs->n_bitmaps > 0 &&
+           ext_need_locked(bs, s) > s->lay.cluster_size) {
+        struct prl_dirty_bitmap *b = bs->bitmaps[--bs->n_bitmaps];
+        r = prl_error(ENOSPC, "'%s': bitmap '%s' does not fit in the Format "
+                      "Extension cluster (%" PRIu64 " bytes) and was not "
+                      "stored", bs->filename, b->name, s->lay.cluster_size);
+        prl_dirty_bitmap_free(b);
+        bs->bitmaps_changed = true;
+    }
+    pthread_rwlock_unlock(&bs->bitmap_lock);
+    return r;
+}
+
 /* Write the bitmaps and kept features as a new Format Extension: data
  * clusters and the extension cluster first (never over the old ones),
  * synced, then ext_off in the header, then the old clusters are freed.
@@ -1382,12 +1427,13 @@ static bool need_store(struct prl_block *bs, struct parallels_state *s)
 static int parallels_close(struct prl_block *bs)
 {
     struct parallels_state *s = bs->opaque;
-    int r = 0, r2;
+    int r = 0, r2, dropped = 0;
 
     if (need_store(bs, s)) {
         r = mark_dirty(s);
         if (r == 0) {
             pthread_rwlock_wrlock(&s->lock);
+            dropped = drop_unfit_bitmaps_locked(bs, s);
             r = store_ext_locked(bs, s);
             pthread_rwlock_unlock(&s->lock);
         }
@@ -1417,6 +1463,9 @@ static int parallels_close(struct prl_block *bs)
     }
     r2 = prl_file_close(&s->file);
     parallels_free_state(s);
+    if (r == 0 && r2 == 0) {
+        r = dropped; /* closed cleanly, but without some bitmaps */
+    }
     return r < 0 ? r : r2;
 }
 
