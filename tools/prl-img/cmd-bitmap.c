@@ -56,21 +56,19 @@ static void bitmap_help(void)
            "  -h, --help        show this help\n");
 }
 
+/* Run one action.  An 'auto' name made by --add goes to |made|, printed
+ * only once the image is closed with it stored. */
 static int run_action(struct prl_block *bs, const struct bitmap_action *a,
                       const char *name, uint64_t granularity,
-                      const char *src_file, const char *src_fmt)
+                      const char *src_file, const char *src_fmt,
+                      char made[PRL_BITMAP_NAME_SIZE])
 {
-    char made[PRL_BITMAP_NAME_SIZE];
     struct prl_block *src = NULL;
     int r;
 
     switch (a->op) {
     case OP_ADD:
-        r = prl_bitmap_add(bs, name, granularity, made);
-        if (r == 0 && strcmp(name, "auto") == 0) {
-            printf("%s\n", made);
-        }
-        return r;
+        return prl_bitmap_add(bs, name, granularity, made);
     case OP_REMOVE:
         return prl_bitmap_remove(bs, name);
     case OP_CLEAR:
@@ -215,9 +213,15 @@ int cmd_bitmap(int argc, char **argv)
         return IMG_EXIT_FAIL;
     }
     status = IMG_EXIT_OK;
-    for (size_t i = 0; i < n_actions; i++) {
+    /* Each --add of 'auto' makes one more name. */
+    char (*made)[PRL_BITMAP_NAME_SIZE] = calloc(n_actions, sizeof(*made));
+    if (!made) {
+        img_err("out of memory");
+        status = IMG_EXIT_FAIL;
+    }
+    for (size_t i = 0; made && i < n_actions; i++) {
         if (run_action(bs, &actions[i], argv[optind + 1], granularity,
-                       src_file, src_fmt) < 0) {
+                       src_file, src_fmt, made[i]) < 0) {
             img_lib_err();
             status = IMG_EXIT_FAIL;
             break;
@@ -226,6 +230,12 @@ int cmd_bitmap(int argc, char **argv)
     if (img_close(bs) < 0) {
         status = IMG_EXIT_FAIL;
     }
+    for (size_t i = 0; status == IMG_EXIT_OK && i < n_actions; i++) {
+        if (actions[i].op == OP_ADD && strcmp(argv[optind + 1], "auto") == 0) {
+            printf("%s\n", made[i]);
+        }
+    }
+    free(made);
     free(actions);
     return status;
 }
