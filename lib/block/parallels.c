@@ -752,9 +752,17 @@ static int load_bitmap(struct prl_block *bs, struct parallels_state *s,
         }
         memcpy(b->bits + from, buf, n);
         (*clusters)[(*n_clusters)++] = e * PARALLELS_SECTOR;
+        /* Taken now, so that a second entry naming it is refused. */
+        r = used_set(s, host_index(s, e * PARALLELS_SECTOR), true);
+        if (r < 0) {
+            break;
+        }
     }
     free(buf);
     if (r < 0) {
+        for (size_t j = 0; j < *n_clusters; j++) {
+            used_set(s, host_index(s, (*clusters)[j]), false);
+        }
         prl_dirty_bitmap_free(b);
         free(*clusters);
         *clusters = NULL;
