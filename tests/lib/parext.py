@@ -139,8 +139,11 @@ def parse_ext(cluster):
 
 
 def decode_bitmap(data):
+    """The fields of a bitmap feature's data; as many L1 entries as the
+    data holds, up to l1_size."""
     size, ident, gran, n = struct.unpack_from('<Q16sII', data, 0)
-    l1 = list(struct.unpack_from('<%dQ' % n, data, BITMAP_FIXED))
+    n_in = min(n, (len(data) - BITMAP_FIXED) // 8)
+    l1 = list(struct.unpack_from('<%dQ' % n_in, data, BITMAP_FIXED))
     return {'size': size, 'id': ident, 'name': uuid_text(ident),
             'granularity': gran, 'l1_size': n, 'l1': l1}
 
@@ -156,10 +159,28 @@ def read_ext(path):
     return h, c
 
 
-def read_bitmaps(path):
-    """Every dirty bitmap stored in the file, rebuilt from the spec: a
-    dict name -> {granularity (bytes), bits (bytes, bit i of the disk =
-    bit i % 8 of byte i // 8), l1 (entries), attrs (prl's flags)}."""
+def bitmap_problem(b, data_size, disk_sectors, cluster_size):
+    """Why a decoded bitmap feature breaks the spec's field rules (not
+    its L1 entries' cluster rules), or None."""
+    if data_size < BITMAP_FIXED + 8 * b['l1_size']:
+        return 'l1_size %d past data_size %d' % (b['l1_size'], data_size)
+    g = b['granularity']
+    if g == 0 or g & (g - 1):
+        return 'granularity %d' % g
+    if b['size'] != disk_sectors:
+        return 'size %d' % b['size']
+    if b['l1_size'] != l1_size(b['size'] * SECTOR, g * SECTOR,
+                               cluster_size):
+        return 'l1_size %d' % b['l1_size']
+    return None
+
+
+def read_bitmaps(path, skipped=None):
+    """Every valid dirty bitmap stored in the file, rebuilt from the
+    spec: a dict name -> {granularity (bytes), bits (bytes, bit i of the
+    disk = bit i % 8 of byte i // 8), l1 (entries), attrs (prl's flags)}.
+    Bitmap features that break the field rules are left out (and their
+    reasons appended to |skipped|)."""
     h, c = read_ext(path)
     if c is None:
         return {}
@@ -179,7 +200,16 @@ def read_bitmaps(path):
                 continue
             if feat['magic'] != FEATURE_DIRTY_BITMAP:
                 continue
-            b = decode_bitmap(feat['data'])
+            why = ('data_size %d' % feat['data_size']
+                   if feat['data_size'] < BITMAP_FIXED else None)
+            if why is None:
+                b = decode_bitmap(feat['data'])
+                why = bitmap_problem(b, feat['data_size'], h['nb_sectors'],
+                                     cs)
+            if why is not None:
+                if skipped is not None:
+                    skipped.append(why)
+                continue
             nbytes = bitmap_bytes(b['size'] * SECTOR,
                                   b['granularity'] * SECTOR)
             bits = bytearray()
