@@ -40,6 +40,7 @@ struct chk {
     bool ext_valid;    /* ext_off points at a parsed, checksummed cluster */
     struct ref *refs;
     size_t n_refs;
+    uint8_t *misplaced; /* per BAT entry: check_entries found it invalid */
     uint64_t append;   /* next free grid-aligned offset for copies */
     uint64_t pending_free; /* old extension cluster to punch after commit */
 };
@@ -455,6 +456,10 @@ static int check_entries(struct chk *k)
     uint64_t cs = k->lay.cluster_size;
     int r;
 
+    k->misplaced = prl_calloc((size_t)PRL_MAX(k->nbat, 1), 1);
+    if (!k->misplaced) {
+        return -ENOMEM;
+    }
     for (uint64_t c = 0; c < k->nbat; c++) {
         uint32_t e = k->bat[c];
         uint64_t off = entry_off(k, e);
@@ -465,6 +470,7 @@ static int check_entries(struct chk *k)
             continue;
         }
         if (c >= k->needed) {
+            k->misplaced[c] = 1;
             add_finding(k, PRL_FINDING_CORRUPTION, "bat-beyond-size", (int64_t)c,
                         off, "BAT entry %" PRIu64 " = %" PRIu32 " maps guest "
                         "offset %" PRIu64 ", beyond the virtual size %"
@@ -479,6 +485,7 @@ static int check_entries(struct chk *k)
         if (off < k->lay.bat_end || off >= k->file_size) {
             why = off < k->lay.bat_end ? "lies inside the header or BAT"
                                        : "is past the end of the file";
+            k->misplaced[c] = 1;
             add_finding(k, PRL_FINDING_CORRUPTION,
                         off < k->lay.bat_end ? "bat-in-header"
                                              : "bat-past-eof",
@@ -495,6 +502,7 @@ static int check_entries(struct chk *k)
         }
         if (off < k->lay.data_off ||
             (off - k->lay.data_off) % cs != 0) {
+            k->misplaced[c] = 1;
             add_finding(k, PRL_FINDING_CORRUPTION,
                         off < k->lay.data_off ? "bat-below-data"
                                               : "bat-misaligned",
@@ -694,23 +702,31 @@ static int check_overlaps(struct chk *k)
         }
     }
 
-    /* BAT entries sharing bytes. */
+    /* BAT entries sharing bytes.  Extension metadata is not a holder: a
+     * BAT entry on it is the ext-collision above.  Without -r all a
+     * misplaced entry is still in the list; an overlap it causes is
+     * reported on it, not on the valid entry it lands on. */
     uint64_t end = 0;
     int64_t holder = -1;
     for (size_t i = 0; i < k->n_refs; i++) {
         struct ref *x = &k->refs[i];
         if (x->owner < 0) {
-            end = PRL_MAX(end, x->off + x->len);
             continue;
         }
         if (holder >= 0 && x->off < end) {
             uint64_t c = (uint64_t)x->owner, to;
+            int64_t on = x->owner, with = holder;
+            if (!k->fix_errors && k->misplaced[holder] && !k->misplaced[c]) {
+                on = holder;
+                with = x->owner;
+            }
             add_finding(k, PRL_FINDING_CORRUPTION,
                         entry_off(k, k->bat[holder]) == x->off
                             ? "bat-duplicate" : "bat-overlap",
-                        x->owner, x->off, "BAT entry %" PRIu64 " = %" PRIu32
-                        " (byte offset %" PRIu64 ") shares bytes with BAT "
-                        "entry %" PRId64, c, k->bat[c], x->off, holder);
+                        on, entry_off(k, k->bat[on]), "BAT entry %" PRId64
+                        " = %" PRIu32 " (byte offset %" PRIu64 ") shares "
+                        "bytes with BAT entry %" PRId64, on, k->bat[on],
+                        entry_off(k, k->bat[on]), with);
             if (k->fix_errors) {
                 r = copy_to_new_cluster(k, x->off, cs, &to);
                 if (r < 0) {
@@ -1169,6 +1185,7 @@ int parallels_check(const char *path, unsigned fix,
     }
     free(k.bat);
     free(k.refs);
+    free(k.misplaced);
     int r2 = prl_file_close(&k.f);
     return r < 0 ? r : r2;
 }
