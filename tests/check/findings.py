@@ -221,6 +221,7 @@ def _():
     im = base(bitmap=True)
     ext = im.hdr()['ext_off'] * 512
     im.set_bat(3, ext // CS)
+    im.touched = set()  # the extension, not entry 3, is what is dropped
     im.ref[3 * CS:4 * CS] = im.peek(ext, CS)
     return im
 
@@ -236,6 +237,7 @@ def _():
     check(l1 and struct.unpack_from('<Q', cluster, l1[0])[0] > 1,
           'the bitmap has no L1 cluster')
     struct.pack_into('<Q', cluster, l1[0], im.host(7) // 512)
+    im.touched = set()
     cl.ext_set_checksum(cluster)
     im.poke(ext, bytes(cluster))
     return im
@@ -270,6 +272,7 @@ def _():
 def _():
     im = base(legacy=True)
     im.set_bat(3, 1)
+    im.touched = {3}
     im.zero_guest_cluster(3)
     im.lost.append(3 * CS)
     return im
@@ -303,6 +306,7 @@ def _():
     im = base(legacy=True)
     e = im.bat(7)
     im.set_bat(7, e + 1)
+    im.touched = {7}
     with open(im.path, 'rb') as f:
         f.seek((e + 1) * 512)
         im.ref[7 * CS:8 * CS] = f.read(CS)
@@ -314,6 +318,7 @@ def _():
 def _():
     im = base()
     im.set_bat(7, 40)
+    im.touched = {7}
     im.zero_guest_cluster(7)
     im.lost.append(7 * CS)
     return im
@@ -326,6 +331,7 @@ def _():
     im = base()
     last = im.host(8)
     im.truncate(last + 1000)
+    im.touched = {8}
     im.ref[8 * CS + 1000:9 * CS] = bytes(CS - 1000)
     return im
 
@@ -352,6 +358,7 @@ def _():
 def _():
     im = base()
     im.set_field('nb_sectors', 6 * CS // 512)
+    im.touched = {7, 8}
     del im.ref[6 * CS:]
     return im
 
@@ -362,6 +369,7 @@ def _():
 def _():
     im = base()
     im.set_bat(7, im.bat(3))
+    im.touched = {7}
     im.ref[7 * CS:8 * CS] = im.ref[3 * CS:4 * CS]
     return im
 
@@ -375,6 +383,7 @@ def _():
     im = base(legacy=True)
     e = im.bat(3) + 1
     im.set_bat(7, e)
+    im.touched = {7}
     with open(im.path, 'rb') as f:
         f.seek(e * 512)
         im.ref[7 * CS:8 * CS] = f.read(CS)
@@ -537,6 +546,13 @@ def run_case(c):
                                                  rc))
     check(sha256(p) == before, c.name + ': check without -r changed the '
           'file')
+    # Findings about BAT entries name only the entries that were damaged.
+    touched = getattr(im, 'touched', None)
+    if touched is not None:
+        blamed = {f['bat-index'] for f in j['findings'] if 'bat-index' in f}
+        check(blamed <= touched, '%s: findings name BAT entries %s, only %s '
+              'were damaged: %s' % (c.name, sorted(blamed), sorted(touched),
+                                    j['findings']))
 
     if c.repair is None:
         rc, j = cl.prl_check(p, '-r', 'all')
