@@ -363,7 +363,10 @@ static void fix_data_off(struct chk *k)
 static int check_bat_covers(struct chk *k)
 {
     struct parallels_header *h = &k->h;
-    uint64_t need = prl_div_round_up(h->nb_sectors, h->tracks);
+    /* A legacy image uses only the low 32 bits of nb_sectors; high bits
+     * are the nb-sectors-high finding, not a size the BAT must cover. */
+    uint64_t sectors = h->ext ? h->nb_sectors : h->nb_sectors & 0xffffffffu;
+    uint64_t need = prl_div_round_up(sectors, h->tracks);
     uint64_t data_off;
 
     if (need <= h->bat_entries) {
