@@ -32,7 +32,8 @@ class Case:
     guest must read after the repair, its lost the guest offsets the
     repair must report lost).
 
-    rc: exit status of the first check; kinds: findings it must report.
+    rc: exit status of the first check; kinds: the kinds of finding it
+    must report, and no other; fixed: those -r must fix (default: all).
     repair: '-r' argument, or None when the damage cannot be repaired
     (the file must then stay unchanged and the check keep failing).
     qemu: exit status qemu-img check gives the repaired image (0 unless
@@ -139,7 +140,8 @@ def _():
 
 
 @case('nb-sectors-high', 'legacy magic with the upper 32 bits of '
-      'nb_sectors set: they are cleared', 2, ['nb-sectors-high'])
+      'nb_sectors set: they are cleared (the low 32 bits are the size, '
+      'which the BAT covers)', 2, ['nb-sectors-high'])
 def _():
     im = base(legacy=True)
     h = im.hdr()
@@ -205,11 +207,12 @@ def ext_off_case(value_fn):
 
 
 case('ext-off-misaligned', 'ext_off one sector past a cluster boundary:'
-     ' the Format Extension is dropped', 2, ['ext-off'])(
+     ' the Format Extension is dropped, its clusters leak', 2,
+     ['ext-off', 'leak'])(
     ext_off_case(lambda im: im.hdr()['ext_off'] + 1))
 case('ext-off-past-eof', 'ext_off past the end of the file', 2,
-     ['ext-off'])(ext_off_case(lambda im: im.file_size() // 512 + 64))
-case('ext-off-in-bat', 'ext_off inside the BAT', 2, ['ext-off'])(
+     ['ext-off', 'leak'])(ext_off_case(lambda im: im.file_size() // 512 + 64))
+case('ext-off-in-bat', 'ext_off inside the BAT', 2, ['ext-off', 'leak'])(
     ext_off_case(lambda im: 1))
 
 
@@ -228,7 +231,7 @@ def _():
 
 @case('bitmap-collision', 'the L1 entry of the bitmap names the cluster '
       'of guest 7 (MD5 recomputed): guest 7 keeps its data, the extension '
-      'is dropped', 2, ['ext-collision'])
+      'is dropped and its cluster freed', 2, ['ext-collision', 'leak'])
 def _():
     im = base(bitmap=True)
     ext = im.hdr()['ext_off'] * 512
@@ -245,7 +248,7 @@ def _():
 
 @case('ext-bad-magic', 'the Format Extension cluster has a wrong magic: '
       'the extension (and its bitmap) is dropped, its clusters freed', 2,
-      ['ext-invalid'])
+      ['ext-invalid', 'leak'])
 def _():
     im = base(bitmap=True)
     im.poke(im.hdr()['ext_off'] * 512, b'\0')
@@ -254,7 +257,7 @@ def _():
 
 @case('ext-bad-checksum', 'one byte of the Format Extension changed: the '
       'MD5 no longer matches; the extension is dropped', 2,
-      ['ext-invalid'])
+      ['ext-invalid', 'leak'])
 def _():
     im = base(bitmap=True)
     off = im.hdr()['ext_off'] * 512
@@ -265,10 +268,11 @@ def _():
 # ---- BAT entries ----------------------------------------------------
 
 
-@case('bat-in-header', 'BAT entry 3 (ext: in clusters) = 0 would be '
-      'unallocated, so a legacy image with entry 3 = 1 sector points into '
-      'the BAT: cleared, the data of guest cluster 3 is lost', 2,
-      ['bat-in-header'])
+@case('bat-in-header', 'legacy image (entries in sectors): BAT entry 3 '
+      '= 1, byte 512, inside the BAT and over guest 0\'s cluster: cleared, '
+      'the data of guest 3 is lost, its old cluster leaks', 2,
+      ['bat-in-header', 'bat-overlap', 'leak'],
+      fixed=['bat-in-header', 'leak'])
 def _():
     im = base(legacy=True)
     im.set_bat(3, 1)
@@ -292,7 +296,7 @@ def _():
 @case('bat-below-data-legacy', 'legacy image, data_off raised by one '
       'sector: guest 0\'s cluster lies below the data area and every other '
       'one is off the new grid; data_off goes back down to keep them', 2,
-      ['bat-below-data', 'data-off'], fixed=['data-off'])
+      ['bat-below-data', 'data-off', 'bat-misaligned'], fixed=['data-off'])
 def _():
     im = base(legacy=True)
     im.set_field('data_off', im.hdr()['data_offset'] // 512 + 1)
@@ -300,8 +304,10 @@ def _():
 
 
 @case('bat-misaligned', 'legacy image: BAT entry of guest 7 moved one '
-      'sector forward, off the cluster grid; the bytes it names are '
-      'copied to an aligned cluster', 2, ['bat-misaligned'])
+      'sector forward, off the cluster grid and over guest 8\'s cluster; '
+      'the bytes it names are copied to an aligned cluster', 2,
+      ['bat-misaligned', 'bat-overlap', 'leak'],
+      fixed=['bat-misaligned', 'leak'])
 def _():
     im = base(legacy=True)
     e = im.bat(7)
@@ -314,7 +320,8 @@ def _():
 
 
 @case('bat-past-eof', 'BAT entry 7 points past the end of the file: '
-      'cleared, the data of guest 7 reported lost', 2, ['bat-past-eof'])
+      'cleared, the data of guest 7 reported lost; its old cluster leaks', 2,
+      ['bat-past-eof', 'leak'])
 def _():
     im = base()
     im.set_bat(7, 40)
@@ -377,8 +384,8 @@ def _():
 @case('bat-overlap', 'legacy image: entry 7 = entry 3 + 1 sector, so the '
       'two clusters share all but 512 bytes: reported as overlapping (and '
       'misaligned); entry 7 gets its own copy of the bytes it named, which '
-      'ends the overlap too', 2, ['bat-overlap', 'bat-misaligned'],
-      fixed=['bat-misaligned'])
+      'ends the overlap too', 2, ['bat-overlap', 'bat-misaligned', 'leak'],
+      fixed=['bat-misaligned', 'leak'])
 def _():
     im = base(legacy=True)
     e = im.bat(3) + 1
@@ -541,6 +548,9 @@ def run_case(c):
     for k in c.kinds:
         check(k in cl.kinds(j), '%s: check did not report %s: %s'
               % (c.name, k, j['findings']))
+    check(set(cl.kinds(j)) == set(c.kinds),
+          '%s: check reported %s, want exactly %s' % (c.name, cl.kinds(j),
+                                                      c.kinds))
     check(j['corruptions'] == 0 if c.rc != 2 else j['corruptions'] > 0,
           '%s: corruptions = %d with exit %d' % (c.name, j['corruptions'],
                                                  rc))
