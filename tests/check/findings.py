@@ -65,10 +65,13 @@ def case(name, doc, rc, kinds, **kw):
 # bytes.  QEMU 7.2 reports leaks on images whose header and BAT pass one
 # cluster, so every BAT here fits in its first cluster.
 CS = 4096
+SIZE = 1 << 20
 BAT = parimg.HEADER_SIZE
 
 
 def base(name='img.hdd', **kw):
+    kw.setdefault('size', SIZE)
+    kw.setdefault('cs', CS)
     return cl.make(name, **kw)
 
 
@@ -331,15 +334,15 @@ def _():
     return im
 
 
-@case('bat-partial', 'the file ends 1000 bytes into the last cluster: '
-      'the file is extended, the 1000 bytes kept, the rest reads zero', 2,
-      ['bat-partial'])
+@case('bat-partial', 'the file ends 1000 bytes (with 4 KiB clusters) '
+      'into the last cluster: the file is extended, the bytes kept, the '
+      'rest reads zero', 2, ['bat-partial'])
 def _():
     im = base()
-    last = im.host(8)
-    im.truncate(last + 1000)
+    last, part = im.host(8), CS * 1000 // 4096
+    im.truncate(last + part)
     im.touched = {8}
-    im.ref[8 * CS + 1000:9 * CS] = bytes(CS - 1000)
+    im.ref[8 * CS + part:9 * CS] = bytes(CS - part)
     return im
 
 
@@ -618,6 +621,26 @@ def run_case(c):
           % (c.name, j))
 
 
+def write_seeds(d):
+    """The corrupted images, built with 512-byte clusters and a 64 KiB
+    disk so that each is a few KiB, as check-CASE seeds of the check fuzz
+    target (make-corpus keeps files not named seed-*)."""
+    global CS, SIZE
+    import shutil
+    for c in CASES:
+        try:
+            CS, SIZE = 512, 64 << 10
+            im = c.build()
+        except (Failure, ValueError) as e:
+            # Built for 4 KiB clusters only.
+            print('%s: with 4 KiB clusters (%s)' % (c.name, e))
+            CS, SIZE = 4096, 1 << 20
+            im = c.build()
+        out = os.path.join(d, 'check-' + c.name)
+        shutil.copyfile(im.path, out)
+        print('%s: %d bytes' % (out, os.path.getsize(out)))
+
+
 def by_name(name):
     for c in CASES:
         if c.name == name:
@@ -629,7 +652,7 @@ if __name__ == '__main__':
     if sys.argv[1:] == ['--list']:
         print('\n'.join(c.name for c in CASES))
     elif len(sys.argv) == 3 and sys.argv[1] == '--seeds':
-        pass  # filled in below
+        main(lambda: write_seeds(sys.argv[2]))
     elif len(sys.argv) == 2:
         main(lambda: run_case(by_name(sys.argv[1])))
     else:
