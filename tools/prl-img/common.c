@@ -69,10 +69,12 @@ void img_getopt_reset(void)
     opterr = 0;
 }
 
+unsigned img_open_flags;
+
 int img_open(const char *path, const char *format, unsigned flags,
              struct prl_block **out)
 {
-    int r = prl_block_open(path, format, flags, out);
+    int r = prl_block_open(path, format, flags | img_open_flags, out);
 
     if (r < 0) {
         img_lib_err();

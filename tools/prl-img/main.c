@@ -88,7 +88,11 @@ static void print_help(void)
            "file's\n"
            "contents.  SIZE takes the suffixes K, M, G, T, P and E "
            "(powers\n"
-           "of 1024).  '" IMG_NAME " COMMAND --help' describes a command.\n");
+           "of 1024).  '" IMG_NAME " COMMAND --help' describes a command.\n"
+           "\n"
+           "--allow-external-files, with any command, lets a bundle's "
+           "DiskDescriptor.xml\n"
+           "name image files outside its directory (refused otherwise).\n");
 }
 
 int main(int argc, char **argv)
@@ -113,6 +117,28 @@ int main(int argc, char **argv)
     }
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
         if (strcmp(name, commands[i].name) == 0) {
+            /* --allow-external-files works with every command: snapshot
+             * and commit parse it themselves, the others through
+             * img_open. */
+            if (strcmp(name, "snapshot") != 0 &&
+                strcmp(name, "commit") != 0) {
+                int w = 2;
+                for (int a = 2; a < argc; a++) {
+                    if (strcmp(argv[a], "--") == 0) {
+                        while (a < argc) {
+                            argv[w++] = argv[a++];
+                        }
+                        break;
+                    }
+                    if (strcmp(argv[a], "--allow-external-files") == 0) {
+                        img_open_flags |= PRL_OPEN_BUNDLE_EXTERNAL;
+                        continue;
+                    }
+                    argv[w++] = argv[a];
+                }
+                argc = w;
+                argv[argc] = NULL;
+            }
             int status = commands[i].run(argc - 1, argv + 1);
             if (fflush(stdout) != 0 || ferror(stdout)) {
                 img_err("error writing to standard output");

@@ -48,6 +48,10 @@ int img_bad_option(const char *cmd, int c, char **argv, int status);
 /* Start a fresh getopt scan and silence getopt's own messages. */
 void img_getopt_reset(void);
 
+/* Open flags every img_open adds: PRL_OPEN_BUNDLE_EXTERNAL with
+ * --allow-external-files. */
+extern unsigned img_open_flags;
+
 /* Open |path| with |format| (NULL probes) and |flags|; prints the error.
  * Returns 0 or a negative errno. */
 int img_open(const char *path, const char *format, unsigned flags,
