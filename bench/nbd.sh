@@ -38,8 +38,14 @@ trap cleanup EXIT
 raw=$tmp/disk.raw
 hdd=$tmp/disk.hdd
 # Data everywhere, so reads are served from the page cache, not holes.
-head -c "${size}M" /dev/urandom >"$raw"
-qemu-img convert -f raw -O parallels "$raw" "$hdd"
+# Both images are written the same way (by qemu-img): how a file was
+# written shapes its page cache (ext4 large folios make later 4 KiB
+# writes several times dearer in the kernel), and the comparison must
+# not hinge on that.
+head -c "${size}M" /dev/urandom >"$tmp/src"
+qemu-img convert -f raw -O raw "$tmp/src" "$raw"
+qemu-img convert -f raw -O parallels "$tmp/src" "$hdd"
+rm -f "$tmp/src"
 
 free_port()
 {
