@@ -366,7 +366,9 @@ static void *conn_main(void *opaque)
                  conn->exp->read_only ? " read-only" : "");
         prl_nbd_server_conn_log(conn, msg);
         prl_nbd_transmit(conn);
-        prl_nbd_server_conn_log(conn, "disconnected");
+        prl_nbd_server_conn_log(conn, conn->got_disc
+                                          ? "disconnected"
+                                          : "gone without NBD_CMD_DISC");
     } else if (r == -ECONNABORTED) {
         prl_debug("%s", prl_error_message());
     } else {
