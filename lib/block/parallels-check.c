@@ -39,8 +39,9 @@ struct chk {
     bool header_changed, bat_changed;
     bool ext_valid;    /* ext_off points at a parsed, checksummed cluster */
     struct ref *refs;
-    size_t n_refs;
+    size_t n_refs, cap_refs;
     uint8_t *misplaced; /* per BAT entry: check_entries found it invalid */
+    uint64_t allocated; /* non-zero BAT entries after the entry repairs */
     uint64_t append;   /* next free grid-aligned offset for copies */
     uint64_t pending_free; /* old extension cluster to punch after commit */
 };
@@ -442,18 +443,163 @@ static int cmp_ref(const void *a, const void *b)
 
 static int add_ref(struct chk *k, uint64_t off, uint64_t len, int64_t owner)
 {
-    struct ref *n = realloc(k->refs, (k->n_refs + 1) * sizeof(*n));
-
-    if (!n) {
-        return prl_error(ENOMEM, "out of memory");
+    if (k->n_refs == k->cap_refs) {
+        size_t cap = k->cap_refs ? 2 * k->cap_refs : 64;
+        struct ref *n = realloc(k->refs, cap * sizeof(*n));
+        if (!n) {
+            return prl_error(ENOMEM, "out of memory");
+        }
+        k->refs = n;
+        k->cap_refs = cap;
     }
-    k->refs = n;
-    n[k->n_refs++] = (struct ref){off, len, owner};
+    k->refs[k->n_refs++] = (struct ref){off, len, owner};
     return 0;
 }
 
-/* Per-entry rules: position, alignment, inside the file, inside the
- * virtual size. */
+/* Sort the references in cmp_ref order.  A stable LSD radix sort on the
+ * offset, a byte per pass, then equal offsets put in owner order: qsort's
+ * comparisons were most of the time of a check of a large image. */
+static int sort_refs(struct chk *k)
+{
+    size_t n = k->n_refs;
+    uint64_t bits = 0;
+    struct ref *src = k->refs, *dst, *tmp;
+
+    if (n < 2) {
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        bits |= src[i].off;
+    }
+    tmp = prl_malloc(n * sizeof(*tmp));
+    if (!tmp) {
+        return -ENOMEM;
+    }
+    dst = tmp;
+    for (unsigned shift = 0; shift < 64 && (bits >> shift); shift += 8) {
+        size_t count[256] = {0}, pos = 0;
+        for (size_t i = 0; i < n; i++) {
+            count[(src[i].off >> shift) & 0xff]++;
+        }
+        if (count[(src[0].off >> shift) & 0xff] == n) {
+            continue; /* one digit for all: nothing moves */
+        }
+        for (unsigned d = 0; d < 256; d++) {
+            size_t c = count[d];
+            count[d] = pos;
+            pos += c;
+        }
+        for (size_t i = 0; i < n; i++) {
+            dst[count[(src[i].off >> shift) & 0xff]++] = src[i];
+        }
+        struct ref *t = src;
+        src = dst;
+        dst = t;
+    }
+    if (src != k->refs) {
+        memcpy(k->refs, src, n * sizeof(*src));
+    }
+    free(tmp);
+    /* Runs of equal offsets are short: insertion sort by owner. */
+    for (size_t i = 1; i < n; i++) {
+        struct ref x = k->refs[i];
+        size_t j = i;
+        while (j > 0 && cmp_ref(&k->refs[j - 1], &x) > 0) {
+            k->refs[j] = k->refs[j - 1];
+            j--;
+        }
+        k->refs[j] = x;
+    }
+    return 0;
+}
+
+/* The rules of one non-zero entry: position, alignment, inside the file,
+ * inside the virtual size. */
+static int check_entry(struct chk *k, uint64_t c)
+{
+    uint64_t cs = k->lay.cluster_size;
+    uint32_t e = k->bat[c];
+    uint64_t off = entry_off(k, e);
+    const char *why;
+    uint64_t to;
+    int r;
+
+    if (c >= k->needed) {
+        k->misplaced[c] = 1;
+        add_finding(k, PRL_FINDING_CORRUPTION, "bat-beyond-size", (int64_t)c,
+                    off, "BAT entry %" PRIu64 " = %" PRIu32 " maps guest "
+                    "offset %" PRIu64 ", beyond the virtual size %"
+                    PRIu64, c, e, c * cs, k->lay.virtual_size);
+        if (k->fix_errors) {
+            k->bat[c] = 0;
+            k->bat_changed = true;
+            fixed(k, "cleared the entry (not guest-visible)");
+        }
+        return 0;
+    }
+    if (off < k->lay.bat_end || off >= k->file_size) {
+        why = off < k->lay.bat_end ? "lies inside the header or BAT"
+                                   : "is past the end of the file";
+        k->misplaced[c] = 1;
+        add_finding(k, PRL_FINDING_CORRUPTION,
+                    off < k->lay.bat_end ? "bat-in-header"
+                                         : "bat-past-eof",
+                    (int64_t)c, off, "BAT entry %" PRIu64 " = %" PRIu32
+                    " (byte offset %" PRIu64 ") %s", c, e, off, why);
+        if (k->fix_errors) {
+            k->bat[c] = 0;
+            k->bat_changed = true;
+            fixed(k, "cleared the entry: the data of guest offset %"
+                  PRIu64 " is lost", c * cs);
+            lost(k, c * cs);
+        }
+        return 0;
+    }
+    if (off < k->lay.data_off ||
+        (off - k->lay.data_off) % cs != 0) {
+        k->misplaced[c] = 1;
+        add_finding(k, PRL_FINDING_CORRUPTION,
+                    off < k->lay.data_off ? "bat-below-data"
+                                          : "bat-misaligned",
+                    (int64_t)c, off, "BAT entry %" PRIu64 " = %" PRIu32
+                    " (byte offset %" PRIu64 ") %s", c, e, off,
+                    off < k->lay.data_off
+                        ? "lies below the data area"
+                        : "is not aligned to a cluster of the data "
+                          "area");
+        if (k->fix_errors) {
+            r = copy_to_new_cluster(k, off, cs, &to);
+            if (r < 0) {
+                return r;
+            }
+            k->bat[c] = (uint32_t)(to / k->lay.entry_unit);
+            k->bat_changed = true;
+            fixed(k, "copied the cluster to byte offset %" PRIu64, to);
+        }
+        return 0;
+    }
+    if (k->file_size - off < cs) {
+        add_finding(k, PRL_FINDING_CORRUPTION, "bat-partial", (int64_t)c,
+                    off, "BAT entry %" PRIu64 " = %" PRIu32 " (byte "
+                    "offset %" PRIu64 "): its cluster is only partly "
+                    "inside the file (%" PRIu64 " bytes)", c, e, off,
+                    k->file_size);
+        if (k->fix_errors) {
+            r = prl_file_truncate(&k->f, off + cs);
+            if (r < 0) {
+                return r;
+            }
+            k->file_size = off + cs;
+            k->append = PRL_MAX(k->append, off + cs);
+            fixed(k, "extended the file to %" PRIu64 " bytes; the "
+                  "missing part reads as zeroes", off + cs);
+        }
+    }
+    return 0;
+}
+
+/* Judge every entry, then list the clusters the BAT references (as it
+ * stands after the per-entry repairs) and count the allocated entries. */
 static int check_entries(struct chk *k)
 {
     uint64_t cs = k->lay.cluster_size;
@@ -463,84 +609,24 @@ static int check_entries(struct chk *k)
     if (!k->misplaced) {
         return -ENOMEM;
     }
+    k->allocated = 0;
     for (uint64_t c = 0; c < k->nbat; c++) {
-        uint32_t e = k->bat[c];
-        uint64_t off = entry_off(k, e);
-        const char *why;
-        uint64_t to;
-
-        if (e == 0) {
+        if (k->bat[c] == 0) {
             continue;
         }
-        if (c >= k->needed) {
-            k->misplaced[c] = 1;
-            add_finding(k, PRL_FINDING_CORRUPTION, "bat-beyond-size", (int64_t)c,
-                        off, "BAT entry %" PRIu64 " = %" PRIu32 " maps guest "
-                        "offset %" PRIu64 ", beyond the virtual size %"
-                        PRIu64, c, e, c * cs, k->lay.virtual_size);
-            if (k->fix_errors) {
-                k->bat[c] = 0;
-                k->bat_changed = true;
-                fixed(k, "cleared the entry (not guest-visible)");
-            }
+        r = check_entry(k, c);
+        if (r < 0) {
+            return r;
+        }
+        uint64_t off = entry_off(k, k->bat[c]);
+        if (k->bat[c] == 0) {
             continue;
         }
-        if (off < k->lay.bat_end || off >= k->file_size) {
-            why = off < k->lay.bat_end ? "lies inside the header or BAT"
-                                       : "is past the end of the file";
-            k->misplaced[c] = 1;
-            add_finding(k, PRL_FINDING_CORRUPTION,
-                        off < k->lay.bat_end ? "bat-in-header"
-                                             : "bat-past-eof",
-                        (int64_t)c, off, "BAT entry %" PRIu64 " = %" PRIu32
-                        " (byte offset %" PRIu64 ") %s", c, e, off, why);
-            if (k->fix_errors) {
-                k->bat[c] = 0;
-                k->bat_changed = true;
-                fixed(k, "cleared the entry: the data of guest offset %"
-                      PRIu64 " is lost", c * cs);
-                lost(k, c * cs);
-            }
-            continue;
-        }
-        if (off < k->lay.data_off ||
-            (off - k->lay.data_off) % cs != 0) {
-            k->misplaced[c] = 1;
-            add_finding(k, PRL_FINDING_CORRUPTION,
-                        off < k->lay.data_off ? "bat-below-data"
-                                              : "bat-misaligned",
-                        (int64_t)c, off, "BAT entry %" PRIu64 " = %" PRIu32
-                        " (byte offset %" PRIu64 ") %s", c, e, off,
-                        off < k->lay.data_off
-                            ? "lies below the data area"
-                            : "is not aligned to a cluster of the data "
-                              "area");
-            if (k->fix_errors) {
-                r = copy_to_new_cluster(k, off, cs, &to);
-                if (r < 0) {
-                    return r;
-                }
-                k->bat[c] = (uint32_t)(to / k->lay.entry_unit);
-                k->bat_changed = true;
-                fixed(k, "copied the cluster to byte offset %" PRIu64, to);
-            }
-            continue;
-        }
-        if (k->file_size - off < cs) {
-            add_finding(k, PRL_FINDING_CORRUPTION, "bat-partial", (int64_t)c,
-                        off, "BAT entry %" PRIu64 " = %" PRIu32 " (byte "
-                        "offset %" PRIu64 "): its cluster is only partly "
-                        "inside the file (%" PRIu64 " bytes)", c, e, off,
-                        k->file_size);
-            if (k->fix_errors) {
-                r = prl_file_truncate(&k->f, off + cs);
-                if (r < 0) {
-                    return r;
-                }
-                k->file_size = off + cs;
-                k->append = PRL_MAX(k->append, off + cs);
-                fixed(k, "extended the file to %" PRIu64 " bytes; the "
-                      "missing part reads as zeroes", off + cs);
+        k->allocated++;
+        if (off < k->file_size) {
+            r = add_ref(k, off, cs, (int64_t)c);
+            if (r < 0) {
+                return r;
             }
         }
     }
@@ -662,17 +748,10 @@ static int check_overlaps(struct chk *k)
     uint64_t cs = k->lay.cluster_size;
     int r;
 
-    for (uint64_t c = 0; c < k->nbat; c++) {
-        uint64_t off = entry_off(k, k->bat[c]);
-        if (k->bat[c] && off < k->file_size) {
-            r = add_ref(k, off, cs, (int64_t)c);
-            if (r < 0) {
-                return r;
-            }
-        }
-    }
-    if (k->n_refs > 1) {
-        qsort(k->refs, k->n_refs, sizeof(*k->refs), cmp_ref);
+    /* check_entries listed the BAT's clusters after the metadata's. */
+    r = sort_refs(k);
+    if (r < 0) {
+        return r;
     }
 
     /* Extension metadata colliding with guest data: guest data wins. */
@@ -711,6 +790,7 @@ static int check_overlaps(struct chk *k)
      * reported on it, not on the valid entry it lands on. */
     uint64_t end = 0;
     int64_t holder = -1;
+    bool moved = false;
     for (size_t i = 0; i < k->n_refs; i++) {
         struct ref *x = &k->refs[i];
         if (x->owner < 0) {
@@ -738,6 +818,7 @@ static int check_overlaps(struct chk *k)
                 k->bat[c] = (uint32_t)(to / k->lay.entry_unit);
                 k->bat_changed = true;
                 x->off = to;
+                moved = true;
                 fixed(k, "copied the shared cluster to byte offset %" PRIu64
                       " so both entries keep their data", to);
             }
@@ -749,10 +830,7 @@ static int check_overlaps(struct chk *k)
         }
     }
     /* Copies moved refs: keep the list sorted for the leak scan. */
-    if (k->n_refs > 1) {
-        qsort(k->refs, k->n_refs, sizeof(*k->refs), cmp_ref);
-    }
-    return 0;
+    return moved ? sort_refs(k) : 0;
 }
 
 /* Clusters of the data area that occupy space nothing references: an
@@ -1050,13 +1128,18 @@ static int run_check(struct chk *k)
     /* Entries between the BAT and data_off: data_off is too high (past
      * the end of the file, even).  Lowering it keeps every byte those
      * entries reference, where copying them would follow data_off. */
-    uint64_t low = UINT64_MAX;
+    uint64_t low = UINT64_MAX, high = 0;
+    bool any = false;
     for (uint64_t c = 0; c < k->nbat; c++) {
         uint64_t e = entry_off(k, k->bat[c]);
-        if (k->bat[c] && e >= k->lay.bat_end && e < k->lay.data_off &&
-            e < k->file_size) {
+        if (k->bat[c] == 0 || e >= k->file_size) {
+            continue;
+        }
+        if (e >= k->lay.bat_end && e < k->lay.data_off) {
             low = PRL_MIN(low, e);
         }
+        high = PRL_MAX(high, e);
+        any = true;
     }
     if (low != UINT64_MAX) {
         add_finding(k, PRL_FINDING_CORRUPTION, "data-off", -1,
@@ -1078,14 +1161,11 @@ static int run_check(struct chk *k)
     }
 
     /* Copies go past every referenced cluster inside the file; what lies
-     * beyond is leaked space. */
+     * beyond is leaked space.  (grid_up is monotonic: the highest entry
+     * decides.) */
     k->append = k->lay.data_off;
-    for (uint64_t c = 0; c < k->nbat; c++) {
-        uint64_t e = entry_off(k, k->bat[c]);
-        if (k->bat[c] && e < k->file_size) {
-            k->append = PRL_MAX(k->append, grid_up(k, e +
-                                                   k->lay.cluster_size));
-        }
+    if (any) {
+        k->append = PRL_MAX(k->append, grid_up(k, high + k->lay.cluster_size));
     }
     r = check_ext(k);
     for (size_t i = 0; r == 0 && i < k->n_refs; i++) {
@@ -1105,10 +1185,7 @@ static int run_check(struct chk *k)
         return r;
     }
     /* Empty flag while clusters are allocated: the data is kept. */
-    uint64_t allocated = 0;
-    for (uint64_t c = 0; c < k->nbat; c++) {
-        allocated += k->bat[c] != 0;
-    }
+    uint64_t allocated = k->allocated;
     k->res->allocated_clusters = allocated;
     if ((k->h.flags & PARALLELS_FLAG_EMPTY) && allocated) {
         add_finding(k, PRL_FINDING_CORRUPTION, "empty-flag", -1,
