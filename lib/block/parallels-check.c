@@ -633,6 +633,33 @@ static int check_entries(struct chk *k)
     return 0;
 }
 
+/* Each bitmap cluster is its own: not the extension's cluster, and not
+ * one another L1 entry names (storing one would overwrite the other).
+ * The list holds only bitmap clusters when this runs. */
+static int bitmap_clusters_distinct(struct chk *k, uint64_t ext, char *err,
+                                    size_t errlen)
+{
+    int r = sort_refs(k);
+
+    if (r < 0) {
+        return r;
+    }
+    for (size_t i = 0; i < k->n_refs; i++) {
+        const struct ref *x = &k->refs[i];
+        if (x->off < ext + k->lay.cluster_size && ext < x->off + x->len) {
+            snprintf(err, errlen, "a dirty bitmap L1 entry names its own "
+                     "cluster (byte %" PRIu64 ")", x->off);
+            return -EINVAL;
+        }
+        if (i > 0 && x->off < k->refs[i - 1].off + k->refs[i - 1].len) {
+            snprintf(err, errlen, "two dirty bitmap L1 entries name the "
+                     "cluster at byte %" PRIu64, x->off);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
 /* ext_off and the Format Extension: the clusters it owns, or why it is
  * dropped. */
 static int check_ext(struct chk *k)
@@ -713,6 +740,9 @@ static int check_ext(struct chk *k)
             }
         }
         parallels_ext_free(&ext);
+    }
+    if (r == 0) {
+        r = bitmap_clusters_distinct(k, off, err, sizeof(err));
     }
     free(buf);
     if (r == -ENOMEM) {
