@@ -232,20 +232,56 @@ def _():
     return im
 
 
+def poke_l1(im, index, value):
+    """Set L1 entry |index| (over every bitmap of the extension, in order)
+    to |value| sectors and store a matching MD5."""
+    ext = im.hdr()['ext_off'] * 512
+    cluster = bytearray(im.peek(ext, CS))
+    l1 = cl.bitmap_l1_offsets(cluster)
+    check(len(l1) > index and
+          struct.unpack_from('<Q', cluster, l1[index])[0] > 1,
+          'no L1 cluster %d: %r' % (index, l1))
+    struct.pack_into('<Q', cluster, l1[index], value)
+    cl.ext_set_checksum(cluster)
+    im.poke(ext, bytes(cluster))
+    return [struct.unpack_from('<Q', cluster, p)[0] for p in l1]
+
+
 @case('bitmap-collision', 'the L1 entry of the bitmap names the cluster '
       'of guest 7 (MD5 recomputed): guest 7 keeps its data, the extension '
       'is dropped and its cluster freed', 2, ['ext-collision', 'leak'])
 def _():
     im = base(bitmap=True)
-    ext = im.hdr()['ext_off'] * 512
-    cluster = bytearray(im.peek(ext, CS))
-    l1 = cl.bitmap_l1_offsets(cluster)
-    check(l1 and struct.unpack_from('<Q', cluster, l1[0])[0] > 1,
-          'the bitmap has no L1 cluster')
-    struct.pack_into('<Q', cluster, l1[0], im.host(7) // 512)
+    poke_l1(im, 0, im.host(7) // 512)
     im.touched = set()
-    cl.ext_set_checksum(cluster)
-    im.poke(ext, bytes(cluster))
+    return im
+
+
+@case('bitmap-on-ext', 'the L1 entry of the bitmap names the Format '
+      'Extension\'s own cluster (MD5 recomputed): storing the bitmap would '
+      'overwrite the extension; it is dropped, its clusters freed', 2,
+      ['ext-invalid', 'leak'])
+def _():
+    im = base(bitmap=True)
+    poke_l1(im, 0, im.hdr()['ext_off'])
+    im.touched = set()
+    return im
+
+
+@case('bitmap-shared-cluster', 'two bitmaps whose L1 entries name the '
+      'same cluster (MD5 recomputed): the extension is dropped, its '
+      'clusters freed', 2, ['ext-invalid', 'leak'])
+def _():
+    im = base()
+    for _ in range(2):
+        prl_img('bitmap', '--add', '-g', str(CS), im.path, 'auto')
+    prl_io(im.path, ['write 0 %d %s:0' % (CS, cl.save_ref(im))])
+    ext = im.hdr()['ext_off'] * 512
+    first = cl.bitmap_l1_offsets(bytearray(im.peek(ext, CS)))
+    check(len(first) == 2, 'want two bitmaps of one L1 entry: %r' % first)
+    l1 = struct.unpack_from('<Q', im.peek(ext, CS), first[0])[0]
+    poke_l1(im, 1, l1)
+    im.touched = set()
     return im
 
 
