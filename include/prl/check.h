@@ -11,6 +11,9 @@
 #define PRL_CHECK_FIX_LEAKS (1u << 0)
 #define PRL_CHECK_FIX_ERRORS (1u << 1)
 #define PRL_CHECK_FIX_ALL (PRL_CHECK_FIX_LEAKS | PRL_CHECK_FIX_ERRORS)
+/* Bundles: accept image files outside the bundle directory (as
+ * PRL_OPEN_BUNDLE_EXTERNAL does for opens). */
+#define PRL_CHECK_ALLOW_EXTERNAL (1u << 8)
 
 enum prl_finding_class {
     PRL_FINDING_CORRUPTION, /* makes reads wrong or writes dangerous */

@@ -470,6 +470,10 @@ int prl_block_check(const char *path, const char *format, unsigned fix,
         return prl_error(ENOTSUP, "format '%s' does not support checks",
                          drv->name);
     }
+    /* Only bundles resolve other files; the rest see the repair bits. */
+    if (drv != &prl_driver_bundle) {
+        fix &= PRL_CHECK_FIX_ALL;
+    }
     return drv->check(path, fix, res);
 }
 

@@ -1082,6 +1082,8 @@ static int bundle_check(const char *path, unsigned fix,
     if (r < 0) {
         return r;
     }
+    bool external = fix & PRL_CHECK_ALLOW_EXTERNAL;
+    fix &= PRL_CHECK_FIX_ALL;
     r = bundle_lock(dir, fix != 0, &lock_fd);
     if (r == 0) {
         r = bundle_desc_load(desc, &d);
@@ -1097,7 +1099,7 @@ static int bundle_check(const char *path, unsigned fix,
         struct prl_block *bs;
         char *file;
 
-        if (resolve_file(dir, im->file, false, &file) < 0) {
+        if (resolve_file(dir, im->file, external, &file) < 0) {
             r = bundle_finding(res, PRL_FINDING_CORRUPTION, "bundle-file",
                                "image %s: %s", im->guid, prl_error_message());
             continue;

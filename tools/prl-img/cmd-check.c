@@ -260,7 +260,11 @@ int cmd_check(int argc, char **argv)
     path = argv[optind];
 
     memset(&repair, 0, sizeof(repair));
+    unsigned external = (img_open_flags & PRL_OPEN_BUNDLE_EXTERNAL)
+                            ? PRL_CHECK_ALLOW_EXTERNAL
+                            : 0;
     if (fix) {
+        fix |= external;
         r = prl_block_check(path, format, fix, &repair);
         if (r == -ENOTSUP) {
             img_lib_err();
@@ -273,7 +277,7 @@ int cmd_check(int argc, char **argv)
         repaired = true;
     }
     /* Check (again, after a repair) to report what remains. */
-    r = prl_block_check(path, format, 0, &res);
+    r = prl_block_check(path, format, external, &res);
     if (r == -ENOTSUP) {
         img_lib_err();
         prl_check_result_free(&res);

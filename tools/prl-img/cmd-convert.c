@@ -664,9 +664,20 @@ int cmd_convert(int argc, char **argv)
     if (check_not_source(argv[optind], argv[optind + 1]) < 0) {
         goto out;
     }
+    if (a.bitmaps && !a.no_create && strcmp(a.dst_fmt, "parallels") != 0) {
+        img_err("--bitmaps: format %s cannot store dirty bitmaps; use -O "
+                "parallels", a.dst_fmt);
+        goto out;
+    }
     if (open_target(argv[optind + 1], a.dst_fmt, a.dst_fmt_given, a.opts,
                     a.no_create, a.no_flush, prl_block_size(s.src),
                     &s.dst) < 0) {
+        goto out;
+    }
+    if (a.bitmaps && strcmp(prl_block_format(s.dst), "parallels") != 0) {
+        /* Refuse before copying anything, not after. */
+        img_err("--bitmaps: format %s cannot store dirty bitmaps; use -O "
+                "parallels", prl_block_format(s.dst));
         goto out;
     }
     if (plan_copy(&s, a.sparse, a.unordered) < 0) {
