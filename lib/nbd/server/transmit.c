@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
-/* The transmission phase: workers that take turns reading requests off
- * the socket (leader/follower, so no request is handed between threads),
- * run them on the export and answer each as soon as it is done. */
+/* The transmission phase: workers that take turns reading batches of
+ * requests off the socket (leader/follower, so no request is handed
+ * between threads), serve them on the export (inline while that is fast,
+ * in parallel once it is not) and send each batch's replies together. */
 #include "nbd/server/internal.h"
 #include "common/util.h"
 #include "prl/error.h"
