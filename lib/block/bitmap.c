@@ -354,10 +354,16 @@ int prl_bitmap_merge(struct prl_block *bs, const char *dst_name,
     if (r < 0) {
         return r;
     }
-    if (src_bs != bs) {
+    /* Two handles are locked in address order, so that merges both ways
+     * between them at once cannot deadlock. */
+    bool src_first = src_bs != bs && (uintptr_t)src_bs < (uintptr_t)bs;
+    if (src_first) {
         pthread_rwlock_rdlock(&src_bs->bitmap_lock);
     }
     pthread_rwlock_wrlock(&bs->bitmap_lock);
+    if (src_bs != bs && !src_first) {
+        pthread_rwlock_rdlock(&src_bs->bitmap_lock);
+    }
     d = find_locked(bs, dst_name, NULL);
     s = find_locked(src_bs, src_name, NULL);
     if (!d) {
