@@ -43,6 +43,7 @@ struct chk {
     uint8_t *misplaced; /* per BAT entry: check_entries found it invalid */
     uint64_t allocated; /* non-zero BAT entries after the entry repairs */
     uint64_t append;   /* next free grid-aligned offset for copies */
+    bool necessary;    /* a NECESSARY feature prl cannot load: no change */
     uint64_t pending_free; /* old extension cluster to punch after commit */
 };
 
@@ -633,6 +634,21 @@ static int check_entries(struct chk *k)
     return 0;
 }
 
+/* A feature prl does not know: marked NECESSARY, the file must not be
+ * changed at all (parallels.rst). */
+static int unknown_feature(struct chk *k, const struct parallels_feature *f)
+{
+    if (f->flags & PARALLELS_FEATURE_NECESSARY) {
+        k->necessary = true;
+        return add_finding(k, PRL_FINDING_NOTE, "ext-necessary", -1,
+                           k->h.ext_off * PARALLELS_SECTOR, "Format "
+                           "Extension feature 0x%016" PRIx64 " is unknown "
+                           "and marked NECESSARY: the file must not be "
+                           "changed, so nothing is repaired", f->magic);
+    }
+    return 0;
+}
+
 /* Each bitmap cluster is its own: not the extension's cluster, and not
  * one another L1 entry names (storing one would overwrite the other).
  * The list holds only bitmap clusters when this runs. */
@@ -709,14 +725,21 @@ static int check_ext(struct chk *k)
         parallels_ext_free(&ext);
         r = -EINVAL;
     }
+    bool necessary_bitmap = false;
     if (r == 0) {
         /* The clusters of every bitmap belong to the image. */
         for (size_t i = 0; r == 0 && i < ext.n_features; i++) {
             struct parallels_feature *f = &ext.features[i];
             struct parallels_bitmap_info b;
+            if (f->magic != PARALLELS_FEATURE_DIRTY_BITMAP &&
+                f->magic != PARALLELS_FEATURE_PRL_ATTRS) {
+                r = unknown_feature(k, f);
+                continue;
+            }
             if (f->magic != PARALLELS_FEATURE_DIRTY_BITMAP) {
                 continue;
             }
+            necessary_bitmap |= f->flags & PARALLELS_FEATURE_NECESSARY;
             r = parallels_bitmap_decode(buf + f->data_pos, f->data_size, &b,
                                         err, sizeof(err));
             for (uint32_t j = 0; r == 0 && j < b.l1_size; j++) {
@@ -747,6 +770,17 @@ static int check_ext(struct chk *k)
     free(buf);
     if (r == -ENOMEM) {
         return r;
+    }
+    if (r < 0 && necessary_bitmap) {
+        r = add_finding(k, PRL_FINDING_NOTE, "ext-necessary", -1, off,
+                        "a dirty bitmap feature marked NECESSARY cannot be "
+                        "loaded (%s): the file must not be changed, so "
+                        "nothing is repaired", err);
+        k->necessary = true;
+        if (r < 0) {
+            return r;
+        }
+        r = -EINVAL;
     }
     if (r < 0) {
         /* Drop the bitmap clusters we may have added. */
@@ -1093,6 +1127,32 @@ static int mark_bitmaps_inconsistent(struct chk *k)
     return r;
 }
 
+/* A NECESSARY feature prl cannot load: the file must not change.  The
+ * repairs decided before the extension was read (header fields) are not
+ * written yet; take them back and only check from here on. */
+static void forbid_repairs(struct chk *k)
+{
+    for (size_t i = 0; i < k->res->n_findings; i++) {
+        struct prl_finding *f = &k->res->findings[i];
+        if (!f->fixed) {
+            continue;
+        }
+        f->fixed = false;
+        f->data_lost = false;
+        free(f->action);
+        f->action = NULL;
+        if (f->cls == PRL_FINDING_CORRUPTION) {
+            k->res->corruptions++;
+            k->res->corruptions_fixed--;
+        } else if (f->cls == PRL_FINDING_LEAK) {
+            k->res->leaks++;
+            k->res->leaks_fixed--;
+        }
+    }
+    k->fix_errors = k->fix_leaks = false;
+    k->header_changed = k->bat_changed = false;
+}
+
 static int run_check(struct chk *k)
 {
     uint8_t hbuf[PARALLELS_HEADER_SIZE];
@@ -1198,6 +1258,9 @@ static int run_check(struct chk *k)
         k->append = PRL_MAX(k->append, grid_up(k, high + k->lay.cluster_size));
     }
     r = check_ext(k);
+    if (r == 0 && k->necessary) {
+        forbid_repairs(k);
+    }
     for (size_t i = 0; r == 0 && i < k->n_refs; i++) {
         k->append = PRL_MAX(k->append, grid_up(k, k->refs[i].off +
                                                k->refs[i].len));
