@@ -34,16 +34,19 @@ class Case:
 
     rc: exit status of the first check; kinds: the kinds of finding it
     must report, and no other; fixed: those -r must fix (default: all).
-    repair: '-r' argument, or None when the damage cannot be repaired
-    (the file must then stay unchanged and the check keep failing).
+    repair: '-r' argument, or None when the image must not be repaired
+    (the file must then stay unchanged and check -r all say what check
+    said); opens_ro: such an image still opens read-only.
     qemu: exit status qemu-img check gives the repaired image (0 unless
     QEMU 7.2 is wrong about it; the case says why)."""
 
     def __init__(self, name, doc, build, rc, kinds, repair='all', qemu=0,
-                 post=None, seed=True, qemu_why=None, fixed=None):
+                 post=None, seed=True, qemu_why=None, fixed=None,
+                 opens_ro=False):
         self.name, self.doc, self.build = name, doc, build
         self.rc, self.kinds, self.repair = rc, kinds, repair
         self.fixed = kinds if fixed is None else fixed
+        self.opens_ro = opens_ro  # unrepairable, yet it opens read-only
         self.qemu, self.post, self.seed = qemu, post, seed
         self.qemu_why = qemu_why
 
@@ -301,6 +304,51 @@ def _():
     im = base(bitmap=True)
     off = im.hdr()['ext_off'] * 512
     im.poke(off + 100, bytes([im.peek(off + 100, 1)[0] ^ 0xff]))
+    return im
+
+
+@case('ext-necessary', 'a valid Format Extension with an unknown feature '
+      'marked NECESSARY, on an image left in use with a leaked tail: the '
+      'file must not be changed (parallels.rst), so check -r all, and the '
+      'read-write open that would repair it, change nothing', 3,
+      ['ext-necessary', 'unclean-close', 'leak-tail'], repair=None,
+      opens_ro=True, qemu=1, qemu_why='QEMU 7.2 refuses any feature with '
+      'flags')
+def _():
+    import parext
+    im = base()
+    end = im.file_size()
+    im.poke(end, parext.ext_cluster(
+        [parext.Feature(0x1122334455667788, parext.NECESSARY, b'x' * 13)],
+        CS))
+    im.set_field('ext_off', end // 512)
+    with open(im.path, 'ab') as f:
+        f.write(b'\xaa' * CS)
+    im.set_field('in_use', DIRTY)
+    im.touched = set()
+    return im
+
+
+@case('bitmap-necessary-invalid', 'a dirty bitmap feature marked '
+      'NECESSARY whose L1 entry points past the end of the file: the '
+      'extension cannot be loaded and must not be dropped; nothing is '
+      'repaired', 2, ['ext-invalid', 'ext-necessary', 'leak'], repair=None,
+      opens_ro=True, qemu=1, qemu_why='QEMU 7.2 refuses any feature with '
+      'flags')
+def _():
+    im = base(bitmap=True)
+    ext = im.hdr()['ext_off'] * 512
+    cluster = bytearray(im.peek(ext, CS))
+    l1 = cl.bitmap_l1_offsets(cluster)
+    check(l1, 'no bitmap')
+    # Feature header: magic, flags, data_size; L1 entries follow the
+    # 32 fixed bytes of its data.
+    feature = l1[0] - 32 - 24
+    struct.pack_into('<Q', cluster, feature + 8, 1)
+    struct.pack_into('<Q', cluster, l1[0], im.file_size() // 512 + 64)
+    cl.ext_set_checksum(cluster)
+    im.poke(ext, bytes(cluster))
+    im.touched = set()
     return im
 
 
@@ -605,19 +653,25 @@ def run_case(c):
 
     if c.repair is None:
         rc, j = cl.prl_check(p, '-r', 'all')
-        check(rc == 2, '%s: check -r all exited %d on an unrepairable image'
-              % (c.name, rc))
+        check(rc == c.rc, '%s: check -r all exited %d on an unrepairable '
+              'image' % (c.name, rc))
+        check(j['corruptions-fixed'] + j['leaks-fixed'] == 0 and
+              not [f for f in j['findings'] if f['fixed']],
+              '%s: check -r all says it fixed something: %s' % (c.name, j))
         no_duplicates(c, j)
         check(sha256(p) == before, c.name + ': an unrepairable image was '
               'changed by check -r all')
         rc, _, r = cl.qemu_check(p)
         check(rc == c.qemu, '%s: qemu-img check exited %d, want %d: %r'
               % (c.name, rc, c.qemu, r))
-        # Open refuses it too, read-only and read-write.
+        # Open refuses it too, read-write (and read-only unless opens_ro).
         for ro in (True, False):
             r = prl_io(p, ['info'], fmt='parallels', readonly=ro, want=None)
-            check(r.rc != 0, '%s: opened (read-only: %s)' % (c.name, ro))
+            check((r.rc == 0) == (ro and c.opens_ro),
+                  '%s: open (read-only: %s) exited %d' % (c.name, ro, r.rc))
         check(sha256(p) == before, c.name + ': changed by an open attempt')
+        if c.opens_ro:
+            cl.same_guest(p, im.ref, c.name + ' (read-only)')
         if c.post:
             c.post(im)
             cl.same_guest(p, im.ref, c.name + ' (field restored by hand)')
