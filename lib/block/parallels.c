@@ -693,6 +693,14 @@ static int load_bitmap(struct prl_block *bs, struct parallels_state *s,
                  UINT32_MAX / PARALLELS_SECTOR);
         return -EINVAL;
     }
+    /* The id is the bitmap's name: one bitmap per name. */
+    for (size_t i = 0; i < bs->n_bitmaps; i++) {
+        if (memcmp(bs->bitmaps[i]->id, bi.id, 16) == 0) {
+            snprintf(err, errlen, "id = %s is the id of an earlier bitmap",
+                     bs->bitmaps[i]->name);
+            return -EINVAL;
+        }
+    }
     b = prl_dirty_bitmap_new(bi.id, (uint64_t)bi.granularity *
                              PARALLELS_SECTOR, bs->size);
     if (!b) {
