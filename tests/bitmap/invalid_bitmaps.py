@@ -4,11 +4,12 @@ valid one: size other than the disk's sectors, granularity 0 or not a
 power of two, data_size too small, l1_size wrong or past data_size, and
 L1 entries misaligned, inside the header/BAT, past the end of the file,
 on a BAT cluster, on the extension cluster, on another bitmap's cluster
-or twice the same.  Each is reported by field and value and dropped:
-read-only opens list only the valid bitmap and change nothing; a
-read-write session stores the valid one (old bits and new) without the
-invalid one.  Marked NECESSARY, the invalid one makes the image
-read-only: a read-write open fails and the file is unchanged."""
+or twice the same, and a second bitmap with the first's id.  Each is
+reported by field and value and dropped: read-only opens list only the
+valid bitmap and change nothing; a read-write session stores the valid
+one (old bits and new) without the invalid one.  Marked NECESSARY, the
+invalid one makes the image read-only: a read-write open fails and the
+file is unchanged."""
 
 import os
 import sys
@@ -104,6 +105,9 @@ CASES = [
     ('l1-bat-cluster', at('bat0'), 'L1 entry 0 = %d'),
     ('l1-ext-cluster', at('ext', pos=1), 'L1 entry 1 = %d'),
     ('l1-other-bitmap', at('good'), 'L1 entry 0 = %d'),
+    ('same-id', lambda lay: parext.bitmap_feature(
+        SECTORS, GOOD, 2, [0] * parext.l1_size(SIZE, 1024, CS)),
+     'id = %s is the id of an earlier bitmap' % GOOD),
     ('l1-twice', lambda lay: bm([lay['spare'] // 512, lay['spare'] // 512,
                                  0]),
      'L1 entry 1 = %d'),

@@ -179,8 +179,8 @@ def read_bitmaps(path, skipped=None):
     """Every valid dirty bitmap stored in the file, rebuilt from the
     spec: a dict name -> {granularity (bytes), bits (bytes, bit i of the
     disk = bit i % 8 of byte i // 8), l1 (entries), attrs (prl's flags)}.
-    Bitmap features that break the field rules are left out (and their
-    reasons appended to |skipped|)."""
+    Bitmap features that break the field rules, or repeat an earlier one's
+    id, are left out (and their reasons appended to |skipped|)."""
     h, c = read_ext(path)
     if c is None:
         return {}
@@ -225,6 +225,10 @@ def read_bitmaps(path, skipped=None):
                     bits += chunk + bytes(n - len(chunk))
             b['granularity'] *= SECTOR
             b['bits'] = bytes(bits)
+            if b['name'] in out:
+                if skipped is not None:
+                    skipped.append('id %s again' % b['name'])
+                continue
             out[b['name']] = b
     for name, fl in attrs.items():
         if name in out:
