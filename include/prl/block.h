@@ -100,8 +100,10 @@ uint32_t prl_block_preferred_size(const struct prl_block *bs);
 /* Guest I/O.  offset+length must lie inside the image (else -EINVAL);
  * writes need PRL_CAP_WRITE (else -EROFS).  length 0 is a no-op.  Returns
  * 0 or a negative errno with a message set.  Zero makes the range read as
- * zeroes (freeing whole clusters unless PRL_REQ_NO_UNMAP); trim may
- * discard data, and in prl's drivers also reads back as zeroes. */
+ * zeroes (freeing space unless PRL_REQ_NO_UNMAP).  Trim may discard data:
+ * afterwards the range reads as zeroes in Parallels images, and in raw
+ * files where the file system can punch holes (elsewhere it keeps its
+ * data). */
 int prl_block_pread(struct prl_block *bs, void *buf, uint64_t length,
                     uint64_t offset, unsigned flags);
 int prl_block_pwrite(struct prl_block *bs, const void *buf, uint64_t length,

@@ -141,6 +141,23 @@ int prl_file_zero(struct prl_file *f, uint64_t off, uint64_t len,
 {
     int r;
 
+    if (!keep_allocated) {
+        /* Give the space back when allowed: a punched hole reads zero. */
+        uint64_t size;
+        r = prl_file_size(f, &size);
+        if (r < 0) {
+            return r;
+        }
+        r = prl_file_punch(f, off, len);
+        if (r == 0) {
+            /* A punch keeps the size: extend the file when the range
+             * ended past it, as a zero write would have. */
+            return off + len > size ? prl_file_truncate(f, off + len) : 0;
+        }
+        if (r != -ENOTSUP) {
+            return r;
+        }
+    }
     if (!f->no_zero_range) {
         if (fallocate(f->fd, FALLOC_FL_ZERO_RANGE, (off_t)off,
                       (off_t)len) == 0) {
@@ -151,25 +168,6 @@ int prl_file_zero(struct prl_file *f, uint64_t off, uint64_t len,
                                    f->path, off);
         }
         f->no_zero_range = true;
-    }
-    if (!keep_allocated) {
-        uint64_t size;
-        r = prl_file_size(f, &size);
-        if (r < 0) {
-            return r;
-        }
-        r = prl_file_punch(f, off, len);
-        if (r == 0) {
-            /* A punch keeps the size: extend the file when the range
-             * ended past it, as a zero write would have. */
-            if (off + len > size) {
-                return prl_file_truncate(f, off + len);
-            }
-            return 0;
-        }
-        if (r != -ENOTSUP) {
-            return r;
-        }
     }
     if (fast_only) {
         return prl_error(ENOTSUP, "'%s': no fast way to zero", f->path);

@@ -33,9 +33,9 @@ int prl_file_pread(struct prl_file *f, void *buf, size_t len, uint64_t off);
 int prl_file_pwrite(struct prl_file *f, const void *buf, size_t len,
                     uint64_t off);
 
-/* Make [off, off+len) read as zeroes: FALLOC_FL_ZERO_RANGE (keeps the
- * allocation), else, unless |keep_allocated|, punch a hole, else write
- * zeroes.  With |fast_only|, -ENOTSUP instead of writing zeroes. */
+/* Make [off, off+len) read as zeroes: unless |keep_allocated|, punch a
+ * hole (space goes back to the host), else FALLOC_FL_ZERO_RANGE, else
+ * write zeroes.  With |fast_only|, -ENOTSUP instead of writing zeroes. */
 int prl_file_zero(struct prl_file *f, uint64_t off, uint64_t len,
                   bool keep_allocated, bool fast_only);
 /* Punch a hole (reads back zero).  -ENOTSUP when the file system can't. */
