@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Check and repair of Parallels images: every header, BAT and file-level
  * rule of parallels.rst, repaired without losing data that can be kept. */
+#include "block/bitmap.h"
 #include "block/parallels-check.h"
 #include "block/parallels-ext.h"
 #include "block/parallels-format.h"
@@ -20,11 +21,11 @@
 struct ref {
     uint64_t off;
     uint64_t len;
-    int64_t owner; /* BAT index, or REF_EXT / REF_BITMAP */
+    int64_t owner; /* BAT index, REF_EXT, or REF_BITMAP(feature index) */
 };
 
 #define REF_EXT (-1)
-#define REF_BITMAP (-2)
+#define REF_BITMAP(i) (-2 - (int64_t)(i))
 
 struct chk {
     struct prl_file f;
@@ -38,6 +39,11 @@ struct chk {
     uint64_t needed;   /* BAT entries the virtual size needs */
     bool header_changed, bat_changed;
     bool ext_valid;    /* ext_off points at a parsed, checksummed cluster */
+    uint8_t *ext_buf;  /* that cluster, as read */
+    bool *ext_drop;    /* per feature of ext_buf: an invalid bitmap */
+    size_t n_dropped;  /* bitmaps -r all drops from the extension */
+    uint64_t *bat_sorted; /* host offsets of the BAT entries, sorted */
+    size_t n_bat_sorted;
     struct ref *refs;
     size_t n_refs, cap_refs;
     uint8_t *misplaced; /* per BAT entry: check_entries found it invalid */
@@ -45,6 +51,7 @@ struct chk {
     uint64_t append;   /* next free grid-aligned offset for copies */
     bool necessary;    /* a NECESSARY feature prl cannot load: no change */
     uint64_t pending_free; /* old extension cluster to punch after commit */
+    uint64_t pending_end;  /* then the file's end, when that was the last */
 };
 
 static int add_finding(struct chk *k, enum prl_finding_class cls,
@@ -649,31 +656,190 @@ static int unknown_feature(struct chk *k, const struct parallels_feature *f)
     return 0;
 }
 
-/* Each bitmap cluster is its own: not the extension's cluster, and not
- * one another L1 entry names (storing one would overwrite the other).
- * The list holds only bitmap clusters when this runs. */
-static int bitmap_clusters_distinct(struct chk *k, uint64_t ext, char *err,
-                                    size_t errlen)
+static int cmp_u64(const void *a, const void *b)
 {
-    int r = sort_refs(k);
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
 
+    return x < y ? -1 : x > y;
+}
+
+/* True when [off, off + cluster) shares bytes with a cluster a BAT entry
+ * names (inside the file).  The sorted list is made on first use. */
+static int bat_uses(struct chk *k, uint64_t off, bool *used)
+{
+    uint64_t cs = k->lay.cluster_size;
+
+    if (!k->bat_sorted) {
+        k->bat_sorted = prl_malloc((size_t)PRL_MAX(k->nbat, 1) * 8);
+        if (!k->bat_sorted) {
+            return -ENOMEM;
+        }
+        for (uint64_t c = 0; c < k->nbat; c++) {
+            uint64_t e = entry_off(k, k->bat[c]);
+            if (k->bat[c] && e < k->file_size) {
+                k->bat_sorted[k->n_bat_sorted++] = e;
+            }
+        }
+        qsort(k->bat_sorted, k->n_bat_sorted, 8, cmp_u64);
+    }
+    /* The last entry below off + cs overlaps when it ends past off. */
+    size_t lo = 0, hi = k->n_bat_sorted;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (k->bat_sorted[mid] < off + cs) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    *used = lo > 0 && k->bat_sorted[lo - 1] + cs > off;
+    return 0;
+}
+
+/* The rules the driver applies when it loads dirty bitmap feature |i|
+ * (size, granularity, id, l1_size, L1 entries), and that each cluster
+ * its L1 table names is its own: not the extension's, not guest data,
+ * not another bitmap's, not named twice.  Adds its clusters to the list;
+ * -EINVAL with |err| when it is invalid (its clusters then stay listed
+ * for the caller to remove). */
+static int check_bitmap(struct chk *k, const struct parallels_feature *f,
+                        size_t i, uint8_t (*ids)[16], size_t n_ids,
+                        uint64_t ext, char *err, size_t errlen)
+{
+    uint64_t cs = k->lay.cluster_size, sectors, gran, bytes, want;
+    struct parallels_bitmap_info b;
+    size_t first = k->n_refs;
+    int r;
+
+    r = parallels_bitmap_decode(k->ext_buf + f->data_pos, f->data_size, &b,
+                                err, errlen);
     if (r < 0) {
         return r;
     }
-    for (size_t i = 0; i < k->n_refs; i++) {
-        const struct ref *x = &k->refs[i];
-        if (x->off < ext + k->lay.cluster_size && ext < x->off + x->len) {
-            snprintf(err, errlen, "a dirty bitmap L1 entry names its own "
-                     "cluster (byte %" PRIu64 ")", x->off);
-            return -EINVAL;
-        }
-        if (i > 0 && x->off < k->refs[i - 1].off + k->refs[i - 1].len) {
-            snprintf(err, errlen, "two dirty bitmap L1 entries name the "
-                     "cluster at byte %" PRIu64, x->off);
+    sectors = k->lay.virtual_size / PARALLELS_SECTOR;
+    if (b.size != sectors) {
+        snprintf(err, errlen, "size = %" PRIu64 " sectors, but the disk has "
+                 "%" PRIu64, b.size, sectors);
+        return -EINVAL;
+    }
+    if (b.granularity == 0 || !prl_is_power_of_2(b.granularity) ||
+        b.granularity > UINT32_MAX / PARALLELS_SECTOR) {
+        snprintf(err, errlen, "granularity = %" PRIu32 " sectors is not a "
+                 "power of two in 1..%u", b.granularity,
+                 UINT32_MAX / PARALLELS_SECTOR);
+        return -EINVAL;
+    }
+    for (size_t j = 0; j < n_ids; j++) {
+        if (memcmp(ids[j], b.id, 16) == 0) {
+            char name[PRL_BITMAP_NAME_SIZE];
+            prl_uuid_unparse(b.id, name);
+            snprintf(err, errlen, "id = %s is the id of an earlier bitmap",
+                     name);
             return -EINVAL;
         }
     }
+    gran = (uint64_t)b.granularity * PARALLELS_SECTOR;
+    bytes = prl_div_round_up(prl_div_round_up(k->lay.virtual_size, gran), 8);
+    want = prl_div_round_up(bytes, cs);
+    if (b.l1_size != want) {
+        snprintf(err, errlen, "l1_size = %" PRIu32 ", but %" PRIu64 " bytes "
+                 "of bitmap in clusters of %" PRIu64 " need %" PRIu64,
+                 b.l1_size, bytes, cs, want);
+        return -EINVAL;
+    }
+    for (uint32_t j = 0; j < b.l1_size; j++) {
+        uint64_t e = parallels_get_le64(b.l1 + (size_t)j * 8), off;
+        const char *why;
+        bool used = false;
+        if (e <= 1) {
+            continue;
+        }
+        off = e * PARALLELS_SECTOR;
+        why = e > UINT64_MAX / PARALLELS_SECTOR
+                  ? "overflows a byte offset"
+                  : parallels_offset_problem(&k->lay, off, k->file_size);
+        if (!why && off < ext + cs && ext < off + cs) {
+            why = "is the Format Extension's own cluster";
+        }
+        if (!why) {
+            r = bat_uses(k, off, &used);
+            if (r < 0) {
+                return r;
+            }
+            why = used ? "is a cluster of guest data" : NULL;
+        }
+        if (why) {
+            snprintf(err, errlen, "L1 entry %" PRIu32 " = %" PRIu64 " %s",
+                     j, e, why);
+            return -EINVAL;
+        }
+        r = add_ref(k, off, cs, REF_BITMAP(i));
+        if (r < 0) {
+            return r;
+        }
+    }
+    /* Only bitmap clusters are listed yet: equal offsets next to each
+     * other after sorting, one of them this bitmap's, are a cluster
+     * named twice. */
+    if (k->n_refs > first) {
+        r = sort_refs(k);
+        if (r < 0) {
+            return r;
+        }
+        for (size_t j = 1; j < k->n_refs; j++) {
+            const struct ref *x = &k->refs[j - 1], *y = &k->refs[j];
+            if (x->off == y->off &&
+                (x->owner == REF_BITMAP(i) || y->owner == REF_BITMAP(i))) {
+                snprintf(err, errlen, "an L1 entry names the cluster at "
+                         "byte %" PRIu64 ", which %s", x->off,
+                         x->owner == y->owner ? "another of its entries "
+                         "names" : "an earlier bitmap uses");
+                return -EINVAL;
+            }
+        }
+    }
+    memcpy(ids[n_ids], b.id, 16);
     return 0;
+}
+
+/* Bitmap feature |i| is invalid: its clusters are not the image's; -r all
+ * drops it from the extension (and its clusters as leaks), keeping the
+ * other bitmaps.  Marked NECESSARY, nothing may change. */
+static int invalid_bitmap(struct chk *k, const struct parallels_feature *f,
+                          size_t i, uint64_t ext, const char *err)
+{
+    char name[PRL_BITMAP_NAME_SIZE] = "?";
+    size_t w = 0;
+    int r;
+
+    for (size_t j = 0; j < k->n_refs; j++) {
+        if (k->refs[j].owner != REF_BITMAP(i)) {
+            k->refs[w++] = k->refs[j];
+        }
+    }
+    k->n_refs = w;
+    if (f->data_size >= 24) {
+        prl_uuid_unparse(k->ext_buf + f->data_pos + 8, name);
+    }
+    if (f->flags & PARALLELS_FEATURE_NECESSARY) {
+        k->necessary = true;
+        r = add_finding(k, PRL_FINDING_NOTE, "ext-necessary", -1, ext,
+                        "dirty bitmap %s is marked NECESSARY and cannot be "
+                        "loaded: the file must not be changed, so nothing "
+                        "is repaired", name);
+        if (r < 0) {
+            return r;
+        }
+    }
+    r = add_finding(k, PRL_FINDING_CORRUPTION, "bitmap-invalid", -1, ext,
+                    "dirty bitmap %s (feature %zu of the Format Extension "
+                    "at byte %" PRIu64 ") is invalid: %s", name, i, ext, err);
+    if (r == 0 && k->fix_errors) {
+        k->ext_drop[i] = true;
+        k->n_dropped++;
+        fixed(k, "dropped this bitmap; the others are kept");
+    }
+    return r;
 }
 
 /* ext_off and the Format Extension: the clusters it owns, or why it is
@@ -683,6 +849,8 @@ static int check_ext(struct chk *k)
     uint64_t cs = k->lay.cluster_size, off;
     const char *why = NULL;
     struct parallels_ext ext;
+    uint8_t (*ids)[16] = NULL;
+    size_t n_ids = 0;
     uint8_t *buf;
     char err[256];
     int r;
@@ -725,72 +893,11 @@ static int check_ext(struct chk *k)
         parallels_ext_free(&ext);
         r = -EINVAL;
     }
-    bool necessary_bitmap = false;
-    if (r == 0) {
-        /* The clusters of every bitmap belong to the image. */
-        for (size_t i = 0; r == 0 && i < ext.n_features; i++) {
-            struct parallels_feature *f = &ext.features[i];
-            struct parallels_bitmap_info b;
-            if (f->magic != PARALLELS_FEATURE_DIRTY_BITMAP &&
-                f->magic != PARALLELS_FEATURE_PRL_ATTRS) {
-                r = unknown_feature(k, f);
-                continue;
-            }
-            if (f->magic != PARALLELS_FEATURE_DIRTY_BITMAP) {
-                continue;
-            }
-            necessary_bitmap |= f->flags & PARALLELS_FEATURE_NECESSARY;
-            r = parallels_bitmap_decode(buf + f->data_pos, f->data_size, &b,
-                                        err, sizeof(err));
-            for (uint32_t j = 0; r == 0 && j < b.l1_size; j++) {
-                uint64_t e = parallels_get_le64(b.l1 + (size_t)j * 8);
-                const char *p;
-                if (e <= 1) {
-                    continue;
-                }
-                p = e > UINT64_MAX / PARALLELS_SECTOR
-                        ? "overflows"
-                        : parallels_offset_problem(&k->lay,
-                                                   e * PARALLELS_SECTOR,
-                                                   k->file_size);
-                if (p) {
-                    snprintf(err, sizeof(err), "dirty bitmap L1 entry %"
-                             PRIu32 " = %" PRIu64 " %s", j, e, p);
-                    r = -EINVAL;
-                } else {
-                    r = add_ref(k, e * PARALLELS_SECTOR, cs, REF_BITMAP);
-                }
-            }
-        }
-        parallels_ext_free(&ext);
-    }
-    if (r == 0) {
-        r = bitmap_clusters_distinct(k, off, err, sizeof(err));
-    }
-    free(buf);
-    if (r == -ENOMEM) {
-        return r;
-    }
-    if (r < 0 && necessary_bitmap) {
-        r = add_finding(k, PRL_FINDING_NOTE, "ext-necessary", -1, off,
-                        "a dirty bitmap feature marked NECESSARY cannot be "
-                        "loaded (%s): the file must not be changed, so "
-                        "nothing is repaired", err);
-        k->necessary = true;
-        if (r < 0) {
+    if (r < 0) {
+        free(buf);
+        if (r != -EINVAL) {
             return r;
         }
-        r = -EINVAL;
-    }
-    if (r < 0) {
-        /* Drop the bitmap clusters we may have added. */
-        size_t w = 0;
-        for (size_t i = 0; i < k->n_refs; i++) {
-            if (k->refs[i].owner != REF_BITMAP) {
-                k->refs[w++] = k->refs[i];
-            }
-        }
-        k->n_refs = w;
         add_finding(k, PRL_FINDING_CORRUPTION, "ext-invalid", -1, off,
                     "the Format Extension at byte %" PRIu64 " is invalid: %s",
                     off, err);
@@ -800,6 +907,37 @@ static int check_ext(struct chk *k)
             fixed(k, "dropped the Format Extension");
         }
         return 0;
+    }
+    k->ext_buf = buf;
+    k->ext_drop = prl_calloc(PRL_MAX(ext.n_features, 1), sizeof(bool));
+    ids = prl_calloc(PRL_MAX(ext.n_features, 1), 16);
+    if (!k->ext_drop || !ids) {
+        parallels_ext_free(&ext);
+        free(ids);
+        return -ENOMEM;
+    }
+    /* The clusters of every valid bitmap belong to the image. */
+    for (size_t i = 0; r == 0 && i < ext.n_features; i++) {
+        struct parallels_feature *f = &ext.features[i];
+        if (f->magic != PARALLELS_FEATURE_DIRTY_BITMAP &&
+            f->magic != PARALLELS_FEATURE_PRL_ATTRS) {
+            r = unknown_feature(k, f);
+            continue;
+        }
+        if (f->magic != PARALLELS_FEATURE_DIRTY_BITMAP) {
+            continue;
+        }
+        r = check_bitmap(k, f, i, ids, n_ids, off, err, sizeof(err));
+        if (r == 0) {
+            n_ids++;
+        } else if (r == -EINVAL) {
+            r = invalid_bitmap(k, f, i, off, err);
+        }
+    }
+    parallels_ext_free(&ext);
+    free(ids);
+    if (r < 0) {
+        return r;
     }
     k->ext_valid = true;
     return add_ref(k, off, cs, REF_EXT);
@@ -1070,59 +1208,151 @@ static int write_back(struct chk *k)
     return r;
 }
 
-/* Rewrite the extension into a fresh cluster with every bitmap marked
- * inconsistent; the header switch happens in write_back. */
-static int mark_bitmaps_inconsistent(struct chk *k)
+/* Once the header names the new extension (|end|: the end of its
+ * cluster, 0 when there is none), the old one at |old| is punched, and
+ * when it was the last cluster of the file the file ends after what is
+ * still referenced. */
+static void free_old_ext(struct chk *k, uint64_t old, uint64_t end)
+{
+    uint64_t cs = k->lay.cluster_size;
+
+    k->pending_free = old;
+    k->pending_end = 0;
+    if (old + cs < k->file_size) {
+        return;
+    }
+    end = PRL_MAX(end, k->lay.data_off);
+    for (size_t i = 0; i < k->n_refs; i++) {
+        if (k->refs[i].owner != REF_EXT) {
+            end = PRL_MAX(end, k->refs[i].off + k->refs[i].len);
+        }
+    }
+    k->pending_end = end < k->file_size ? end : 0;
+}
+
+/* Punch the old extension cluster (see free_old_ext). */
+static int punch_old_ext(struct chk *k)
+{
+    int r = 0;
+
+    if (k->pending_free) {
+        r = prl_file_punch(&k->f, k->pending_free, k->lay.cluster_size);
+        r = r == -ENOTSUP ? 0 : r;
+    }
+    if (r == 0 && k->pending_end) {
+        r = prl_file_truncate(&k->f, k->pending_end);
+        if (r == 0) {
+            k->file_size = k->pending_end;
+        }
+    }
+    return r;
+}
+
+/* A cluster of the data area nothing references, below the last one
+ * something does when there is such a hole (QEMU 7.2 counts whatever
+ * follows the last BAT cluster as leaked, and its repair truncates it),
+ * else the next one past everything.  The list is sorted. */
+static uint64_t free_cluster(const struct chk *k)
+{
+    uint64_t cs = k->lay.cluster_size, pos = k->lay.data_off;
+
+    for (size_t i = 0; i < k->n_refs; i++) {
+        const struct ref *x = &k->refs[i];
+        if (x->off >= pos + cs) {
+            return pos;
+        }
+        pos = PRL_MAX(pos, grid_up(k, x->off + x->len));
+    }
+    return k->append;
+}
+
+/* Write the Format Extension anew into a fresh cluster: without the
+ * bitmaps -r all drops, and with every bitmap marked inconsistent when
+ * |inconsistent|.  The header switches to it in write_back and the old
+ * cluster is punched after; an extension left with no bitmap and no
+ * other feature is dropped instead. */
+static int rewrite_ext(struct chk *k, bool inconsistent)
 {
     uint64_t cs = k->lay.cluster_size;
     uint64_t old = k->h.ext_off * PARALLELS_SECTOR, to;
-    uint8_t *in, *out;
-    bool has_bitmaps = false;
+    struct parallels_ext_writer w;
     struct parallels_ext ext;
+    size_t bitmaps = 0, others = 0;
+    uint8_t *kept, *out;
     char err[128];
     int r;
 
-    in = prl_malloc((size_t)cs);
+    r = parallels_ext_parse(k->ext_buf, (size_t)cs, &ext, err, sizeof(err));
+    if (r < 0) {
+        return prl_error(EINVAL, "Format Extension: %s", err);
+    }
+    for (size_t i = 0; i < ext.n_features; i++) {
+        if (ext.features[i].magic == PARALLELS_FEATURE_DIRTY_BITMAP) {
+            bitmaps += !k->ext_drop[i];
+        } else if (ext.features[i].magic != PARALLELS_FEATURE_PRL_ATTRS) {
+            others++;
+        }
+    }
+    kept = prl_malloc((size_t)cs);
     out = prl_malloc((size_t)cs);
-    if (!in || !out) {
-        free(in);
-        free(out);
-        return -ENOMEM;
+    if (!kept || !out) {
+        r = -ENOMEM;
+        goto out;
     }
-    r = prl_file_pread(&k->f, in, (size_t)cs, old);
-    if (r == 0 && parallels_ext_parse(in, (size_t)cs, &ext, err,
-                                      sizeof(err)) == 0) {
-        for (size_t i = 0; i < ext.n_features; i++) {
-            has_bitmaps |= ext.features[i].magic ==
-                           PARALLELS_FEATURE_DIRTY_BITMAP;
+    parallels_ext_writer_init(&w, kept, (size_t)cs);
+    for (size_t i = 0; r == 0 && i < ext.n_features; i++) {
+        struct parallels_feature *f = &ext.features[i];
+        /* prl's attributes name bitmaps: kept while one is. */
+        if (k->ext_drop[i] ||
+            (f->magic == PARALLELS_FEATURE_PRL_ATTRS && !bitmaps)) {
+            continue;
         }
-        parallels_ext_free(&ext);
+        r = parallels_ext_writer_add(&w, f->magic, f->flags,
+                                     k->ext_buf + f->data_pos, f->data_size);
     }
-    if (r == 0 && has_bitmaps) {
-        r = parallels_ext_mark_inconsistent(in, out, (size_t)cs);
-        if (r == 0) {
-            to = k->append;
-            r = prl_file_pwrite(&k->f, out, (size_t)cs, to);
-        }
-        if (r == 0) {
+    if (r == 0) {
+        r = parallels_ext_writer_finish(&w);
+    }
+    if (r == 0 && inconsistent && bitmaps) {
+        r = parallels_ext_mark_inconsistent(kept, out, (size_t)cs);
+    } else if (r == 0) {
+        memcpy(out, kept, (size_t)cs);
+    }
+    if (r < 0) {
+        goto out;
+    }
+    if (bitmaps + others == 0) {
+        k->h.ext_off = 0;
+        k->header_changed = true;
+        free_old_ext(k, old, 0);
+        goto out;
+    }
+    to = free_cluster(k);
+    r = prl_file_pwrite(&k->f, out, (size_t)cs, to);
+    if (r == 0) {
+        if (to == k->append) {
             k->append = to + cs;
-            k->file_size = PRL_MAX(k->file_size, to + cs);
-            r = prl_file_sync(&k->f);
         }
-        if (r == 0) {
-            r = add_finding(k, PRL_FINDING_NOTE, "bitmaps-inconsistent", -1,
-                            to, "the dirty bitmaps missed the writes of the "
-                            "unclean session");
-        }
+        k->file_size = PRL_MAX(k->file_size, to + cs);
+        r = prl_file_sync(&k->f);
+    }
+    if (r == 0 && inconsistent && bitmaps) {
+        r = add_finding(k, PRL_FINDING_NOTE, "bitmaps-inconsistent", -1, to,
+                        "the dirty bitmaps missed the writes of the "
+                        "unclean session");
         if (r == 0) {
             fixed(k, "marked them inconsistent (Format Extension moved to "
                   "byte %" PRIu64 ")", to);
-            k->h.ext_off = to / PARALLELS_SECTOR;
-            k->header_changed = true;
-            k->pending_free = old;
         }
     }
-    free(in);
+    if (r == 0) {
+        k->h.ext_off = to / PARALLELS_SECTOR;
+        k->header_changed = true;
+        free_old_ext(k, old, to + cs);
+    }
+out:
+    parallels_ext_free(&ext);
+    free(kept);
     free(out);
     return r;
 }
@@ -1301,18 +1531,30 @@ static int run_check(struct chk *k)
     bool foreign = k->fix_errors && k->h.in_use != 0 &&
                    k->h.in_use != PARALLELS_IN_USE_CLEAN &&
                    k->h.in_use != PARALLELS_IN_USE_DIRTY;
-    if ((k->fix_errors || k->fix_leaks) && k->res->corruptions == 0 &&
-        (k->header_changed || k->h.in_use == PARALLELS_IN_USE_DIRTY ||
-         k->res->leaks_fixed || foreign)) {
-        if (k->h.in_use == PARALLELS_IN_USE_DIRTY && k->ext_valid &&
-            k->h.ext_off) {
-            /* Bitmaps missed the writes of the unclean session: say so
-             * on disk before the image is marked clean. */
-            r = mark_bitmaps_inconsistent(k);
-            if (r < 0) {
-                return r;
-            }
+    bool drop_bitmaps = k->fix_errors && k->n_dropped && k->ext_valid &&
+                        k->h.ext_off;
+    bool closing = (k->fix_errors || k->fix_leaks) &&
+                   k->res->corruptions == 0 &&
+                   (k->header_changed || drop_bitmaps ||
+                    k->h.in_use == PARALLELS_IN_USE_DIRTY ||
+                    k->res->leaks_fixed || foreign);
+    /* Bitmaps that missed the writes of an unclean session are marked so
+     * on disk before the image is marked clean. */
+    bool inconsistent = closing && k->h.in_use == PARALLELS_IN_USE_DIRTY &&
+                        k->ext_valid && k->h.ext_off;
+    if (drop_bitmaps || inconsistent) {
+        r = rewrite_ext(k, inconsistent);
+        if (r < 0) {
+            return r;
         }
+    }
+    if (!closing && k->pending_free) {
+        /* Bitmaps dropped while other corruptions remain. */
+        k->bat_changed = false;
+        r = write_back(k);
+        return r == 0 ? punch_old_ext(k) : r;
+    }
+    if (closing) {
         if (k->h.in_use == PARALLELS_IN_USE_DIRTY || foreign) {
             for (size_t i = 0; i < k->res->n_findings; i++) {
                 struct prl_finding *f = &k->res->findings[i];
@@ -1330,9 +1572,8 @@ static int run_check(struct chk *k)
         if (r == 0) {
             r = write_back(k);
         }
-        if (r == 0 && k->pending_free) {
-            r = prl_file_punch(&k->f, k->pending_free, k->lay.cluster_size);
-            r = r == -ENOTSUP ? 0 : r;
+        if (r == 0) {
+            r = punch_old_ext(k);
         }
     }
     return r;
@@ -1359,6 +1600,9 @@ int parallels_check(const char *path, unsigned fix,
     free(k.bat);
     free(k.refs);
     free(k.misplaced);
+    free(k.ext_buf);
+    free(k.ext_drop);
+    free(k.bat_sorted);
     int r2 = prl_file_close(&k.f);
     return r < 0 ? r : r2;
 }
