@@ -68,9 +68,14 @@ def ext_state(im):
 
 
 def qemu_summary(rc, j, r):
+    if rc < 0:
+        return '**qemu-img aborts** (signal %d)' % -rc
     msgs = [m for m in r.err.splitlines() if m.strip()]
     msg = msgs[0] if msgs else ''
     msg = re.sub(r"'[^']*/", "'", msg)
+    # Bitmap names are random UUIDs: the table must not change by them.
+    msg = re.sub(r'[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-'
+                 r'[0-9a-f]{12}', 'UUID', msg)
     if j is None:
         return 'exit %d: %s' % (rc, msg)
     counts = []
@@ -115,7 +120,8 @@ def compare_case(c):
 
     p = copies['qemu-r']
     rc, qj, r = cl.qemu_check(p.path, repair='all')
-    qemu_r = 'exit %d; %s' % (rc, guest_state(p.path, p.ref, p.cs))
+    qemu_r = 'exit %d; %s' % (rc, guest_state(p.path, p.ref, p.cs)) \
+        if rc >= 0 else qemu_summary(rc, qj, r)
     if rc == 0:
         rc2, _ = cl.prl_check(p.path)
         if rc2 == 2:

@@ -12,6 +12,7 @@ Usage: findings.py CASE       run one case (tests/check/run runs each)
                               only) to DIR/check-CASE, for the fuzz corpus
 """
 
+import json
 import os
 import struct
 import sys
@@ -251,8 +252,9 @@ def poke_l1(im, index, value):
 
 
 @case('bitmap-collision', 'the L1 entry of the bitmap names the cluster '
-      'of guest 7 (MD5 recomputed): guest 7 keeps its data, the extension '
-      'is dropped and its cluster freed', 2, ['ext-collision', 'leak'])
+      'of guest 7 (MD5 recomputed): guest 7 keeps its data, the bitmap is '
+      'dropped (and with it the extension, which has nothing else); its '
+      'old cluster is freed', 2, ['bitmap-invalid', 'leak'])
 def _():
     im = base(bitmap=True)
     poke_l1(im, 0, im.host(7) // 512)
@@ -263,7 +265,7 @@ def _():
 @case('bitmap-on-ext', 'the L1 entry of the bitmap names the Format '
       'Extension\'s own cluster (MD5 recomputed): storing the bitmap would '
       'overwrite the extension; it is dropped, its clusters freed', 2,
-      ['ext-invalid', 'leak'])
+      ['bitmap-invalid', 'leak'])
 def _():
     im = base(bitmap=True)
     poke_l1(im, 0, im.hdr()['ext_off'])
@@ -271,20 +273,68 @@ def _():
     return im
 
 
-@case('bitmap-shared-cluster', 'two bitmaps whose L1 entries name the '
-      'same cluster (MD5 recomputed): the extension is dropped, its '
-      'clusters freed', 2, ['ext-invalid', 'leak'])
-def _():
+def two_bitmaps():
+    """The base image with bitmaps A and B, each with one L1 cluster
+    (guest cluster 0 dirty); returns it and A's name."""
     im = base()
-    for _ in range(2):
-        prl_img('bitmap', '--add', '-g', str(CS), im.path, 'auto')
+    names = [prl_img('bitmap', '--add', '-g', str(CS), im.path,
+                     'auto').out.strip() for _ in range(2)]
     prl_io(im.path, ['write 0 %d %s:0' % (CS, cl.save_ref(im))])
     ext = im.hdr()['ext_off'] * 512
-    first = cl.bitmap_l1_offsets(bytearray(im.peek(ext, CS)))
-    check(len(first) == 2, 'want two bitmaps of one L1 entry: %r' % first)
-    l1 = struct.unpack_from('<Q', im.peek(ext, CS), first[0])[0]
-    poke_l1(im, 1, l1)
+    l1 = cl.bitmap_l1_offsets(bytearray(im.peek(ext, CS)))
+    check(len(l1) == 2, 'want two bitmaps of one L1 entry: %r' % l1)
+    im.bitmap = names[0]
     im.touched = set()
+    return im, l1
+
+
+def only_first_bitmap(im):
+    """Bitmap A survived the repair with its bits; B is gone."""
+    r = prl_img('info', '--output=json', im.path)
+    bitmaps = json.loads(r.out)['format-specific']['data'].get('bitmaps', [])
+    check([b['name'] for b in bitmaps] == [im.bitmap],
+          'bitmaps after the repair: %s' % bitmaps)
+    r = prl_img('map', '--bitmap', im.bitmap, '--output=json', im.path)
+    check('"dirty": true' in r.out, 'bitmap A lost its bits: ' + r.out)
+
+
+@case('bitmap-shared-cluster', 'bitmap B\'s L1 entry names bitmap A\'s '
+      'cluster (MD5 recomputed): B is dropped, A kept with its bits, B\'s '
+      'old cluster freed', 2, ['bitmap-invalid', 'leak'],
+      post=only_first_bitmap)
+def _():
+    im, l1 = two_bitmaps()
+    ext = im.hdr()['ext_off'] * 512
+    poke_l1(im, 1, struct.unpack_from('<Q', im.peek(ext, CS), l1[0])[0])
+    return im
+
+
+@case('bitmap-bad-granularity', 'bitmap B has granularity 3 sectors (not '
+      'a power of two; MD5 recomputed): B is dropped, A kept with its bits',
+      2, ['bitmap-invalid', 'leak'], post=only_first_bitmap)
+def _():
+    im, l1 = two_bitmaps()
+    ext = im.hdr()['ext_off'] * 512
+    cluster = bytearray(im.peek(ext, CS))
+    # The granularity field is 8 bytes before the L1 table.
+    struct.pack_into('<I', cluster, l1[1] - 8, 3)
+    cl.ext_set_checksum(cluster)
+    im.poke(ext, bytes(cluster))
+    return im
+
+
+@case('bitmap-same-id', 'bitmap B carries A\'s id (MD5 recomputed): B is '
+      'dropped, A kept with its bits', 2, ['bitmap-invalid', 'leak'],
+      post=only_first_bitmap)
+def _():
+    im, l1 = two_bitmaps()
+    ext = im.hdr()['ext_off'] * 512
+    cluster = bytearray(im.peek(ext, CS))
+    # The id is 16 bytes from byte 8 of the feature data, which starts
+    # 32 bytes before the L1 table.
+    cluster[l1[1] - 24:l1[1] - 8] = cluster[l1[0] - 24:l1[0] - 8]
+    cl.ext_set_checksum(cluster)
+    im.poke(ext, bytes(cluster))
     return im
 
 
@@ -332,7 +382,8 @@ def _():
 @case('bitmap-necessary-invalid', 'a dirty bitmap feature marked '
       'NECESSARY whose L1 entry points past the end of the file: the '
       'extension cannot be loaded and must not be dropped; nothing is '
-      'repaired', 2, ['ext-invalid', 'ext-necessary', 'leak'], repair=None,
+      'repaired', 2, ['bitmap-invalid', 'ext-necessary', 'leak'],
+      repair=None,
       opens_ro=True, qemu=1, qemu_why='QEMU 7.2 refuses any feature with '
       'flags')
 def _():
