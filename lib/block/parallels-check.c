@@ -42,6 +42,8 @@ struct chk {
     uint8_t *ext_buf;  /* that cluster, as read */
     bool *ext_drop;    /* per feature of ext_buf: an invalid bitmap */
     size_t n_dropped;  /* bitmaps -r all drops from the extension */
+    uint32_t *nz;      /* indexes of the non-zero BAT entries, ascending */
+    size_t n_nz;
     uint64_t *bat_sorted; /* host offsets of the BAT entries, sorted */
     size_t n_bat_sorted;
     struct ref *refs;
@@ -438,6 +440,40 @@ static int check_bat_covers(struct chk *k)
     return 0;
 }
 
+/* List the non-zero BAT entries once (a large BAT is mostly zero): the
+ * later passes walk the list, not the BAT.  Zero runs are skipped 16
+ * bytes at a time. */
+static int list_entries(struct chk *k)
+{
+    size_t cap = 0;
+
+    k->n_nz = 0;
+    for (uint64_t c = 0; c < k->nbat; c++) {
+        if (c + 4 <= k->nbat) {
+            uint64_t a, b;
+            memcpy(&a, k->bat + c, 8);
+            memcpy(&b, k->bat + c + 2, 8);
+            if ((a | b) == 0) {
+                c += 3;
+                continue;
+            }
+        }
+        if (k->bat[c] == 0) {
+            continue;
+        }
+        if (k->n_nz == cap) {
+            cap = cap ? 2 * cap : 1024;
+            uint32_t *n = realloc(k->nz, cap * sizeof(*n));
+            if (!n) {
+                return prl_error(ENOMEM, "out of memory");
+            }
+            k->nz = n;
+        }
+        k->nz[k->n_nz++] = (uint32_t)c;
+    }
+    return 0;
+}
+
 static int cmp_ref(const void *a, const void *b)
 {
     const struct ref *x = a, *y = b;
@@ -618,10 +654,8 @@ static int check_entries(struct chk *k)
         return -ENOMEM;
     }
     k->allocated = 0;
-    for (uint64_t c = 0; c < k->nbat; c++) {
-        if (k->bat[c] == 0) {
-            continue;
-        }
+    for (size_t t = 0; t < k->n_nz; t++) {
+        uint64_t c = k->nz[t];
         r = check_entry(k, c);
         if (r < 0) {
             return r;
@@ -674,9 +708,9 @@ static int bat_uses(struct chk *k, uint64_t off, bool *used)
         if (!k->bat_sorted) {
             return -ENOMEM;
         }
-        for (uint64_t c = 0; c < k->nbat; c++) {
-            uint64_t e = entry_off(k, k->bat[c]);
-            if (k->bat[c] && e < k->file_size) {
+        for (size_t t = 0; t < k->n_nz; t++) {
+            uint64_t e = entry_off(k, k->bat[k->nz[t]]);
+            if (e < k->file_size) {
                 k->bat_sorted[k->n_bat_sorted++] = e;
             }
         }
@@ -1450,9 +1484,13 @@ static int run_check(struct chk *k)
      * entries reference, where copying them would follow data_off. */
     uint64_t low = UINT64_MAX, high = 0;
     bool any = false;
-    for (uint64_t c = 0; c < k->nbat; c++) {
-        uint64_t e = entry_off(k, k->bat[c]);
-        if (k->bat[c] == 0 || e >= k->file_size) {
+    r = list_entries(k);
+    if (r < 0) {
+        return r;
+    }
+    for (size_t t = 0; t < k->n_nz; t++) {
+        uint64_t e = entry_off(k, k->bat[k->nz[t]]);
+        if (e >= k->file_size) {
             continue;
         }
         if (e >= k->lay.bat_end && e < k->lay.data_off) {
@@ -1603,6 +1641,7 @@ int parallels_check(const char *path, unsigned fix,
     free(k.ext_buf);
     free(k.ext_drop);
     free(k.bat_sorted);
+    free(k.nz);
     int r2 = prl_file_close(&k.f);
     return r < 0 ? r : r2;
 }
