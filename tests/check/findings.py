@@ -21,8 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import checklib as cl  # noqa: E402
 import parimg  # noqa: E402
-from prltest import (Failure, check, main, path, prl_img, prl_io,  # noqa
-                     sha256)
+from prltest import (Failure, check, main, prl_img, prl_io,  # noqa
+                     requires, sha256)
 
 DIRTY = parimg.IN_USE_DIRTY
 CLEAN = parimg.IN_USE_CLEAN
@@ -674,6 +674,7 @@ def lost_offsets(j):
 
 
 def run_case(c):
+    requires('qemu-img')
     im = c.build()
     p = im.path
 
