@@ -43,7 +43,8 @@ static void die(const char *what)
     exit(1);
 }
 
-static void log_line(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void log_line(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2)));
 
 static void log_line(const char *fmt, ...)
 {
