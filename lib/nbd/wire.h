@@ -109,6 +109,8 @@
 /* base:allocation status bits. */
 #define PRL_NBD_STATE_HOLE (1u << 0)
 #define PRL_NBD_STATE_ZERO (1u << 1)
+/* qemu:dirty-bitmap:NAME status bit. */
+#define PRL_NBD_STATE_DIRTY (1u << 0)
 
 /* Error values: fixed by the protocol, independent of the host's errno. */
 #define PRL_NBD_EPERM 1u

@@ -26,6 +26,7 @@
 
 #define DEFAULT_PORT "10809"
 #define MAX_EXPORTS 256
+#define MAX_BITMAPS 1024
 
 struct export_arg {
     char *name;
@@ -33,6 +34,12 @@ struct export_arg {
     char *description;
     char *format;
     bool read_only;
+};
+
+/* A bitmap to offer as qemu:dirty-bitmap:NAME on an export. */
+struct bitmap_arg {
+    const char *export; /* NULL: FILE's export */
+    const char *name;
 };
 
 struct options {
@@ -52,6 +59,8 @@ struct options {
     int verbose;
     struct export_arg exports[MAX_EXPORTS];
     int n_exports;
+    struct bitmap_arg bitmaps[MAX_BITMAPS];
+    int n_bitmaps;
     struct prl_nbd_server_config cfg;
 };
 
@@ -71,8 +80,11 @@ static void usage(FILE *f)
 "  -r, --read-only           export read-only\n"
 "  -x, --export-name=NAME    name of FILE's export (default \"\")\n"
 "  -D, --description=TEXT    description of FILE's export\n"
-"      --export=NAME=FILE[,ro][,format=FMT][,description=TEXT]\n"
-"                            one more export (repeatable; ',,' is a comma)\n"
+"  -B, --bitmap=NAME         offer FILE's bitmap NAME (a UUID) as the context\n"
+"                            qemu:dirty-bitmap:NAME (repeatable)\n"
+"      --export=NAME=FILE[,ro][,format=FMT][,description=TEXT][,bitmap=NAME]\n"
+"                            one more export (repeatable; ',,' is a comma;\n"
+"                            bitmap= repeatable)\n"
 "\n"
 "Sockets:\n"
 "  -p, --port=PORT           TCP port (default 10809)\n"
@@ -168,7 +180,20 @@ static char *next_item(char **p)
     return start;
 }
 
-/* NAME=FILE[,ro][,format=FMT][,description=TEXT] */
+static int add_bitmap_arg(struct options *o, const char *export,
+                          const char *name)
+{
+    if (o->n_bitmaps == MAX_BITMAPS) {
+        return die("more than %d bitmaps", MAX_BITMAPS);
+    }
+    if (name[0] == '\0') {
+        return die("empty bitmap name");
+    }
+    o->bitmaps[o->n_bitmaps++] = (struct bitmap_arg){export, name};
+    return 0;
+}
+
+/* NAME=FILE[,ro][,format=FMT][,description=TEXT][,bitmap=NAME]... */
 static int parse_export(struct options *o, char *arg)
 {
     struct export_arg *e;
@@ -195,9 +220,13 @@ static int parse_export(struct options *o, char *arg)
             e->description = item + 12;
         } else if (strncmp(item, "format=", 7) == 0) {
             e->format = item + 7;
+        } else if (strncmp(item, "bitmap=", 7) == 0) {
+            if (add_bitmap_arg(o, e->name, item + 7) != 0) {
+                return 1;
+            }
         } else {
             return die("--export %s: unknown key '%s' (ro, format=, "
-                       "description=)",
+                       "description=, bitmap=)",
                        e->name, item);
         }
     }
@@ -226,6 +255,7 @@ static const struct option long_opts[] = {
     {"read-only", no_argument, NULL, 'r'},
     {"export-name", required_argument, NULL, 'x'},
     {"description", required_argument, NULL, 'D'},
+    {"bitmap", required_argument, NULL, 'B'},
     {"port", required_argument, NULL, 'p'},
     {"bind", required_argument, NULL, 'b'},
     {"socket", required_argument, NULL, 'k'},
@@ -255,7 +285,7 @@ static int parse_args(struct options *o, int argc, char **argv)
 
     o->cfg.shared = 1;
     o->cfg.handshake_limit = 10;
-    while ((c = getopt_long(argc, argv, "f:rx:D:p:b:k:e:tsvhV", long_opts,
+    while ((c = getopt_long(argc, argv, "f:rx:D:B:p:b:k:e:tsvhV", long_opts,
                             NULL)) != -1) {
         unsigned v;
 
@@ -271,6 +301,11 @@ static int parse_args(struct options *o, int argc, char **argv)
             break;
         case 'D':
             o->description = optarg;
+            break;
+        case 'B':
+            if (add_bitmap_arg(o, NULL, optarg) != 0) {
+                return 1;
+            }
             break;
         case 'p':
             if (!parse_uint(optarg, 65535, &v) || v == 0) {
@@ -384,8 +419,18 @@ static int parse_args(struct options *o, int argc, char **argv)
             .read_only = o->read_only,
         };
         o->n_exports++;
+        for (int i = 0; i < o->n_bitmaps; i++) {
+            if (!o->bitmaps[i].export) {
+                o->bitmaps[i].export = o->exports[0].name;
+            }
+        }
     } else if (o->export_name || o->description) {
         return die("-x and -D describe FILE, and no FILE was given");
+    }
+    for (int i = 0; i < o->n_bitmaps; i++) {
+        if (!o->bitmaps[i].export) {
+            return die("-B names a bitmap of FILE, and no FILE was given");
+        }
     }
     if (o->n_exports == 0) {
         usage(stderr);
@@ -480,6 +525,13 @@ static int open_exports(struct options *o, struct prl_nbd_server *srv)
             return die("%s", prl_error_message());
         }
         r = prl_nbd_server_add_export(srv, e->name, e->description, bs);
+        if (r < 0) {
+            return die("%s", prl_error_message());
+        }
+    }
+    for (int i = 0; i < o->n_bitmaps; i++) {
+        int r = prl_nbd_server_add_bitmap(srv, o->bitmaps[i].export,
+                                          o->bitmaps[i].name);
         if (r < 0) {
             return die("%s", prl_error_message());
         }

@@ -45,6 +45,10 @@ struct prl_nbd_export {
     pthread_mutex_t lock; /* held around block calls if serialize */
     uint32_t min_block;   /* bytes, power of two */
     uint32_t pref_block;  /* bytes, power of two >= 512 */
+    /* qemu:dirty-bitmap:NAME contexts, one per bitmap given to
+     * prl_nbd_server_add_bitmap, in that order. */
+    struct prl_nbd_meta_def *bitmaps;
+    size_t n_bitmaps;
 };
 
 /* ---- sockets: an ops table so TLS can replace the plain one ---- */
@@ -93,11 +97,18 @@ struct prl_nbd_meta_def {
     bool (*available)(const struct prl_nbd_export *exp);
     /* Status of the longest uniform prefix of [offset, offset+length)
      * (length > 0, inside the export): *plen in 1..length. */
-    int (*status)(struct prl_nbd_export *exp, uint64_t offset, uint64_t length,
-                  uint64_t *plen, uint32_t *status);
+    int (*status)(struct prl_nbd_export *exp,
+                  const struct prl_nbd_meta_def *def, uint64_t offset,
+                  uint64_t length, uint64_t *plen, uint32_t *status);
     /* Status to report for a block that straddles two extents. */
     uint32_t (*merge)(uint32_t a, uint32_t b);
+    const char *bitmap; /* qemu:dirty-bitmap: the bitmap's name */
 };
+
+/* Fill |def| as the context qemu:dirty-bitmap:|bitmap| (a canonical
+ * bitmap name); def->name is allocated, NULL when out of memory. */
+void prl_nbd_meta_bitmap_def(struct prl_nbd_meta_def *def, const char *bitmap);
+void prl_nbd_meta_bitmap_free(struct prl_nbd_meta_def *def);
 
 struct prl_nbd_meta_sel {
     uint32_t id; /* as sent in NBD_REP_META_CONTEXT */

@@ -2,8 +2,13 @@
 /* Metadata contexts: the table of what NBD_CMD_BLOCK_STATUS can report,
  * and how queries select entries of it. */
 #include "nbd/server/internal.h"
+#include "prl/bitmap.h"
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#define BITMAP_PREFIX "qemu:dirty-bitmap:"
 
 /* Block status of the export under its lock when the driver needs one. */
 static int export_status(struct prl_nbd_export *exp, uint64_t offset,
@@ -29,8 +34,10 @@ static bool always(const struct prl_nbd_export *exp)
 /* base:allocation: a hole where no layer stores data for the range (an
  * unallocated cluster, a hole in a raw file), zero where it reads as
  * zeroes. */
-static int allocation_status(struct prl_nbd_export *exp, uint64_t offset,
-                             uint64_t length, uint64_t *plen, uint32_t *status)
+static int allocation_status(struct prl_nbd_export *exp,
+                             const struct prl_nbd_meta_def *def,
+                             uint64_t offset, uint64_t length, uint64_t *plen,
+                             uint32_t *status)
 {
     struct prl_extent ext;
     int r = export_status(exp, offset, length, &ext);
@@ -53,7 +60,8 @@ static uint32_t allocation_merge(uint32_t a, uint32_t b)
 
 /* qemu:allocation-depth: 0 unallocated, 1 the image itself, 2 its first
  * backing layer, and so on. */
-static int depth_status(struct prl_nbd_export *exp, uint64_t offset,
+static int depth_status(struct prl_nbd_export *exp,
+                        const struct prl_nbd_meta_def *def, uint64_t offset,
                         uint64_t length, uint64_t *plen, uint32_t *status)
 {
     struct prl_extent ext;
@@ -80,11 +88,58 @@ static uint32_t depth_merge(uint32_t a, uint32_t b)
     return a < b ? a : b;
 }
 
-/* Contexts offered.  qemu:dirty-bitmap:NAME (one per bitmap of the
- * image) joins this table with a per-export name list. */
+/* qemu:dirty-bitmap:NAME: bit 0 set where the bitmap is dirty.  The
+ * bitmap layer has its own lock. */
+static int bitmap_status(struct prl_nbd_export *exp,
+                         const struct prl_nbd_meta_def *def, uint64_t offset,
+                         uint64_t length, uint64_t *plen, uint32_t *status)
+{
+    bool dirty;
+    int r = prl_bitmap_status(exp->bs, def->bitmap, offset, length, &dirty,
+                              plen);
+
+    if (r < 0) {
+        return r;
+    }
+    *status = dirty ? PRL_NBD_STATE_DIRTY : 0;
+    return 0;
+}
+
+/* A block dirty in part is dirty. */
+static uint32_t bitmap_merge(uint32_t a, uint32_t b)
+{
+    return a | b;
+}
+
+void prl_nbd_meta_bitmap_def(struct prl_nbd_meta_def *def, const char *bitmap)
+{
+    size_t n = sizeof(BITMAP_PREFIX) + strlen(bitmap);
+    char *name = malloc(n);
+
+    if (name) {
+        snprintf(name, n, "%s%s", BITMAP_PREFIX, bitmap);
+    }
+    *def = (struct prl_nbd_meta_def){
+        .name = name,
+        .available = always,
+        .status = bitmap_status,
+        .merge = bitmap_merge,
+        .bitmap = name ? name + strlen(BITMAP_PREFIX) : NULL,
+    };
+}
+
+void prl_nbd_meta_bitmap_free(struct prl_nbd_meta_def *def)
+{
+    free((char *)def->name);
+    def->name = NULL;
+    def->bitmap = NULL;
+}
+
+/* Contexts every export offers; its qemu:dirty-bitmap:NAME contexts
+ * follow them. */
 static const struct prl_nbd_meta_def meta_defs[] = {
-    {"base:allocation", always, allocation_status, allocation_merge},
-    {"qemu:allocation-depth", always, depth_status, depth_merge},
+    {"base:allocation", always, allocation_status, allocation_merge, NULL},
+    {"qemu:allocation-depth", always, depth_status, depth_merge, NULL},
 };
 
 size_t prl_nbd_meta_match(
@@ -94,8 +149,11 @@ size_t prl_nbd_meta_match(
     size_t qlen = strlen(query), n = 0;
     bool prefix = wildcards && (qlen == 0 || query[qlen - 1] == ':');
 
-    for (size_t i = 0; i < sizeof(meta_defs) / sizeof(meta_defs[0]); i++) {
-        const struct prl_nbd_meta_def *def = &meta_defs[i];
+    size_t n_static = sizeof(meta_defs) / sizeof(meta_defs[0]);
+
+    for (size_t i = 0; i < n_static + exp->n_bitmaps; i++) {
+        const struct prl_nbd_meta_def *def =
+            i < n_static ? &meta_defs[i] : &exp->bitmaps[i - n_static];
         bool hit = prefix ? strncmp(def->name, query, qlen) == 0
                           : strcmp(def->name, query) == 0;
 

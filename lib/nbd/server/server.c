@@ -4,6 +4,7 @@
  * every connection finish what it started. */
 #include "nbd/server/internal.h"
 #include "common/util.h"
+#include "prl/bitmap.h"
 #include "prl/error.h"
 #include "prl/log.h"
 
@@ -17,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -133,6 +135,10 @@ int prl_nbd_server_new(const struct prl_nbd_server_config *cfg,
 
 static void export_free(struct prl_nbd_export *exp)
 {
+    for (size_t i = 0; i < exp->n_bitmaps; i++) {
+        prl_nbd_meta_bitmap_free(&exp->bitmaps[i]);
+    }
+    free(exp->bitmaps);
     free(exp->name);
     free(exp->description);
     pthread_mutex_destroy(&exp->lock);
@@ -194,6 +200,70 @@ int prl_nbd_server_add_export(struct prl_nbd_server *srv, const char *name,
     exp->pref_block =
         PRL_MIN(PRL_MAX(pref, exp->min_block), PRL_NBD_MAX_PAYLOAD);
     srv->exports[srv->n_exports++] = exp;
+    return 0;
+}
+
+int prl_nbd_server_add_bitmap(struct prl_nbd_server *srv,
+                              const char *export_name, const char *bitmap)
+{
+    struct prl_nbd_export *exp = NULL;
+    struct prl_bitmap_info *info = NULL;
+    struct prl_nbd_meta_def *v;
+    size_t n = 0, i;
+    int r;
+
+    for (i = 0; i < srv->n_exports; i++) {
+        if (strcmp(srv->exports[i]->name, export_name) == 0) {
+            exp = srv->exports[i];
+        }
+    }
+    if (!exp) {
+        return prl_error(ENOENT, "no export named '%s'", export_name);
+    }
+    r = prl_bitmap_list(exp->bs, &info, &n);
+    if (r < 0) {
+        return r;
+    }
+    for (i = 0; i < n && strcasecmp(info[i].name, bitmap) != 0; i++) {
+    }
+    if (i == n) {
+        free(info);
+        return prl_error(ENOENT, "image of export '%s' has no bitmap '%s'",
+                         export_name, bitmap);
+    }
+    if (!info[i].consistent) {
+        r = prl_error(EINVAL,
+                      "bitmap '%s' of export '%s' is inconsistent (the image "
+                      "was not closed cleanly); clear or remove it",
+                      info[i].name, export_name);
+        free(info);
+        return r;
+    }
+    for (size_t j = 0; j < exp->n_bitmaps; j++) {
+        if (strcmp(exp->bitmaps[j].bitmap, info[i].name) == 0) {
+            free(info);
+            return 0;
+        }
+    }
+    /* The fixed contexts and every bitmap fit in one connection's
+     * selection. */
+    if (exp->n_bitmaps + 2 >= PRL_NBD_MAX_META) {
+        free(info);
+        return prl_error(E2BIG, "export '%s': more than %u bitmaps",
+                         export_name, PRL_NBD_MAX_META - 2);
+    }
+    v = realloc(exp->bitmaps, (exp->n_bitmaps + 1) * sizeof(*v));
+    if (!v) {
+        free(info);
+        return prl_error(ENOMEM, "out of memory");
+    }
+    exp->bitmaps = v;
+    prl_nbd_meta_bitmap_def(&v[exp->n_bitmaps], info[i].name);
+    free(info);
+    if (!v[exp->n_bitmaps].name) {
+        return prl_error(ENOMEM, "out of memory");
+    }
+    exp->n_bitmaps++;
     return 0;
 }
 

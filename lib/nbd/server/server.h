@@ -41,6 +41,14 @@ int prl_nbd_server_new(const struct prl_nbd_server_config *cfg,
 int prl_nbd_server_add_export(struct prl_nbd_server *srv, const char *name,
                               const char *description, struct prl_block *bs);
 
+/* Offer persistent bitmap |bitmap| (a UUID, any case) of export
+ * |export_name| (exact name) as the context qemu:dirty-bitmap:NAME,
+ * NAME being the bitmap's canonical name.  -ENOENT for an unknown export
+ * or bitmap, -EINVAL for an inconsistent bitmap, -E2BIG past the cap;
+ * a bitmap given twice is offered once. */
+int prl_nbd_server_add_bitmap(struct prl_nbd_server *srv,
+                              const char *export_name, const char *bitmap);
+
 /* Listen on TCP |addr| (NULL: every address) port |port|; every address
  * |addr| resolves to is bound.  TCP_NODELAY is set on accepted sockets. */
 int prl_nbd_server_listen_tcp(struct prl_nbd_server *srv, const char *addr,

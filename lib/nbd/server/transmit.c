@@ -822,7 +822,7 @@ static void cmd_block_status(struct prl_nbd_worker *w,
         while (pos < end && n < max_ext) {
             uint64_t plen;
             uint32_t st;
-            int r = def->status(exp, pos, end - pos, &plen, &st);
+            int r = def->status(exp, def, pos, end - pos, &plen, &st);
             if (r < 0) {
                 reply_failure(w, &req, r);
                 return;
