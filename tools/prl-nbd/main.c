@@ -57,6 +57,7 @@ struct options {
     bool use_syslog;
     bool log_given;
     int verbose;
+    unsigned open_flags; /* PRL_OPEN_BUNDLE_EXTERNAL */
     struct export_arg exports[MAX_EXPORTS];
     int n_exports;
     struct bitmap_arg bitmaps[MAX_BITMAPS];
@@ -103,6 +104,8 @@ static void usage(FILE *f)
 "                            seconds (default 10, 0 = never)\n"
 "      --threads=N           workers per connection (default 8)\n"
 "      --min-block-size=N    advertise and enforce a minimum block size\n"
+"      --allow-external-files  let a bundle's DiskDescriptor.xml name image\n"
+"                            files outside its directory\n"
 "\n"
 "Process:\n"
 "      --fork                run in the background once listening\n"
@@ -248,6 +251,7 @@ enum {
     OPT_THREADS,
     OPT_MIN_BLOCK,
     OPT_UNIX,
+    OPT_EXTERNAL,
 };
 
 static const struct option long_opts[] = {
@@ -272,6 +276,7 @@ static const struct option long_opts[] = {
     {"handshake-limit", required_argument, NULL, OPT_HANDSHAKE},
     {"threads", required_argument, NULL, OPT_THREADS},
     {"min-block-size", required_argument, NULL, OPT_MIN_BLOCK},
+    {"allow-external-files", no_argument, NULL, OPT_EXTERNAL},
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
@@ -378,6 +383,9 @@ static int parse_args(struct options *o, int argc, char **argv)
                 o->cfg.workers == 0) {
                 return die("invalid --threads '%s' (1 to 256)", optarg);
             }
+            break;
+        case OPT_EXTERNAL:
+            o->open_flags |= PRL_OPEN_BUNDLE_EXTERNAL;
             break;
         case OPT_MIN_BLOCK:
             if (!parse_uint(optarg, 65536, &o->cfg.min_block_size) ||
@@ -520,7 +528,9 @@ static int open_exports(struct options *o, struct prl_nbd_server *srv)
         const char *fmt = e->format ? e->format : o->format;
         int r;
 
-        r = prl_block_open(e->file, fmt, e->read_only ? 0 : PRL_OPEN_RDWR, &bs);
+        r = prl_block_open(e->file, fmt,
+                           (e->read_only ? 0 : PRL_OPEN_RDWR) | o->open_flags,
+                           &bs);
         if (r < 0) {
             return die("%s", prl_error_message());
         }
