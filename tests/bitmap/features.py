@@ -17,8 +17,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 'lib'))
 
-from bmtest import (KIB, MIB, add, bitmap, changes, expect_runs, info, io,
-                    map_runs, read_file)
+from bmtest import KIB, MIB, add, bitmap, changes, expect_runs, info, io
 import parext
 import parimg
 from parext import NECESSARY, TRANSIT, Feature
