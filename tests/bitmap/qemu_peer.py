@@ -3,7 +3,8 @@
 cluster sizes and granularities, several bitmaps per image, L1 entries
 of every form, `qemu-nbd -r -B UUID` + `nbdinfo --map=qemu:dirty-bitmap:`
 shows the same extents as `prl-img map --bitmap`, and `qemu-img check`
-finds no leak or corruption, also after --clear and --remove.  (QEMU
+finds no leak or corruption, also after --clear, --remove and in what
+convert --bitmaps writes.  (QEMU
 refuses any feature with flags, so images holding prl's attributes
 feature, written for disabled or inconsistent bitmaps, are not shown to
 it.)"""
@@ -19,7 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
 
 from bmtest import KIB, MIB, add, bitmap, changes, create, map_runs
 import parext
-from prltest import Failure, check, main, path, requires, run
+from prltest import Failure, check, main, path, prl_img, requires, run
 
 SIZE = 24 * MIB + 512
 
@@ -104,6 +105,14 @@ def test():
               '%s stored names %s, want %s'
               % (what, sorted(parext.read_bitmaps(img)), sorted(names)))
         same_as_qemu(img, names, what + ' second session')
+        # What convert --bitmaps writes, QEMU reads the same way.
+        copy = img + '.copy'
+        if os.path.exists(copy):
+            os.unlink(copy)
+        prl_img('convert', '--bitmaps', '-O', 'parallels', '-o',
+                'cluster_size=64K', img, copy)
+        same_as_qemu(copy, names, what + ' converted')
+        os.unlink(copy)
         bitmap(img, '--clear', img, names[0])
         same_as_qemu(img, names, what + ' after --clear')
         bitmap(img, '--remove', img, names[1])
