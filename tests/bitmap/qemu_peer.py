@@ -4,10 +4,9 @@ cluster sizes and granularities, several bitmaps per image, L1 entries
 of every form, `qemu-nbd -r -B UUID` + `nbdinfo --map=qemu:dirty-bitmap:`
 shows the same extents as `prl-img map --bitmap`, and `qemu-img check`
 finds no leak or corruption, also after --clear, --remove and in what
-convert --bitmaps writes.  (QEMU
-refuses any feature with flags, so images holding prl's attributes
-feature, written for disabled or inconsistent bitmaps, are not shown to
-it.)"""
+convert --bitmaps writes.  (QEMU refuses any feature with flags, so
+images holding prl's attributes feature, written for disabled or
+inconsistent bitmaps, are not shown to it.)"""
 
 import json
 import os
