@@ -919,14 +919,7 @@ static int check_ext(struct chk *k)
         free(buf);
         return r;
     }
-    r = parallels_ext_parse(buf, (size_t)cs, &ext, err, sizeof(err));
-    if (r == 0 && (!ext.magic_ok || !ext.checksum_ok)) {
-        snprintf(err, sizeof(err), "%s", !ext.magic_ok
-                 ? "its magic is not 0xAB234CEF23DCEA87"
-                 : "its MD5 checksum does not match");
-        parallels_ext_free(&ext);
-        r = -EINVAL;
-    }
+    r = parallels_ext_parse_valid(buf, (size_t)cs, &ext, err, sizeof(err));
     if (r < 0) {
         free(buf);
         if (r != -EINVAL) {

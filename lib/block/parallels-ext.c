@@ -88,6 +88,45 @@ int parallels_ext_parse(const uint8_t *cluster, size_t cs,
     return 0;
 }
 
+int parallels_ext_parse_valid(const uint8_t *cluster, size_t cs,
+                              struct parallels_ext *ext, char *err,
+                              size_t errlen)
+{
+    int r = parallels_ext_parse(cluster, cs, ext, err, errlen);
+
+    if (r < 0) {
+        return r;
+    }
+    if (!ext->magic_ok) {
+        snprintf(err, errlen, "its magic is 0x%016" PRIx64 ", not "
+                 "0xAB234CEF23DCEA87", parallels_get_le64(cluster));
+    } else if (!ext->checksum_ok) {
+        snprintf(err, errlen, "its MD5 checksum does not match");
+    } else {
+        return 0;
+    }
+    parallels_ext_free(ext);
+    return -EINVAL;
+}
+
+const uint8_t *parallels_ext_attrs(const uint8_t *cluster,
+                                   const struct parallels_feature *f,
+                                   uint32_t *n)
+{
+    const uint8_t *p = cluster + f->data_pos;
+
+    *n = 0;
+    if (f->data_size < 8) {
+        return NULL;
+    }
+    *n = parallels_get_le32(p);
+    if ((uint64_t)*n * PARALLELS_ATTR_ENTRY > f->data_size - 8) {
+        *n = 0;
+        return NULL;
+    }
+    return p + 8;
+}
+
 int parallels_bitmap_decode(const uint8_t *data, uint32_t data_size,
                             struct parallels_bitmap_info *b, char *err,
                             size_t errlen)
@@ -180,14 +219,7 @@ int parallels_ext_mark_inconsistent(const uint8_t *old, uint8_t *out,
     for (size_t i = 0; i < ext.n_features; i++) {
         struct parallels_feature *f = &ext.features[i];
         if (f->magic == PARALLELS_FEATURE_PRL_ATTRS) {
-            if (f->data_size >= 8) {
-                old_attrs = old + f->data_pos;
-                n_old = parallels_get_le32(old_attrs);
-                if ((uint64_t)n_old * PARALLELS_ATTR_ENTRY >
-                    f->data_size - 8) {
-                    n_old = 0;
-                }
-            }
+            old_attrs = parallels_ext_attrs(old, f, &n_old);
             continue;
         }
         if (f->magic == PARALLELS_FEATURE_DIRTY_BITMAP) {
@@ -219,7 +251,7 @@ int parallels_ext_mark_inconsistent(const uint8_t *old, uint8_t *out,
         }
         const uint8_t *id = old + f->data_pos + 8;
         for (uint32_t j = 0; old_attrs && j < n_old; j++) {
-            const uint8_t *oe = old_attrs + 8 + j * PARALLELS_ATTR_ENTRY;
+            const uint8_t *oe = old_attrs + j * PARALLELS_ATTR_ENTRY;
             if (memcmp(oe, id, 16) == 0) {
                 flags |= parallels_get_le32(oe + 16);
             }

@@ -54,6 +54,18 @@ int parallels_ext_parse(const uint8_t *cluster, size_t cluster_size,
                         struct parallels_ext *ext, char *err, size_t errlen);
 void parallels_ext_free(struct parallels_ext *ext);
 
+/* parallels_ext_parse that also requires the magic and the checksum:
+ * -EINVAL with |err| saying which rule failed (nothing to free then). */
+int parallels_ext_parse_valid(const uint8_t *cluster, size_t cluster_size,
+                              struct parallels_ext *ext, char *err,
+                              size_t errlen);
+
+/* The entries of prl's attributes feature |f| in |cluster| and their count
+ * in *n (0, and NULL returned, when the count does not fit the data). */
+const uint8_t *parallels_ext_attrs(const uint8_t *cluster,
+                                   const struct parallels_feature *f,
+                                   uint32_t *n);
+
 struct parallels_bitmap_info {
     uint64_t size;          /* sectors */
     uint8_t id[16];

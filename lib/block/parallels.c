@@ -808,17 +808,7 @@ static int load_ext(struct prl_block *bs, struct parallels_state *s,
         free(buf);
         return r;
     }
-    r = parallels_ext_parse(buf, (size_t)cs, &ext, err, sizeof(err));
-    if (r == 0 && !ext.magic_ok) {
-        snprintf(err, sizeof(err), "its magic is 0x%016" PRIx64 ", not "
-                 "0xAB234CEF23DCEA87", parallels_get_le64(buf));
-        parallels_ext_free(&ext);
-        r = -EINVAL;
-    } else if (r == 0 && !ext.checksum_ok) {
-        snprintf(err, sizeof(err), "its MD5 checksum does not match");
-        parallels_ext_free(&ext);
-        r = -EINVAL;
-    }
+    r = parallels_ext_parse_valid(buf, (size_t)cs, &ext, err, sizeof(err));
     if (r < 0) {
         free(buf);
         if (r != -EINVAL) {
@@ -844,14 +834,7 @@ static int load_ext(struct prl_block *bs, struct parallels_state *s,
         size_t n_clusters = 0;
 
         if (f->magic == PARALLELS_FEATURE_PRL_ATTRS) {
-            if (f->data_size >= 8) {
-                attrs = buf + f->data_pos;
-                n_attrs = parallels_get_le32(attrs);
-                if ((uint64_t)n_attrs * PARALLELS_ATTR_ENTRY >
-                    f->data_size - 8) {
-                    n_attrs = 0;
-                }
-            }
+            attrs = parallels_ext_attrs(buf, f, &n_attrs);
             continue;
         }
         if (f->magic != PARALLELS_FEATURE_DIRTY_BITMAP) {
@@ -926,7 +909,7 @@ static int load_ext(struct prl_block *bs, struct parallels_state *s,
     }
     /* prl's attributes: disabled and inconsistent bitmaps. */
     for (uint32_t j = 0; r == 0 && j < n_attrs; j++) {
-        const uint8_t *e = attrs + 8 + (size_t)j * PARALLELS_ATTR_ENTRY;
+        const uint8_t *e = attrs + (size_t)j * PARALLELS_ATTR_ENTRY;
         uint32_t fl = parallels_get_le32(e + 16);
         for (size_t i = 0; i < bs->n_bitmaps; i++) {
             if (memcmp(bs->bitmaps[i]->id, e, 16) == 0) {
