@@ -788,10 +788,7 @@ static int check_bitmap(struct chk *k, const struct parallels_feature *f,
         if (e <= 1) {
             continue;
         }
-        off = e * PARALLELS_SECTOR;
-        why = e > UINT64_MAX / PARALLELS_SECTOR
-                  ? "overflows a byte offset"
-                  : parallels_offset_problem(&k->lay, off, k->file_size);
+        why = parallels_sector_offset_problem(&k->lay, e, k->file_size, &off);
         if (!why && off < ext + cs && ext < off + cs) {
             why = "is the Format Extension's own cluster";
         }
@@ -892,13 +889,8 @@ static int check_ext(struct chk *k)
     if (k->h.ext_off == 0) {
         return 0;
     }
-    if (k->h.ext_off > UINT64_MAX / PARALLELS_SECTOR) {
-        why = "overflows a byte offset";
-        off = 0;
-    } else {
-        off = k->h.ext_off * PARALLELS_SECTOR;
-        why = parallels_offset_problem(&k->lay, off, k->file_size);
-    }
+    why = parallels_sector_offset_problem(&k->lay, k->h.ext_off,
+                                          k->file_size, &off);
     if (why) {
         add_finding(k, PRL_FINDING_CORRUPTION, "ext-off", -1,
                     PARALLELS_OFF_EXT_OFF, "header field ext_off = %" PRIu64

@@ -153,6 +153,19 @@ const char *parallels_offset_problem(const struct parallels_layout *l,
     return NULL;
 }
 
+const char *parallels_sector_offset_problem(const struct parallels_layout *l,
+                                            uint64_t sectors,
+                                            uint64_t file_size,
+                                            uint64_t *off)
+{
+    if (sectors > UINT64_MAX / PARALLELS_SECTOR) {
+        *off = 0;
+        return "overflows a byte offset";
+    }
+    *off = sectors * PARALLELS_SECTOR;
+    return parallels_offset_problem(l, *off, file_size);
+}
+
 uint32_t parallels_cylinders(uint64_t nb_sectors)
 {
     uint64_t c = nb_sectors / (16 * 32);

@@ -109,6 +109,14 @@ const char *parallels_offset_problem(const struct parallels_layout *l,
                                      uint64_t host_offset,
                                      uint64_t file_size);
 
+/* parallels_offset_problem for an offset in sectors (ext_off, bitmap L1
+ * entries), which may overflow a byte offset.  *off gets the byte offset
+ * (0 on overflow). */
+const char *parallels_sector_offset_problem(const struct parallels_layout *l,
+                                            uint64_t sectors,
+                                            uint64_t file_size,
+                                            uint64_t *off);
+
 /* Default geometry for a new image: heads 16, 32 sectors per track. */
 uint32_t parallels_cylinders(uint64_t nb_sectors);
 

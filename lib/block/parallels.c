@@ -627,13 +627,8 @@ static int load_bat(struct parallels_state *s, const char *path)
     }
     if (s->hdr.ext_off) {
         uint64_t off;
-        if (s->hdr.ext_off > UINT64_MAX / PARALLELS_SECTOR) {
-            why = "overflows a byte offset";
-            off = 0;
-        } else {
-            off = s->hdr.ext_off * PARALLELS_SECTOR;
-            why = parallels_offset_problem(&s->lay, off, s->file_size);
-        }
+        why = parallels_sector_offset_problem(&s->lay, s->hdr.ext_off,
+                                              s->file_size, &off);
         if (!why && used_get(s, host_index(s, off))) {
             why = "is the cluster of a BAT entry";
         }
@@ -734,11 +729,10 @@ static int load_bitmap(struct prl_block *bs, struct parallels_state *s,
             memset(b->bits + from, 0xff, n);
             continue;
         }
-        why = e > UINT64_MAX / PARALLELS_SECTOR
-                  ? "overflows a byte offset"
-                  : parallels_offset_problem(&s->lay, e * PARALLELS_SECTOR,
-                                             s->file_size);
-        if (!why && used_get(s, host_index(s, e * PARALLELS_SECTOR))) {
+        uint64_t host;
+        why = parallels_sector_offset_problem(&s->lay, e, s->file_size,
+                                              &host);
+        if (!why && used_get(s, host_index(s, host))) {
             why = "is a cluster already in use";
         }
         if (why) {
@@ -754,14 +748,14 @@ static int load_bitmap(struct prl_block *bs, struct parallels_state *s,
                 break;
             }
         }
-        r = prl_file_pread(&s->file, buf, (size_t)cs, e * PARALLELS_SECTOR);
+        r = prl_file_pread(&s->file, buf, (size_t)cs, host);
         if (r < 0) {
             break;
         }
         memcpy(b->bits + from, buf, n);
-        (*clusters)[(*n_clusters)++] = e * PARALLELS_SECTOR;
+        (*clusters)[(*n_clusters)++] = host;
         /* Taken now, so that a second entry naming it is refused. */
-        r = used_set(s, host_index(s, e * PARALLELS_SECTOR), true);
+        r = used_set(s, host_index(s, host), true);
         if (r < 0) {
             break;
         }
