@@ -21,7 +21,7 @@ all: build
 help:
 	@echo "make              build into $(BUILD)/"
 	@echo "make demo         install deps, build, run scripts/demo"
-	@echo "make check        install deps; build and run every suite, then"
+	@echo "make check        install deps; format check; build and run every suite, then"
 	@echo "                  the same in an ASan+UBSan build ($(ASAN_BUILD)/)"
 	@echo "make fuzz         libFuzzer build ($(FUZZ_BUILD)/, clang), each"
 	@echo "                  target for FUZZ_TIME=$(FUZZ_TIME) seconds"
@@ -45,6 +45,7 @@ demo: deps
 # reports everything; the target fails if either did.
 check: deps
 	@st=0; \
+	scripts/format-check || st=1; \
 	$(MAKE) --no-print-directory check-build || st=1; \
 	$(MAKE) --no-print-directory check-asan || st=1; \
 	if [ $$st -ne 0 ]; then echo "make check: FAILED"; else \

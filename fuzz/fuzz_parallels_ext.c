@@ -29,11 +29,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#define FX_KEEP_MAGIC (1u << 0)  /* else the right magic is written */
-#define FX_KEEP_MD5 (1u << 1)    /* else the right checksum is written */
-#define FX_DIRTY (1u << 2)       /* in_use = DIRTY: not closed cleanly */
-#define FX_CLUSTER_SHIFT 3       /* bits 3-4: cluster size, see sizes[] */
-#define FX_FIX_SIZES (1u << 5)   /* bitmap size fields := disk sectors */
+#define FX_KEEP_MAGIC (1u << 0) /* else the right magic is written */
+#define FX_KEEP_MD5 (1u << 1)   /* else the right checksum is written */
+#define FX_DIRTY (1u << 2)      /* in_use = DIRTY: not closed cleanly */
+#define FX_CLUSTER_SHIFT 3      /* bits 3-4: cluster size, see sizes[] */
+#define FX_FIX_SIZES (1u << 5)  /* bitmap size fields := disk sectors */
 
 #define PREFIX 5
 #define MAX_SECTORS (1u << 17) /* 64 MiB disks: small BATs and bitmaps */
@@ -110,8 +110,7 @@ static bool build_image(struct image *im, const uint8_t *cluster,
     }
     memcpy(im->bytes + im->data_off + cs, cluster, cs);
     for (int i = 0; i < 4; i++) {
-        memset(im->bytes + im->data_off + (2 + i) * (uint64_t)cs, fills[i],
-               cs);
+        memset(im->bytes + im->data_off + (2 + i) * (uint64_t)cs, fills[i], cs);
     }
     return true;
 }
@@ -239,8 +238,8 @@ static void check_mark_inconsistent(const uint8_t *c, size_t cs,
             continue;
         }
         for (uint32_t k = 0; k < count; k++) {
-            const uint8_t *e = out + attrs->data_pos + 8 +
-                               (size_t)k * PARALLELS_ATTR_ENTRY;
+            const uint8_t *e =
+                out + attrs->data_pos + 8 + (size_t)k * PARALLELS_ATTR_ENTRY;
             if (memcmp(e, c + f->data_pos + 8, 16) == 0 &&
                 (parallels_get_le32(e + 16) & PARALLELS_ATTR_INCONSISTENT)) {
                 found = true;
@@ -269,15 +268,13 @@ static void walk_status(struct prl_block *bs, const char *name)
     for (int k = 0; off < size && k < MAX_STATUS; k++) {
         bool dirty;
         uint64_t pnum = 0;
-        CHECK(prl_bitmap_status(bs, name, off, size - off, &dirty, &pnum) ==
-              0);
+        CHECK(prl_bitmap_status(bs, name, off, size - off, &dirty, &pnum) == 0);
         CHECK(pnum > 0 && pnum <= size - off);
         off += pnum;
     }
 }
 
-static void check_guest(struct prl_block *bs, const struct image *im,
-                        int first)
+static void check_guest(struct prl_block *bs, const struct image *im, int first)
 {
     uint8_t b[2];
 
@@ -323,8 +320,8 @@ static void check_rewritten(int fd, const struct image *im, const uint8_t *c,
             f->magic == PARALLELS_FEATURE_PRL_ATTRS) {
             continue;
         }
-        if (!(f->flags & (PARALLELS_FEATURE_TRANSIT |
-                          PARALLELS_FEATURE_NECESSARY))) {
+        if (!(f->flags &
+              (PARALLELS_FEATURE_TRANSIT | PARALLELS_FEATURE_NECESSARY))) {
             continue; /* dropped, checked below */
         }
         while (j < nx.n_features && !same_feature(c, f, nc, &nx.features[j])) {
@@ -343,8 +340,8 @@ static void check_rewritten(int fd, const struct image *im, const uint8_t *c,
     free(nc);
 }
 
-static const struct prl_bitmap_info *
-find_info(const struct prl_bitmap_info *v, size_t n, const char *name)
+static const struct prl_bitmap_info *find_info(const struct prl_bitmap_info *v,
+                                               size_t n, const char *name)
 {
     for (size_t i = 0; i < n; i++) {
         if (strcmp(v[i].name, name) == 0) {
@@ -468,8 +465,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     im.sectors = im.sectors ? im.sectors : MAX_SECTORS;
     c = calloc(1, im.cs);
     CHECK(c != NULL);
-    memcpy(c, data + PREFIX,
-           size - PREFIX < im.cs ? size - PREFIX : im.cs);
+    memcpy(c, data + PREFIX, size - PREFIX < im.cs ? size - PREFIX : im.cs);
     if (flags & FX_FIX_SIZES) {
         struct parallels_ext e0;
         char err[256];
@@ -477,8 +473,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             for (size_t i = 0; i < e0.n_features; i++) {
                 if (e0.features[i].magic == PARALLELS_FEATURE_DIRTY_BITMAP &&
                     e0.features[i].data_size >= 8) {
-                    parallels_put_le64(c + e0.features[i].data_pos,
-                                       im.sectors);
+                    parallels_put_le64(c + e0.features[i].data_pos, im.sectors);
                 }
             }
             parallels_ext_free(&e0);
@@ -500,10 +495,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check_mark_inconsistent(c, im.cs, &ext);
         for (size_t i = 0; i < ext.n_features; i++) {
             const struct parallels_feature *f = &ext.features[i];
-            necessary_unknown |=
-                (f->flags & PARALLELS_FEATURE_NECESSARY) &&
-                f->magic != PARALLELS_FEATURE_PRL_ATTRS &&
-                f->magic != PARALLELS_FEATURE_DIRTY_BITMAP;
+            necessary_unknown |= (f->flags & PARALLELS_FEATURE_NECESSARY) &&
+                                 f->magic != PARALLELS_FEATURE_PRL_ATTRS &&
+                                 f->magic != PARALLELS_FEATURE_DIRTY_BITMAP;
         }
     }
 
@@ -536,8 +530,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         prl_block_close(bs);
         CHECK(fd_equals(fd, im.bytes, im.len));
         close(fd);
-        exercise_rw(&im, c, pr == 0 ? &ext : &(struct parallels_ext){0},
-                    ext_ok, necessary_unknown, flags);
+        exercise_rw(&im, c, pr == 0 ? &ext : &(struct parallels_ext){0}, ext_ok,
+                    necessary_unknown, flags);
     }
     if (pr == 0) {
         parallels_ext_free(&ext);

@@ -29,8 +29,7 @@ int prl_bitmap_list(struct prl_block *bs, struct prl_bitmap_info **out,
  * random one); |granularity| is bytes (0 picks 64 KiB), a power of two of
  * at least 512.  The canonical name is copied to |name_out| when not
  * NULL.  Needs a read-write handle of a format with persistent bitmaps. */
-int prl_bitmap_add(struct prl_block *bs, const char *name,
-                   uint64_t granularity,
+int prl_bitmap_add(struct prl_block *bs, const char *name, uint64_t granularity,
                    char name_out[PRL_BITMAP_NAME_SIZE]);
 int prl_bitmap_remove(struct prl_block *bs, const char *name);
 /* Clear every bit; also makes an inconsistent bitmap consistent. */
@@ -44,8 +43,7 @@ int prl_bitmap_merge(struct prl_block *bs, const char *dst_name,
 /* Dirty status of the prefix of [offset, offset+length) with uniform
  * state: *dirty and its length *pnum (1..length).  -ENOENT for an unknown
  * name, -EINVAL for an inconsistent bitmap. */
-int prl_bitmap_status(struct prl_block *bs, const char *name,
-                      uint64_t offset, uint64_t length, bool *dirty,
-                      uint64_t *pnum);
+int prl_bitmap_status(struct prl_block *bs, const char *name, uint64_t offset,
+                      uint64_t length, bool *dirty, uint64_t *pnum);
 
 #endif

@@ -12,8 +12,8 @@
 struct prl_block;
 
 /* Open flags. */
-#define PRL_OPEN_RDWR (1u << 0)     /* read-write; default read-only */
-#define PRL_OPEN_UNSAFE (1u << 1)   /* skip image validation (check, repair) */
+#define PRL_OPEN_RDWR (1u << 0)   /* read-write; default read-only */
+#define PRL_OPEN_UNSAFE (1u << 1) /* skip image validation (check, repair) */
 /* Never sync to stable storage: flush and FUA only order writes, as with
  * qemu's cache=unsafe.  For a target that is useless until complete. */
 #define PRL_OPEN_NO_FLUSH (1u << 2)
@@ -49,25 +49,25 @@ struct prl_extent {
 /* What `prl-img info` shows.  Strings point into the handle and live as
  * long as it. */
 struct prl_image_info {
-    const char *format;        /* driver name: "raw", "parallels" */
+    const char *format; /* driver name: "raw", "parallels" */
     const char *filename;
-    uint64_t virtual_size;     /* bytes */
-    uint64_t actual_size;      /* bytes the file occupies on the host */
-    uint64_t cluster_size;     /* bytes, 0 when the format has none */
+    uint64_t virtual_size; /* bytes */
+    uint64_t actual_size;  /* bytes the file occupies on the host */
+    uint64_t cluster_size; /* bytes, 0 when the format has none */
     bool read_only;
     /* Parallels only (has_parallels): */
     bool has_parallels;
-    const char *subformat;     /* the magic: "WithouFreSpacExt", ... */
-    uint32_t in_use;           /* raw header value */
-    bool dirty;                /* in_use says not closed cleanly */
-    bool empty_flag;           /* header flag bit 0 */
-    uint32_t flags;            /* whole header flags field */
+    const char *subformat; /* the magic: "WithouFreSpacExt", ... */
+    uint32_t in_use;       /* raw header value */
+    bool dirty;            /* in_use says not closed cleanly */
+    bool empty_flag;       /* header flag bit 0 */
+    uint32_t flags;        /* whole header flags field */
     uint32_t heads, cylinders, tracks;
-    uint64_t data_offset;      /* bytes */
-    uint64_t ext_offset;       /* bytes, 0 when none */
+    uint64_t data_offset; /* bytes */
+    uint64_t ext_offset;  /* bytes, 0 when none */
     uint64_t bat_entries;
     uint64_t allocated_clusters;
-    uint64_t file_size;        /* bytes */
+    uint64_t file_size; /* bytes */
 };
 
 /* Open |path|.  |format| NULL probes by content; otherwise the driver of

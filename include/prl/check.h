@@ -23,11 +23,11 @@ enum prl_finding_class {
 
 struct prl_finding {
     enum prl_finding_class cls;
-    const char *kind;      /* stable short name: "bat-duplicate", ... */
-    int64_t bat_index;     /* -1 when not about one BAT entry */
-    uint64_t offset;       /* byte offset in the file it concerns */
-    char *message;         /* what is wrong, with field and value */
-    char *action;          /* what was done, NULL when nothing */
+    const char *kind;  /* stable short name: "bat-duplicate", ... */
+    int64_t bat_index; /* -1 when not about one BAT entry */
+    uint64_t offset;   /* byte offset in the file it concerns */
+    char *message;     /* what is wrong, with field and value */
+    char *action;      /* what was done, NULL when nothing */
     bool fixed;
     bool data_lost;        /* the repair could not keep guest data */
     uint64_t guest_offset; /* where, when data_lost */
@@ -36,15 +36,15 @@ struct prl_finding {
 struct prl_check_result {
     char *filename;
     const char *format;
-    int check_errors;      /* I/O errors that stopped the check */
-    int corruptions;       /* remaining after repair */
-    int leaks;             /* remaining after repair (clusters) */
+    int check_errors; /* I/O errors that stopped the check */
+    int corruptions;  /* remaining after repair */
+    int leaks;        /* remaining after repair (clusters) */
     int corruptions_fixed;
     int leaks_fixed;
     uint64_t image_end_offset;
     uint64_t total_clusters;
     uint64_t allocated_clusters;
-    bool has_clusters;     /* the three fields above are meaningful */
+    bool has_clusters; /* the three fields above are meaningful */
     struct prl_finding *findings;
     size_t n_findings;
 };

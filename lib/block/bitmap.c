@@ -12,9 +12,8 @@
 #include <string.h>
 #include <sys/random.h>
 
-struct prl_dirty_bitmap *prl_dirty_bitmap_new(const uint8_t id[16],
-                                              uint64_t granularity,
-                                              uint64_t size)
+struct prl_dirty_bitmap *
+prl_dirty_bitmap_new(const uint8_t id[16], uint64_t granularity, uint64_t size)
 {
     struct prl_dirty_bitmap *b;
 
@@ -22,8 +21,10 @@ struct prl_dirty_bitmap *prl_dirty_bitmap_new(const uint8_t id[16],
      * (a u32 of bytes). */
     if (granularity < 512 || granularity > ((uint64_t)1 << 31) ||
         !prl_is_power_of_2(granularity)) {
-        prl_error(EINVAL, "bitmap granularity %" PRIu64 " must be a power "
-                  "of two from 512 bytes to 2 GiB", granularity);
+        prl_error(EINVAL,
+                  "bitmap granularity %" PRIu64 " must be a power "
+                  "of two from 512 bytes to 2 GiB",
+                  granularity);
         return NULL;
     }
     b = prl_calloc(1, sizeof(*b));
@@ -35,8 +36,7 @@ struct prl_dirty_bitmap *prl_dirty_bitmap_new(const uint8_t id[16],
     b->granularity = granularity;
     b->size = size;
     b->nbits = prl_div_round_up(size, granularity);
-    b->bits = prl_calloc(1, (size_t)PRL_MAX(prl_div_round_up(b->nbits, 8),
-                                            1));
+    b->bits = prl_calloc(1, (size_t)PRL_MAX(prl_div_round_up(b->nbits, 8), 1));
     if (!b->bits) {
         free(b);
         return NULL;
@@ -137,7 +137,7 @@ int prl_uuid_generate(uint8_t id[16])
 {
     if (getrandom(id, 16, 0) != 16) {
         return prl_error_errno(errno, "could not get random bytes for a "
-                               "UUID");
+                                      "UUID");
     }
     id[6] = (uint8_t)((id[6] & 0x0f) | 0x40);
     id[8] = (uint8_t)((id[8] & 0x3f) | 0x80);
@@ -177,8 +177,10 @@ static int not_found(struct prl_block *bs, const char *name)
 static int need_persistence(struct prl_block *bs, const char *op)
 {
     if (!bs->drv->persistent_bitmaps) {
-        return prl_error(ENOTSUP, "bitmap %s: format %s cannot store dirty "
-                         "bitmaps", op, bs->drv->name);
+        return prl_error(ENOTSUP,
+                         "bitmap %s: format %s cannot store dirty "
+                         "bitmaps",
+                         op, bs->drv->name);
     }
     if (!(bs->caps & PRL_CAP_WRITE)) {
         return prl_error(EROFS, "bitmap %s: '%s' is open read-only", op,
@@ -219,8 +221,8 @@ int prl_bitmap_list(struct prl_block *bs, struct prl_bitmap_info **out,
     return 0;
 }
 
-int prl_bitmap_add(struct prl_block *bs, const char *name,
-                   uint64_t granularity, char name_out[PRL_BITMAP_NAME_SIZE])
+int prl_bitmap_add(struct prl_block *bs, const char *name, uint64_t granularity,
+                   char name_out[PRL_BITMAP_NAME_SIZE])
 {
     struct prl_dirty_bitmap *b, **nv;
     uint8_t id[16];
@@ -235,9 +237,11 @@ int prl_bitmap_add(struct prl_block *bs, const char *name,
             return r;
         }
     } else if (!prl_uuid_parse(name, id)) {
-        return prl_error(EINVAL, "bitmap name '%s' is not a UUID (Parallels "
+        return prl_error(EINVAL,
+                         "bitmap name '%s' is not a UUID (Parallels "
                          "images name bitmaps by their UUID; use 'auto' for "
-                         "a random one)", name);
+                         "a random one)",
+                         name);
     }
     if (granularity == 0) {
         granularity = 65536;
@@ -371,12 +375,15 @@ int prl_bitmap_merge(struct prl_block *bs, const char *dst_name,
     } else if (!s) {
         r = not_found(src_bs, src_name);
     } else if (!s->consistent) {
-        r = prl_error(EINVAL, "bitmap '%s' of '%s' is inconsistent; clear "
-                      "or remove it", s->name, src_bs->filename);
+        r = prl_error(EINVAL,
+                      "bitmap '%s' of '%s' is inconsistent; clear "
+                      "or remove it",
+                      s->name, src_bs->filename);
     } else if (s->size != d->size) {
-        r = prl_error(EINVAL, "bitmaps '%s' and '%s' cover different disk "
-                      "sizes (%" PRIu64 " and %" PRIu64 " bytes)", d->name,
-                      s->name, d->size, s->size);
+        r = prl_error(EINVAL,
+                      "bitmaps '%s' and '%s' cover different disk "
+                      "sizes (%" PRIu64 " and %" PRIu64 " bytes)",
+                      d->name, s->name, d->size, s->size);
     } else if (s->granularity == d->granularity) {
         for (uint64_t i = 0; i < prl_dirty_bitmap_bytes(d); i++) {
             d->bits[i] |= s->bits[i];
@@ -397,9 +404,8 @@ int prl_bitmap_merge(struct prl_block *bs, const char *dst_name,
     return r;
 }
 
-int prl_bitmap_status(struct prl_block *bs, const char *name,
-                      uint64_t offset, uint64_t length, bool *dirty,
-                      uint64_t *pnum)
+int prl_bitmap_status(struct prl_block *bs, const char *name, uint64_t offset,
+                      uint64_t length, bool *dirty, uint64_t *pnum)
 {
     struct prl_dirty_bitmap *b;
     uint64_t end, bit, pos;
@@ -407,23 +413,26 @@ int prl_bitmap_status(struct prl_block *bs, const char *name,
 
     if (length == 0 || prl_add_overflow(offset, length, &end) ||
         end > bs->size) {
-        return prl_error(EINVAL, "bitmap status: range %" PRIu64 "+%" PRIu64
-                         " is outside the disk", offset, length);
+        return prl_error(EINVAL,
+                         "bitmap status: range %" PRIu64 "+%" PRIu64
+                         " is outside the disk",
+                         offset, length);
     }
     pthread_rwlock_rdlock(&bs->bitmap_lock);
     b = find_locked(bs, name, NULL);
     if (!b) {
         r = not_found(bs, name);
     } else if (!b->consistent) {
-        r = prl_error(EINVAL, "bitmap '%s' of '%s' is inconsistent (the "
+        r = prl_error(EINVAL,
+                      "bitmap '%s' of '%s' is inconsistent (the "
                       "image was not closed cleanly); clear or remove it",
                       b->name, bs->filename);
     } else {
         bit = offset / b->granularity;
         *dirty = prl_dirty_bitmap_get(b, bit);
         pos = (bit + 1) * b->granularity;
-        while (pos < end && prl_dirty_bitmap_get(b, pos / b->granularity) ==
-                                *dirty) {
+        while (pos < end &&
+               prl_dirty_bitmap_get(b, pos / b->granularity) == *dirty) {
             pos += b->granularity;
         }
         *pnum = PRL_MIN(pos, end) - offset;

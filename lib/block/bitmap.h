@@ -16,17 +16,16 @@ struct prl_dirty_bitmap {
     uint64_t granularity; /* bytes, power of two >= 512 */
     uint64_t size;        /* disk bytes covered */
     uint64_t nbits;
-    uint8_t *bits;        /* ceil(nbits / 8) bytes; bit i of the disk is
-                           * bit (i % 8) of byte i / 8, as on disk */
+    uint8_t *bits; /* ceil(nbits / 8) bytes; bit i of the disk is
+                    * bit (i % 8) of byte i / 8, as on disk */
     bool enabled;
     bool consistent;
 };
 
 /* A new, all-clear bitmap for a disk of |size| bytes; NULL with a message
  * on failure. */
-struct prl_dirty_bitmap *prl_dirty_bitmap_new(const uint8_t id[16],
-                                              uint64_t granularity,
-                                              uint64_t size);
+struct prl_dirty_bitmap *
+prl_dirty_bitmap_new(const uint8_t id[16], uint64_t granularity, uint64_t size);
 void prl_dirty_bitmap_free(struct prl_dirty_bitmap *b);
 
 /* Bytes of serialized bitmap data: ceil(nbits / 8). */

@@ -25,8 +25,7 @@ static const struct prl_driver *const drivers[] = {
     &prl_driver_bundle,
 };
 
-static const char *const driver_names[] = {"parallels", "raw", "bundle",
-                                           NULL};
+static const char *const driver_names[] = {"parallels", "raw", "bundle", NULL};
 
 const char *const *prl_block_formats(void)
 {
@@ -45,8 +44,10 @@ static const struct prl_driver *find_driver(const char *name)
 
 static int unknown_format(const char *name)
 {
-    return prl_error(EINVAL, "unknown format '%s' (known: parallels, raw, "
-                     "bundle)", name);
+    return prl_error(EINVAL,
+                     "unknown format '%s' (known: parallels, raw, "
+                     "bundle)",
+                     name);
 }
 
 static bool has_parallels_suffix(const char *path)
@@ -128,10 +129,12 @@ static int probe(const char *path, const struct prl_driver **out)
     }
     if (!*out) {
         if (has_parallels_suffix(path)) {
-            return prl_error(EINVAL, "'%s' is named like a Parallels image "
+            return prl_error(EINVAL,
+                             "'%s' is named like a Parallels image "
                              "but has no Parallels magic "
                              "(\"WithoutFreeSpace\" or \"WithouFreSpacExt\");"
-                             " use -f raw to open it as raw", path);
+                             " use -f raw to open it as raw",
+                             path);
         }
         *out = &prl_driver_raw;
     }
@@ -237,8 +240,8 @@ uint32_t prl_block_preferred_size(const struct prl_block *bs)
 }
 
 /* The checks every request passes before a driver sees it. */
-static int check_request(struct prl_block *bs, const char *op,
-                         uint64_t length, uint64_t offset, unsigned flags,
+static int check_request(struct prl_block *bs, const char *op, uint64_t length,
+                         uint64_t offset, unsigned flags,
                          unsigned allowed_flags, bool write)
 {
     uint64_t end;
@@ -248,18 +251,19 @@ static int check_request(struct prl_block *bs, const char *op,
                          flags & ~allowed_flags);
     }
     if (write && !(bs->caps & PRL_CAP_WRITE)) {
-        return prl_error(EROFS, "%s: '%s' is open read-only", op,
-                         bs->filename);
+        return prl_error(EROFS, "%s: '%s' is open read-only", op, bs->filename);
     }
     if (prl_add_overflow(offset, length, &end) || end > bs->size) {
-        return prl_error(EINVAL, "%s: range %" PRIu64 "+%" PRIu64
+        return prl_error(EINVAL,
+                         "%s: range %" PRIu64 "+%" PRIu64
                          " is past the end of '%s' (%" PRIu64 " bytes)",
                          op, offset, length, bs->filename, bs->size);
     }
     if ((offset | length) & (bs->request_alignment - 1)) {
-        return prl_error(EINVAL, "%s: range %" PRIu64 "+%" PRIu64
-                         " is not aligned to %" PRIu32 " bytes", op, offset,
-                         length, bs->request_alignment);
+        return prl_error(EINVAL,
+                         "%s: range %" PRIu64 "+%" PRIu64
+                         " is not aligned to %" PRIu32 " bytes",
+                         op, offset, length, bs->request_alignment);
     }
     return 0;
 }
@@ -277,8 +281,8 @@ int prl_block_pread(struct prl_block *bs, void *buf, uint64_t length,
 int prl_block_pwrite(struct prl_block *bs, const void *buf, uint64_t length,
                      uint64_t offset, unsigned flags)
 {
-    int r = check_request(bs, "write", length, offset, flags, PRL_REQ_FUA,
-                          true);
+    int r =
+        check_request(bs, "write", length, offset, flags, PRL_REQ_FUA, true);
     if (r < 0 || length == 0) {
         return r;
     }
@@ -311,9 +315,9 @@ static int zero_by_writing(struct prl_block *bs, uint64_t length,
 int prl_block_zero(struct prl_block *bs, uint64_t length, uint64_t offset,
                    unsigned flags)
 {
-    int r = check_request(bs, "zero", length, offset, flags,
-                          PRL_REQ_FUA | PRL_REQ_NO_UNMAP | PRL_REQ_FAST_ZERO,
-                          true);
+    int r =
+        check_request(bs, "zero", length, offset, flags,
+                      PRL_REQ_FUA | PRL_REQ_NO_UNMAP | PRL_REQ_FAST_ZERO, true);
     if (r < 0 || length == 0) {
         return r;
     }
@@ -322,8 +326,7 @@ int prl_block_zero(struct prl_block *bs, uint64_t length, uint64_t offset,
         return bs->drv->zero(bs, length, offset, flags);
     }
     if (flags & PRL_REQ_FAST_ZERO) {
-        return prl_error(ENOTSUP, "zero: '%s' cannot zero fast",
-                         bs->filename);
+        return prl_error(ENOTSUP, "zero: '%s' cannot zero fast", bs->filename);
     }
     return zero_by_writing(bs, length, offset, flags);
 }
@@ -331,8 +334,7 @@ int prl_block_zero(struct prl_block *bs, uint64_t length, uint64_t offset,
 int prl_block_trim(struct prl_block *bs, uint64_t length, uint64_t offset,
                    unsigned flags)
 {
-    int r = check_request(bs, "trim", length, offset, flags, PRL_REQ_FUA,
-                          true);
+    int r = check_request(bs, "trim", length, offset, flags, PRL_REQ_FUA, true);
     if (r < 0 || length == 0) {
         return r;
     }
@@ -370,8 +372,9 @@ int prl_block_status(struct prl_block *bs, uint64_t offset, uint64_t length,
         return r;
     }
     if (ext->length == 0 || ext->length > length) {
-        return prl_error(EIO, "block status: driver %s returned length %"
-                         PRIu64 " for a request of %" PRIu64,
+        return prl_error(EIO,
+                         "block status: driver %s returned length %" PRIu64
+                         " for a request of %" PRIu64,
                          bs->drv->name, ext->length, length);
     }
     return 0;
@@ -411,7 +414,7 @@ static int resize_bitmaps(struct prl_block *bs)
         }
         /* Clear bits past the new end inside the last byte. */
         for (uint64_t j = nbits; j < PRL_MIN(b->nbits, bytes * 8); j++) {
-            nb[j / 8] &= (uint8_t)~(1u << (j % 8));
+            nb[j / 8] &= (uint8_t) ~(1u << (j % 8));
         }
         b->bits = nb;
         b->nbits = nbits;
@@ -425,8 +428,7 @@ static int resize_bitmaps(struct prl_block *bs)
 int prl_block_resize(struct prl_block *bs, uint64_t new_size, bool shrink)
 {
     if (!(bs->caps & PRL_CAP_WRITE)) {
-        return prl_error(EROFS, "resize: '%s' is open read-only",
-                         bs->filename);
+        return prl_error(EROFS, "resize: '%s' is open read-only", bs->filename);
     }
     if (new_size == bs->size) {
         return 0;
@@ -499,8 +501,7 @@ int prl_block_create(const char *path, const char *format, uint64_t size,
         return unknown_format(format);
     }
     if (!drv->create) {
-        return prl_error(ENOTSUP, "format %s cannot create images",
-                         drv->name);
+        return prl_error(ENOTSUP, "format %s cannot create images", drv->name);
     }
     r = prl_opts_parse(&opts, options);
     if (r < 0) {

@@ -16,11 +16,11 @@ struct prl_dirty_bitmap;
 
 struct prl_block {
     const struct prl_driver *drv;
-    void *opaque;          /* the driver's state */
+    void *opaque; /* the driver's state */
     char *filename;
-    unsigned open_flags;   /* PRL_OPEN_* */
-    uint64_t size;         /* guest bytes; drivers update it on resize */
-    unsigned caps;         /* PRL_CAP_*, set by the driver's open */
+    unsigned open_flags;        /* PRL_OPEN_* */
+    uint64_t size;              /* guest bytes; drivers update it on resize */
+    unsigned caps;              /* PRL_CAP_*, set by the driver's open */
     uint32_t request_alignment; /* bytes, power of two; 1 = any */
     uint32_t preferred_size;    /* bytes */
     /* Dirty bitmaps (block/bitmap.h).  The driver fills the list on open
@@ -30,7 +30,7 @@ struct prl_block {
     struct prl_dirty_bitmap **bitmaps;
     size_t n_bitmaps;
     pthread_rwlock_t bitmap_lock;
-    bool bitmaps_changed;       /* added, removed, cleared, merged... */
+    bool bitmaps_changed; /* added, removed, cleared, merged... */
 };
 
 /* Mark every enabled bitmap of |bs| dirty over [offset, offset+length). */
@@ -89,8 +89,8 @@ struct prl_driver {
     /* Fill *ext for the prefix of [offset, offset+length) (see
      * prl_block_status); ext->length in 1..length.  Optional: without it
      * everything is allocated data at depth 1. */
-    int (*block_status)(struct prl_block *bs, uint64_t offset,
-                        uint64_t length, struct prl_extent *ext);
+    int (*block_status)(struct prl_block *bs, uint64_t offset, uint64_t length,
+                        struct prl_extent *ext);
 
     /* Fill the format-specific part of *info; the core has set format,
      * filename, virtual_size and read_only.  Optional. */
@@ -103,8 +103,7 @@ struct prl_driver {
      * must work on images open refuses) and repair what |fix| asks.
      * res->filename and res->format are set by the core.  Optional: the
      * core answers -ENOTSUP. */
-    int (*check)(const char *path, unsigned fix,
-                 struct prl_check_result *res);
+    int (*check)(const char *path, unsigned fix, struct prl_check_result *res);
 };
 
 extern const struct prl_driver prl_driver_raw;

@@ -36,22 +36,22 @@ struct chk {
     uint64_t file_size;
     uint32_t *bat;
     uint64_t nbat;
-    uint64_t needed;   /* BAT entries the virtual size needs */
+    uint64_t needed; /* BAT entries the virtual size needs */
     bool header_changed, bat_changed;
-    bool ext_valid;    /* ext_off points at a parsed, checksummed cluster */
-    uint8_t *ext_buf;  /* that cluster, as read */
-    bool *ext_drop;    /* per feature of ext_buf: an invalid bitmap */
-    size_t n_dropped;  /* bitmaps -r all drops from the extension */
-    uint32_t *nz;      /* indexes of the non-zero BAT entries, ascending */
+    bool ext_valid;   /* ext_off points at a parsed, checksummed cluster */
+    uint8_t *ext_buf; /* that cluster, as read */
+    bool *ext_drop;   /* per feature of ext_buf: an invalid bitmap */
+    size_t n_dropped; /* bitmaps -r all drops from the extension */
+    uint32_t *nz;     /* indexes of the non-zero BAT entries, ascending */
     size_t n_nz;
     uint64_t *bat_sorted; /* host offsets of the BAT entries, sorted */
     size_t n_bat_sorted;
     struct ref *refs;
     size_t n_refs, cap_refs;
-    uint8_t *misplaced; /* per BAT entry: check_entries found it invalid */
-    uint64_t allocated; /* non-zero BAT entries after the entry repairs */
-    uint64_t append;   /* next free grid-aligned offset for copies */
-    bool necessary;    /* a NECESSARY feature prl cannot load: no change */
+    uint8_t *misplaced;    /* per BAT entry: check_entries found it invalid */
+    uint64_t allocated;    /* non-zero BAT entries after the entry repairs */
+    uint64_t append;       /* next free grid-aligned offset for copies */
+    bool necessary;        /* a NECESSARY feature prl cannot load: no change */
     uint64_t pending_free; /* old extension cluster to punch after commit */
     uint64_t pending_end;  /* then the file's end, when that was the last */
 };
@@ -158,8 +158,10 @@ static int copy_to_new_cluster(struct chk *k, uint64_t from, uint64_t len,
     int r;
 
     if (dst / k->lay.entry_unit > UINT32_MAX) {
-        return prl_error(ENOSPC, "no room for a new cluster: the BAT cannot "
-                         "address byte %" PRIu64, dst);
+        return prl_error(ENOSPC,
+                         "no room for a new cluster: the BAT cannot "
+                         "address byte %" PRIu64,
+                         dst);
     }
     buf = prl_calloc(1, (size_t)cs);
     if (!buf) {
@@ -192,31 +194,35 @@ static int check_header(struct chk *k)
 
     if (!h->magic_ok) {
         add_finding(k, PRL_FINDING_CORRUPTION, "magic", -1, 0,
-                    "not a Parallels image: the magic is neither \""
-                    PARALLELS_MAGIC_LEGACY "\" nor \"" PARALLELS_MAGIC_EXT
+                    "not a Parallels image: the magic is neither "
+                    "\"" PARALLELS_MAGIC_LEGACY "\" nor \"" PARALLELS_MAGIC_EXT
                     "\"");
         return 1;
     }
     if (h->version != PARALLELS_VERSION) {
         add_finding(k, PRL_FINDING_CORRUPTION, "version", -1,
-                    PARALLELS_OFF_VERSION, "header field version = %" PRIu32
+                    PARALLELS_OFF_VERSION,
+                    "header field version = %" PRIu32
                     " (must be 2): not an image of this format",
                     h->version);
         return 1;
     }
     if (h->tracks == 0 || h->tracks > PARALLELS_MAX_TRACKS) {
         add_finding(k, PRL_FINDING_CORRUPTION, "tracks", -1,
-                    PARALLELS_OFF_TRACKS, "header field tracks = %" PRIu32
+                    PARALLELS_OFF_TRACKS,
+                    "header field tracks = %" PRIu32
                     " (cluster size in sectors must be 1..%u); the cluster "
-                    "size cannot be recovered", h->tracks,
-                    PARALLELS_MAX_TRACKS);
+                    "size cannot be recovered",
+                    h->tracks, PARALLELS_MAX_TRACKS);
         return 1;
     }
     if (!h->ext && (h->nb_sectors >> 32)) {
         add_finding(k, PRL_FINDING_CORRUPTION, "nb-sectors-high", -1,
-                    PARALLELS_OFF_NB_SECTORS, "header field nb_sectors = %"
-                    PRIu64 " has upper 32 bits set in a \""
-                    PARALLELS_MAGIC_LEGACY "\" image", h->nb_sectors);
+                    PARALLELS_OFF_NB_SECTORS,
+                    "header field nb_sectors = %" PRIu64
+                    " has upper 32 bits set in a \"" PARALLELS_MAGIC_LEGACY
+                    "\" image",
+                    h->nb_sectors);
         if (k->fix_errors) {
             h->nb_sectors &= 0xffffffffu;
             k->header_changed = true;
@@ -226,8 +232,10 @@ static int check_header(struct chk *k)
     }
     if (h->nb_sectors > UINT64_MAX / PARALLELS_SECTOR) {
         add_finding(k, PRL_FINDING_CORRUPTION, "nb-sectors", -1,
-                    PARALLELS_OFF_NB_SECTORS, "header field nb_sectors = %"
-                    PRIu64 " overflows a byte size", h->nb_sectors);
+                    PARALLELS_OFF_NB_SECTORS,
+                    "header field nb_sectors = %" PRIu64
+                    " overflows a byte size",
+                    h->nb_sectors);
         if (k->fix_errors) {
             h->nb_sectors = (uint64_t)h->bat_entries * h->tracks;
             k->header_changed = true;
@@ -238,10 +246,10 @@ static int check_header(struct chk *k)
         }
     }
     if (h->flags & ~PARALLELS_FLAG_EMPTY) {
-        add_finding(k, PRL_FINDING_CORRUPTION, "flags", -1,
-                    PARALLELS_OFF_FLAGS, "header field flags = 0x%08" PRIx32
-                    " has unknown bits 0x%08" PRIx32, h->flags,
-                    h->flags & ~PARALLELS_FLAG_EMPTY);
+        add_finding(k, PRL_FINDING_CORRUPTION, "flags", -1, PARALLELS_OFF_FLAGS,
+                    "header field flags = 0x%08" PRIx32
+                    " has unknown bits 0x%08" PRIx32,
+                    h->flags, h->flags & ~PARALLELS_FLAG_EMPTY);
         if (k->fix_errors) {
             h->flags &= PARALLELS_FLAG_EMPTY;
             k->header_changed = true;
@@ -250,12 +258,15 @@ static int check_header(struct chk *k)
     }
     if (h->in_use == PARALLELS_IN_USE_DIRTY) {
         add_finding(k, PRL_FINDING_NOTE, "unclean-close", -1,
-                    PARALLELS_OFF_IN_USE, "the image was not closed cleanly"
-                    " (in_use = 0x%08" PRIx32 ")", h->in_use);
+                    PARALLELS_OFF_IN_USE,
+                    "the image was not closed cleanly"
+                    " (in_use = 0x%08" PRIx32 ")",
+                    h->in_use);
     } else if (h->in_use != 0 && h->in_use != PARALLELS_IN_USE_CLEAN) {
         add_finding(k, PRL_FINDING_NOTE, "in-use-value", -1,
-                    PARALLELS_OFF_IN_USE, "header field in_use = 0x%08"
-                    PRIx32 " is not a value of the spec; treated as closed",
+                    PARALLELS_OFF_IN_USE,
+                    "header field in_use = 0x%08" PRIx32
+                    " is not a value of the spec; treated as closed",
                     h->in_use);
     }
 
@@ -263,7 +274,8 @@ static int check_header(struct chk *k)
     uint64_t bat_end = PARALLELS_HEADER_SIZE + (uint64_t)h->bat_entries * 4;
     if (bat_end > k->file_size) {
         add_finding(k, PRL_FINDING_CORRUPTION, "bat-past-eof", -1,
-                    PARALLELS_OFF_BAT_ENTRIES, "header field nb_bat_entries"
+                    PARALLELS_OFF_BAT_ENTRIES,
+                    "header field nb_bat_entries"
                     " = %" PRIu32 ": the BAT ends at byte %" PRIu64 ", past "
                     "the end of the file (%" PRIu64 " bytes)",
                     h->bat_entries, bat_end, k->file_size);
@@ -278,9 +290,11 @@ static int check_header(struct chk *k)
         h->nb_sectors = PRL_MIN(h->nb_sectors, keep * h->tracks);
         if (k->fix_errors) {
             k->header_changed = true;
-            fixed(k, "reduced nb_bat_entries to %" PRIu64 " and nb_sectors "
+            fixed(k,
+                  "reduced nb_bat_entries to %" PRIu64 " and nb_sectors "
                   "from %" PRIu64 " to %" PRIu64 "; the missing entries "
-                  "mapped no data", keep, old_sectors, h->nb_sectors);
+                  "mapped no data",
+                  keep, old_sectors, h->nb_sectors);
         }
         bat_end = PARALLELS_HEADER_SIZE + keep * 4;
     }
@@ -289,22 +303,25 @@ static int check_header(struct chk *k)
     bool bad = false;
     if (h->ext && h->data_off == 0) {
         add_finding(k, PRL_FINDING_CORRUPTION, "data-off", -1,
-                    PARALLELS_OFF_DATA_OFF, "header field data_off = 0, but"
+                    PARALLELS_OFF_DATA_OFF,
+                    "header field data_off = 0, but"
                     " \"" PARALLELS_MAGIC_EXT "\" images need a non-zero "
                     "cluster-aligned data offset");
         bad = true;
     } else if (h->data_off &&
                (uint64_t)h->data_off * PARALLELS_SECTOR < bat_end) {
         add_finding(k, PRL_FINDING_CORRUPTION, "data-off", -1,
-                    PARALLELS_OFF_DATA_OFF, "header field data_off = %"
-                    PRIu32 " lies inside the BAT, which ends at byte %"
-                    PRIu64, h->data_off, bat_end);
+                    PARALLELS_OFF_DATA_OFF,
+                    "header field data_off = %" PRIu32
+                    " lies inside the BAT, which ends at byte %" PRIu64,
+                    h->data_off, bat_end);
         bad = true;
     } else if (h->ext && ((uint64_t)h->data_off * PARALLELS_SECTOR) %
                              ((uint64_t)h->tracks * PARALLELS_SECTOR)) {
         add_finding(k, PRL_FINDING_CORRUPTION, "data-off", -1,
-                    PARALLELS_OFF_DATA_OFF, "header field data_off = %"
-                    PRIu32 " is not aligned to the cluster size %" PRIu64,
+                    PARALLELS_OFF_DATA_OFF,
+                    "header field data_off = %" PRIu32
+                    " is not aligned to the cluster size %" PRIu64,
                     h->data_off, (uint64_t)h->tracks * PARALLELS_SECTOR);
         bad = true;
     }
@@ -321,8 +338,10 @@ static int read_bat(struct chk *k)
     int r;
 
     if (n * 4 > ((uint64_t)1 << 32)) {
-        return prl_error(EFBIG, "a BAT of %" PRIu64 " entries is too large "
-                         "to check", n);
+        return prl_error(EFBIG,
+                         "a BAT of %" PRIu64 " entries is too large "
+                         "to check",
+                         n);
     }
     k->bat = prl_calloc((size_t)PRL_MAX(n, 1), 4);
     if (!k->bat) {
@@ -364,8 +383,7 @@ static void fix_data_off(struct chk *k)
     }
     k->h.data_off = (uint32_t)(v / PARALLELS_SECTOR);
     k->header_changed = true;
-    fixed(k, "set data_off = %" PRIu32 " (byte %" PRIu64 ")", k->h.data_off,
-          v);
+    fixed(k, "set data_off = %" PRIu32 " (byte %" PRIu64 ")", k->h.data_off, v);
 }
 
 /* nb_bat_entries must cover nb_sectors: grow the BAT into zeroed space
@@ -383,23 +401,23 @@ static int check_bat_covers(struct chk *k)
     if (need <= h->bat_entries) {
         return 0;
     }
-    add_finding(k, PRL_FINDING_CORRUPTION, "bat-size", -1,
-                PARALLELS_OFF_BAT_ENTRIES, "header field nb_bat_entries = %"
-                PRIu32 " covers %" PRIu64 " sectors, but nb_sectors = %"
-                PRIu64, h->bat_entries, (uint64_t)h->bat_entries * h->tracks,
-                h->nb_sectors);
+    add_finding(
+        k, PRL_FINDING_CORRUPTION, "bat-size", -1, PARALLELS_OFF_BAT_ENTRIES,
+        "header field nb_bat_entries = %" PRIu32 " covers %" PRIu64
+        " sectors, but nb_sectors = %" PRIu64,
+        h->bat_entries, (uint64_t)h->bat_entries * h->tracks, h->nb_sectors);
     if (!k->fix_errors) {
         return 0;
     }
-    data_off = h->data_off ? (uint64_t)h->data_off * PARALLELS_SECTOR
-                           : UINT64_MAX;
+    data_off =
+        h->data_off ? (uint64_t)h->data_off * PARALLELS_SECTOR : UINT64_MAX;
     uint64_t new_end = PARALLELS_HEADER_SIZE + need * 4;
     uint64_t old_end = PARALLELS_HEADER_SIZE + (uint64_t)h->bat_entries * 4;
-    bool room = need <= UINT32_MAX && new_end <= data_off &&
-                new_end <= k->file_size;
+    bool room =
+        need <= UINT32_MAX && new_end <= data_off && new_end <= k->file_size;
     for (uint64_t c = 0; room && c < k->nbat; c++) {
-        uint64_t unit = h->ext ? (uint64_t)h->tracks * PARALLELS_SECTOR
-                               : PARALLELS_SECTOR;
+        uint64_t unit =
+            h->ext ? (uint64_t)h->tracks * PARALLELS_SECTOR : PARALLELS_SECTOR;
         if (k->bat[c] && (uint64_t)k->bat[c] * unit < new_end) {
             room = false;
         }
@@ -427,15 +445,18 @@ static int check_bat_covers(struct chk *k)
         k->nbat = need;
         h->bat_entries = (uint32_t)need;
         k->header_changed = true;
-        fixed(k, "grew nb_bat_entries to %" PRIu64 " into zeroed space "
-              "before the data area", need);
+        fixed(k,
+              "grew nb_bat_entries to %" PRIu64 " into zeroed space "
+              "before the data area",
+              need);
     } else {
         uint64_t old = h->nb_sectors;
         h->nb_sectors = (uint64_t)h->bat_entries * h->tracks;
         k->header_changed = true;
-        fixed(k, "reduced nb_sectors from %" PRIu64 " to %" PRIu64
-              " (the BAT could not grow; no cluster held data there)", old,
-              h->nb_sectors);
+        fixed(k,
+              "reduced nb_sectors from %" PRIu64 " to %" PRIu64
+              " (the BAT could not grow; no cluster held data there)",
+              old, h->nb_sectors);
     }
     return 0;
 }
@@ -571,9 +592,10 @@ static int check_entry(struct chk *k, uint64_t c)
     if (c >= k->needed) {
         k->misplaced[c] = 1;
         add_finding(k, PRL_FINDING_CORRUPTION, "bat-beyond-size", (int64_t)c,
-                    off, "BAT entry %" PRIu64 " = %" PRIu32 " maps guest "
-                    "offset %" PRIu64 ", beyond the virtual size %"
-                    PRIu64, c, e, c * cs, k->lay.virtual_size);
+                    off,
+                    "BAT entry %" PRIu64 " = %" PRIu32 " maps guest "
+                    "offset %" PRIu64 ", beyond the virtual size %" PRIu64,
+                    c, e, c * cs, k->lay.virtual_size);
         if (k->fix_errors) {
             k->bat[c] = 0;
             k->bat_changed = true;
@@ -586,31 +608,33 @@ static int check_entry(struct chk *k, uint64_t c)
                                    : "is past the end of the file";
         k->misplaced[c] = 1;
         add_finding(k, PRL_FINDING_CORRUPTION,
-                    off < k->lay.bat_end ? "bat-in-header"
-                                         : "bat-past-eof",
-                    (int64_t)c, off, "BAT entry %" PRIu64 " = %" PRIu32
-                    " (byte offset %" PRIu64 ") %s", c, e, off, why);
+                    off < k->lay.bat_end ? "bat-in-header" : "bat-past-eof",
+                    (int64_t)c, off,
+                    "BAT entry %" PRIu64 " = %" PRIu32 " (byte offset %" PRIu64
+                    ") %s",
+                    c, e, off, why);
         if (k->fix_errors) {
             k->bat[c] = 0;
             k->bat_changed = true;
-            fixed(k, "cleared the entry: the data of guest offset %"
-                  PRIu64 " is lost", c * cs);
+            fixed(k,
+                  "cleared the entry: the data of guest offset %" PRIu64
+                  " is lost",
+                  c * cs);
             lost(k, c * cs);
         }
         return 0;
     }
-    if (off < k->lay.data_off ||
-        (off - k->lay.data_off) % cs != 0) {
+    if (off < k->lay.data_off || (off - k->lay.data_off) % cs != 0) {
         k->misplaced[c] = 1;
-        add_finding(k, PRL_FINDING_CORRUPTION,
-                    off < k->lay.data_off ? "bat-below-data"
-                                          : "bat-misaligned",
-                    (int64_t)c, off, "BAT entry %" PRIu64 " = %" PRIu32
-                    " (byte offset %" PRIu64 ") %s", c, e, off,
-                    off < k->lay.data_off
-                        ? "lies below the data area"
-                        : "is not aligned to a cluster of the data "
-                          "area");
+        add_finding(
+            k, PRL_FINDING_CORRUPTION,
+            off < k->lay.data_off ? "bat-below-data" : "bat-misaligned",
+            (int64_t)c, off,
+            "BAT entry %" PRIu64 " = %" PRIu32 " (byte offset %" PRIu64 ") %s",
+            c, e, off,
+            off < k->lay.data_off ? "lies below the data area"
+                                  : "is not aligned to a cluster of the data "
+                                    "area");
         if (k->fix_errors) {
             r = copy_to_new_cluster(k, off, cs, &to);
             if (r < 0) {
@@ -623,11 +647,11 @@ static int check_entry(struct chk *k, uint64_t c)
         return 0;
     }
     if (k->file_size - off < cs) {
-        add_finding(k, PRL_FINDING_CORRUPTION, "bat-partial", (int64_t)c,
-                    off, "BAT entry %" PRIu64 " = %" PRIu32 " (byte "
+        add_finding(k, PRL_FINDING_CORRUPTION, "bat-partial", (int64_t)c, off,
+                    "BAT entry %" PRIu64 " = %" PRIu32 " (byte "
                     "offset %" PRIu64 "): its cluster is only partly "
-                    "inside the file (%" PRIu64 " bytes)", c, e, off,
-                    k->file_size);
+                    "inside the file (%" PRIu64 " bytes)",
+                    c, e, off, k->file_size);
         if (k->fix_errors) {
             r = prl_file_truncate(&k->f, off + cs);
             if (r < 0) {
@@ -635,8 +659,10 @@ static int check_entry(struct chk *k, uint64_t c)
             }
             k->file_size = off + cs;
             k->append = PRL_MAX(k->append, off + cs);
-            fixed(k, "extended the file to %" PRIu64 " bytes; the "
-                  "missing part reads as zeroes", off + cs);
+            fixed(k,
+                  "extended the file to %" PRIu64 " bytes; the "
+                  "missing part reads as zeroes",
+                  off + cs);
         }
     }
     return 0;
@@ -682,10 +708,12 @@ static int unknown_feature(struct chk *k, const struct parallels_feature *f)
     if (f->flags & PARALLELS_FEATURE_NECESSARY) {
         k->necessary = true;
         return add_finding(k, PRL_FINDING_NOTE, "ext-necessary", -1,
-                           k->h.ext_off * PARALLELS_SECTOR, "Format "
+                           k->h.ext_off * PARALLELS_SECTOR,
+                           "Format "
                            "Extension feature 0x%016" PRIx64 " is unknown "
                            "and marked NECESSARY: the file must not be "
-                           "changed, so nothing is repaired", f->magic);
+                           "changed, so nothing is repaired",
+                           f->magic);
     }
     return 0;
 }
@@ -745,22 +773,25 @@ static int check_bitmap(struct chk *k, const struct parallels_feature *f,
     size_t first = k->n_refs;
     int r;
 
-    r = parallels_bitmap_decode(k->ext_buf + f->data_pos, f->data_size, &b,
-                                err, errlen);
+    r = parallels_bitmap_decode(k->ext_buf + f->data_pos, f->data_size, &b, err,
+                                errlen);
     if (r < 0) {
         return r;
     }
     sectors = k->lay.virtual_size / PARALLELS_SECTOR;
     if (b.size != sectors) {
-        snprintf(err, errlen, "size = %" PRIu64 " sectors, but the disk has "
-                 "%" PRIu64, b.size, sectors);
+        snprintf(err, errlen,
+                 "size = %" PRIu64 " sectors, but the disk has "
+                 "%" PRIu64,
+                 b.size, sectors);
         return -EINVAL;
     }
     if (b.granularity == 0 || !prl_is_power_of_2(b.granularity) ||
         b.granularity > UINT32_MAX / PARALLELS_SECTOR) {
-        snprintf(err, errlen, "granularity = %" PRIu32 " sectors is not a "
-                 "power of two in 1..%u", b.granularity,
-                 UINT32_MAX / PARALLELS_SECTOR);
+        snprintf(err, errlen,
+                 "granularity = %" PRIu32 " sectors is not a "
+                 "power of two in 1..%u",
+                 b.granularity, UINT32_MAX / PARALLELS_SECTOR);
         return -EINVAL;
     }
     for (size_t j = 0; j < n_ids; j++) {
@@ -776,7 +807,8 @@ static int check_bitmap(struct chk *k, const struct parallels_feature *f,
     bytes = prl_div_round_up(prl_div_round_up(k->lay.virtual_size, gran), 8);
     want = prl_div_round_up(bytes, cs);
     if (b.l1_size != want) {
-        snprintf(err, errlen, "l1_size = %" PRIu32 ", but %" PRIu64 " bytes "
+        snprintf(err, errlen,
+                 "l1_size = %" PRIu32 ", but %" PRIu64 " bytes "
                  "of bitmap in clusters of %" PRIu64 " need %" PRIu64,
                  b.l1_size, bytes, cs, want);
         return -EINVAL;
@@ -800,8 +832,8 @@ static int check_bitmap(struct chk *k, const struct parallels_feature *f,
             why = used ? "is a cluster of guest data" : NULL;
         }
         if (why) {
-            snprintf(err, errlen, "L1 entry %" PRIu32 " = %" PRIu64 " %s",
-                     j, e, why);
+            snprintf(err, errlen, "L1 entry %" PRIu32 " = %" PRIu64 " %s", j, e,
+                     why);
             return -EINVAL;
         }
         r = add_ref(k, off, cs, REF_BITMAP(i));
@@ -821,10 +853,13 @@ static int check_bitmap(struct chk *k, const struct parallels_feature *f,
             const struct ref *x = &k->refs[j - 1], *y = &k->refs[j];
             if (x->off == y->off &&
                 (x->owner == REF_BITMAP(i) || y->owner == REF_BITMAP(i))) {
-                snprintf(err, errlen, "an L1 entry names the cluster at "
-                         "byte %" PRIu64 ", which %s", x->off,
+                snprintf(err, errlen,
+                         "an L1 entry names the cluster at "
+                         "byte %" PRIu64 ", which %s",
+                         x->off,
                          x->owner == y->owner ? "another of its entries "
-                         "names" : "an earlier bitmap uses");
+                                                "names"
+                                              : "an earlier bitmap uses");
                 return -EINVAL;
             }
         }
@@ -857,14 +892,16 @@ static int invalid_bitmap(struct chk *k, const struct parallels_feature *f,
         r = add_finding(k, PRL_FINDING_NOTE, "ext-necessary", -1, ext,
                         "dirty bitmap %s is marked NECESSARY and cannot be "
                         "loaded: the file must not be changed, so nothing "
-                        "is repaired", name);
+                        "is repaired",
+                        name);
         if (r < 0) {
             return r;
         }
     }
     r = add_finding(k, PRL_FINDING_CORRUPTION, "bitmap-invalid", -1, ext,
                     "dirty bitmap %s (feature %zu of the Format Extension "
-                    "at byte %" PRIu64 ") is invalid: %s", name, i, ext, err);
+                    "at byte %" PRIu64 ") is invalid: %s",
+                    name, i, ext, err);
     if (r == 0 && k->fix_errors) {
         k->ext_drop[i] = true;
         k->n_dropped++;
@@ -880,7 +917,7 @@ static int check_ext(struct chk *k)
     uint64_t cs = k->lay.cluster_size, off;
     const char *why = NULL;
     struct parallels_ext ext;
-    uint8_t (*ids)[16] = NULL;
+    uint8_t(*ids)[16] = NULL;
     size_t n_ids = 0;
     uint8_t *buf;
     char err[256];
@@ -889,12 +926,13 @@ static int check_ext(struct chk *k)
     if (k->h.ext_off == 0) {
         return 0;
     }
-    why = parallels_sector_offset_problem(&k->lay, k->h.ext_off,
-                                          k->file_size, &off);
+    why = parallels_sector_offset_problem(&k->lay, k->h.ext_off, k->file_size,
+                                          &off);
     if (why) {
         add_finding(k, PRL_FINDING_CORRUPTION, "ext-off", -1,
-                    PARALLELS_OFF_EXT_OFF, "header field ext_off = %" PRIu64
-                    " (byte %" PRIu64 ") %s", k->h.ext_off, off, why);
+                    PARALLELS_OFF_EXT_OFF,
+                    "header field ext_off = %" PRIu64 " (byte %" PRIu64 ") %s",
+                    k->h.ext_off, off, why);
         if (k->fix_errors) {
             k->h.ext_off = 0;
             k->header_changed = true;
@@ -989,7 +1027,8 @@ static int check_overlaps(struct chk *k)
     }
     if (drop_ext) {
         add_finding(k, PRL_FINDING_CORRUPTION, "ext-collision", -1,
-                    k->h.ext_off * PARALLELS_SECTOR, "the Format Extension "
+                    k->h.ext_off * PARALLELS_SECTOR,
+                    "the Format Extension "
                     "or its bitmaps share clusters with guest data");
         if (k->fix_errors) {
             size_t w = 0;
@@ -1025,12 +1064,13 @@ static int check_overlaps(struct chk *k)
                 with = x->owner;
             }
             add_finding(k, PRL_FINDING_CORRUPTION,
-                        entry_off(k, k->bat[holder]) == x->off
-                            ? "bat-duplicate" : "bat-overlap",
-                        on, entry_off(k, k->bat[on]), "BAT entry %" PRId64
-                        " = %" PRIu32 " (byte offset %" PRIu64 ") shares "
-                        "bytes with BAT entry %" PRId64, on, k->bat[on],
-                        entry_off(k, k->bat[on]), with);
+                        entry_off(k, k->bat[holder]) == x->off ? "bat-duplicate"
+                                                               : "bat-overlap",
+                        on, entry_off(k, k->bat[on]),
+                        "BAT entry %" PRId64 " = %" PRIu32
+                        " (byte offset %" PRIu64 ") shares "
+                        "bytes with BAT entry %" PRId64,
+                        on, k->bat[on], entry_off(k, k->bat[on]), with);
             if (k->fix_errors) {
                 r = copy_to_new_cluster(k, x->off, cs, &to);
                 if (r < 0) {
@@ -1040,8 +1080,10 @@ static int check_overlaps(struct chk *k)
                 k->bat_changed = true;
                 x->off = to;
                 moved = true;
-                fixed(k, "copied the shared cluster to byte offset %" PRIu64
-                      " so both entries keep their data", to);
+                fixed(k,
+                      "copied the shared cluster to byte offset %" PRIu64
+                      " so both entries keep their data",
+                      to);
             }
             continue;
         }
@@ -1059,8 +1101,7 @@ static int check_overlaps(struct chk *k)
  * nothing and is reused by the driver), the tail past the last referenced
  * cluster always counts. */
 /* True when [off, off+len) of the file reads as zeroes. */
-static int range_is_zero(struct chk *k, uint64_t off, uint64_t len,
-                         bool *zero)
+static int range_is_zero(struct chk *k, uint64_t off, uint64_t len, bool *zero)
 {
     size_t chunk = (size_t)PRL_MIN(len, (uint64_t)1 << 20);
     uint8_t *buf = prl_malloc(chunk);
@@ -1108,8 +1149,8 @@ static int count_data_clusters(struct chk *k, uint64_t from, uint64_t to,
          * a file-system block can sit in "data" and still be zero. */
         uint64_t end = PRL_MIN(pos + len, to);
         while (pos < end) {
-            uint64_t a = k->lay.data_off +
-                         prl_round_down(pos - k->lay.data_off, cs);
+            uint64_t a =
+                k->lay.data_off + prl_round_down(pos - k->lay.data_off, cs);
             uint64_t b = PRL_MIN(a + cs, to);
             bool zero;
             a = PRL_MAX(a, from);
@@ -1163,13 +1204,14 @@ static int check_leaks(struct chk *k)
     if (interior) {
         add_finding(k, PRL_FINDING_LEAK, "leak", -1, k->lay.data_off,
                     "%" PRIu64 " cluster(s) inside the data area hold data "
-                    "that nothing references", interior);
+                    "that nothing references",
+                    interior);
         k->res->leaks += (int)PRL_MIN(interior - 1, (uint64_t)INT32_MAX);
         if (k->fix_leaks) {
             fixed(k, "punched holes over them");
             k->res->leaks -= (int)PRL_MIN(interior - 1, (uint64_t)INT32_MAX);
-            k->res->leaks_fixed += (int)PRL_MIN(interior - 1,
-                                                (uint64_t)INT32_MAX);
+            k->res->leaks_fixed +=
+                (int)PRL_MIN(interior - 1, (uint64_t)INT32_MAX);
         }
     }
     if (tail) {
@@ -1186,8 +1228,7 @@ static int check_leaks(struct chk *k)
             k->file_size = used_end;
             fixed(k, "truncated the file to %" PRIu64 " bytes", used_end);
             k->res->leaks -= (int)PRL_MIN(tail - 1, (uint64_t)INT32_MAX);
-            k->res->leaks_fixed += (int)PRL_MIN(tail - 1,
-                                                (uint64_t)INT32_MAX);
+            k->res->leaks_fixed += (int)PRL_MIN(tail - 1, (uint64_t)INT32_MAX);
         }
     }
     return 0;
@@ -1360,8 +1401,10 @@ static int rewrite_ext(struct chk *k, bool inconsistent)
                         "the dirty bitmaps missed the writes of the "
                         "unclean session");
         if (r == 0) {
-            fixed(k, "marked them inconsistent (Format Extension moved to "
-                  "byte %" PRIu64 ")", to);
+            fixed(k,
+                  "marked them inconsistent (Format Extension moved to "
+                  "byte %" PRIu64 ")",
+                  to);
         }
     }
     if (r == 0) {
@@ -1415,7 +1458,8 @@ static int run_check(struct chk *k)
     if (k->file_size < PARALLELS_HEADER_SIZE) {
         add_finding(k, PRL_FINDING_CORRUPTION, "header-truncated", -1, 0,
                     "the file (%" PRIu64 " bytes) is too short for a "
-                    "Parallels header (64 bytes)", k->file_size);
+                    "Parallels header (64 bytes)",
+                    k->file_size);
         return 0;
     }
     r = prl_file_pread(&k->f, hbuf, sizeof(hbuf), 0);
@@ -1486,15 +1530,15 @@ static int run_check(struct chk *k)
     }
     if (low != UINT64_MAX) {
         add_finding(k, PRL_FINDING_CORRUPTION, "data-off", -1,
-                    PARALLELS_OFF_DATA_OFF, "header field data_off = %"
-                    PRIu32 " (byte %" PRIu64 ") lies above BAT entries that "
-                    "point at byte %" PRIu64, k->h.data_off,
-                    k->lay.data_off, low);
+                    PARALLELS_OFF_DATA_OFF,
+                    "header field data_off = %" PRIu32 " (byte %" PRIu64
+                    ") lies above BAT entries that "
+                    "point at byte %" PRIu64,
+                    k->h.data_off, k->lay.data_off, low);
         if (k->fix_errors) {
             fix_data_off(k);
             lh.data_off = k->h.data_off;
-            r = parallels_layout(&lh, k->file_size, &k->lay, why,
-                                 sizeof(why));
+            r = parallels_layout(&lh, k->file_size, &k->lay, why, sizeof(why));
             if (r < 0) {
                 add_finding(k, PRL_FINDING_CORRUPTION, "header", -1, 0,
                             "invalid header: %s", why);
@@ -1515,8 +1559,8 @@ static int run_check(struct chk *k)
         forbid_repairs(k);
     }
     for (size_t i = 0; r == 0 && i < k->n_refs; i++) {
-        k->append = PRL_MAX(k->append, grid_up(k, k->refs[i].off +
-                                               k->refs[i].len));
+        k->append =
+            PRL_MAX(k->append, grid_up(k, k->refs[i].off + k->refs[i].len));
     }
     if (r == 0) {
         r = check_entries(k);
@@ -1534,14 +1578,15 @@ static int run_check(struct chk *k)
     uint64_t allocated = k->allocated;
     k->res->allocated_clusters = allocated;
     if ((k->h.flags & PARALLELS_FLAG_EMPTY) && allocated) {
-        add_finding(k, PRL_FINDING_CORRUPTION, "empty-flag", -1,
-                    PARALLELS_OFF_FLAGS, "the Empty flag is set but %" PRIu64
-                    " cluster(s) are allocated", allocated);
+        add_finding(
+            k, PRL_FINDING_CORRUPTION, "empty-flag", -1, PARALLELS_OFF_FLAGS,
+            "the Empty flag is set but %" PRIu64 " cluster(s) are allocated",
+            allocated);
         if (k->fix_errors) {
             k->h.flags &= ~PARALLELS_FLAG_EMPTY;
             k->header_changed = true;
             fixed(k, "cleared the Empty flag; the allocated clusters are "
-                  "kept");
+                     "kept");
         }
     }
     r = check_leaks(k);
@@ -1554,8 +1599,8 @@ static int run_check(struct chk *k)
     bool foreign = k->fix_errors && k->h.in_use != 0 &&
                    k->h.in_use != PARALLELS_IN_USE_CLEAN &&
                    k->h.in_use != PARALLELS_IN_USE_DIRTY;
-    bool drop_bitmaps = k->fix_errors && k->n_dropped && k->ext_valid &&
-                        k->h.ext_off;
+    bool drop_bitmaps =
+        k->fix_errors && k->n_dropped && k->ext_valid && k->h.ext_off;
     bool closing = (k->fix_errors || k->fix_leaks) &&
                    k->res->corruptions == 0 &&
                    (k->header_changed || drop_bitmaps ||

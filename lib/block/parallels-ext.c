@@ -38,8 +38,10 @@ int parallels_ext_parse(const uint8_t *cluster, size_t cs,
 
     memset(ext, 0, sizeof(*ext));
     if (cs < PARALLELS_EXT_HEADER + PARALLELS_FEATURE_HEADER) {
-        snprintf(err, errlen, "cluster of %zu bytes is too small for a "
-                 "Format Extension", cs);
+        snprintf(err, errlen,
+                 "cluster of %zu bytes is too small for a "
+                 "Format Extension",
+                 cs);
         return -EINVAL;
     }
     ext->magic_ok = parallels_get_le64(cluster) == PARALLELS_EXT_MAGIC;
@@ -52,8 +54,10 @@ int parallels_ext_parse(const uint8_t *cluster, size_t cs,
         size_t end;
 
         if (cs - pos < PARALLELS_FEATURE_HEADER) {
-            snprintf(err, errlen, "feature list has no End record inside "
-                     "the cluster (stops at byte %zu of %zu)", pos, cs);
+            snprintf(err, errlen,
+                     "feature list has no End record inside "
+                     "the cluster (stops at byte %zu of %zu)",
+                     pos, cs);
             parallels_ext_free(ext);
             return -EINVAL;
         }
@@ -65,7 +69,8 @@ int parallels_ext_parse(const uint8_t *cluster, size_t cs,
             break;
         }
         if (f.data_size > cs - f.data_pos) {
-            snprintf(err, errlen, "feature 0x%016" PRIx64 " at byte %zu: "
+            snprintf(err, errlen,
+                     "feature 0x%016" PRIx64 " at byte %zu: "
                      "data_size = %" PRIu32 " runs past the cluster end",
                      f.magic, pos, f.data_size);
             parallels_ext_free(ext);
@@ -98,8 +103,10 @@ int parallels_ext_parse_valid(const uint8_t *cluster, size_t cs,
         return r;
     }
     if (!ext->magic_ok) {
-        snprintf(err, errlen, "its magic is 0x%016" PRIx64 ", not "
-                 "0xAB234CEF23DCEA87", parallels_get_le64(cluster));
+        snprintf(err, errlen,
+                 "its magic is 0x%016" PRIx64 ", not "
+                 "0xAB234CEF23DCEA87",
+                 parallels_get_le64(cluster));
     } else if (!ext->checksum_ok) {
         snprintf(err, errlen, "its MD5 checksum does not match");
     } else {
@@ -132,9 +139,10 @@ int parallels_bitmap_decode(const uint8_t *data, uint32_t data_size,
                             size_t errlen)
 {
     if (data_size < PARALLELS_BITMAP_FIXED) {
-        snprintf(err, errlen, "dirty bitmap feature: data_size = %" PRIu32
-                 " is smaller than its fixed part (%d bytes)", data_size,
-                 PARALLELS_BITMAP_FIXED);
+        snprintf(err, errlen,
+                 "dirty bitmap feature: data_size = %" PRIu32
+                 " is smaller than its fixed part (%d bytes)",
+                 data_size, PARALLELS_BITMAP_FIXED);
         return -EINVAL;
     }
     b->size = parallels_get_le64(data);
@@ -142,10 +150,11 @@ int parallels_bitmap_decode(const uint8_t *data, uint32_t data_size,
     b->granularity = parallels_get_le32(data + 24);
     b->l1_size = parallels_get_le32(data + 28);
     if ((uint64_t)b->l1_size * 8 > data_size - PARALLELS_BITMAP_FIXED) {
-        snprintf(err, errlen, "dirty bitmap feature: l1_size = %" PRIu32
-                 " needs %" PRIu64 " bytes but data_size = %" PRIu32,
-                 b->l1_size, (uint64_t)b->l1_size * 8 +
-                 PARALLELS_BITMAP_FIXED, data_size);
+        snprintf(err, errlen,
+                 "dirty bitmap feature: l1_size = %" PRIu32 " needs %" PRIu64
+                 " bytes but data_size = %" PRIu32,
+                 b->l1_size, (uint64_t)b->l1_size * 8 + PARALLELS_BITMAP_FIXED,
+                 data_size);
         return -EINVAL;
     }
     b->l1 = data + PARALLELS_BITMAP_FIXED;
@@ -187,8 +196,10 @@ int parallels_ext_writer_add(struct parallels_ext_writer *w, uint64_t magic,
     uint8_t *p = parallels_ext_writer_reserve(w, magic, flags, size);
 
     if (!p) {
-        return prl_error(ENOSPC, "the Format Extension features do not fit "
-                         "in one cluster of %zu bytes", w->cluster_size);
+        return prl_error(ENOSPC,
+                         "the Format Extension features do not fit "
+                         "in one cluster of %zu bytes",
+                         w->cluster_size);
     }
     memcpy(p, data, size);
     return 0;
@@ -200,8 +211,7 @@ int parallels_ext_writer_finish(struct parallels_ext_writer *w)
     return parallels_ext_checksum(w->buf, w->cluster_size, w->buf + 8);
 }
 
-int parallels_ext_mark_inconsistent(const uint8_t *old, uint8_t *out,
-                                    size_t cs)
+int parallels_ext_mark_inconsistent(const uint8_t *old, uint8_t *out, size_t cs)
 {
     struct parallels_ext ext;
     struct parallels_ext_writer w;
@@ -225,20 +235,20 @@ int parallels_ext_mark_inconsistent(const uint8_t *old, uint8_t *out,
         if (f->magic == PARALLELS_FEATURE_DIRTY_BITMAP) {
             n_bitmaps++;
         }
-        r = parallels_ext_writer_add(&w, f->magic, f->flags,
-                                     old + f->data_pos, f->data_size);
+        r = parallels_ext_writer_add(&w, f->magic, f->flags, old + f->data_pos,
+                                     f->data_size);
         if (r < 0) {
             parallels_ext_free(&ext);
             return r;
         }
     }
-    attrs = parallels_ext_writer_reserve(
-        &w, PARALLELS_FEATURE_PRL_ATTRS, PARALLELS_FEATURE_TRANSIT,
-        8 + n_bitmaps * PARALLELS_ATTR_ENTRY);
+    attrs = parallels_ext_writer_reserve(&w, PARALLELS_FEATURE_PRL_ATTRS,
+                                         PARALLELS_FEATURE_TRANSIT,
+                                         8 + n_bitmaps * PARALLELS_ATTR_ENTRY);
     if (!attrs) {
         parallels_ext_free(&ext);
         return prl_error(ENOSPC, "no room in the Format Extension to mark "
-                         "its bitmaps inconsistent");
+                                 "its bitmaps inconsistent");
     }
     parallels_put_le32(attrs, n_bitmaps);
     uint8_t *e = attrs + 8;

@@ -24,9 +24,9 @@
 #define PARALLELS_ATTR_INCONSISTENT (1u << 1)
 #define PARALLELS_ATTR_ENTRY 24
 
-#define PARALLELS_EXT_HEADER 24      /* magic + MD5 */
-#define PARALLELS_FEATURE_HEADER 24  /* magic, flags, data_size, unused */
-#define PARALLELS_BITMAP_FIXED 32    /* size, id, granularity, l1_size */
+#define PARALLELS_EXT_HEADER 24     /* magic + MD5 */
+#define PARALLELS_FEATURE_HEADER 24 /* magic, flags, data_size, unused */
+#define PARALLELS_BITMAP_FIXED 32   /* size, id, granularity, l1_size */
 
 struct parallels_feature {
     uint64_t magic;
@@ -67,11 +67,11 @@ const uint8_t *parallels_ext_attrs(const uint8_t *cluster,
                                    uint32_t *n);
 
 struct parallels_bitmap_info {
-    uint64_t size;          /* sectors */
+    uint64_t size; /* sectors */
     uint8_t id[16];
-    uint32_t granularity;   /* sectors per bit */
+    uint32_t granularity; /* sectors per bit */
     uint32_t l1_size;
-    const uint8_t *l1;      /* l1_size little-endian u64 entries */
+    const uint8_t *l1; /* l1_size little-endian u64 entries */
 };
 
 /* Decode a dirty-bitmap feature's data.  -EINVAL with |err| when its
@@ -82,7 +82,7 @@ int parallels_bitmap_decode(const uint8_t *data, uint32_t data_size,
 
 /* Building a Format Extension cluster. */
 struct parallels_ext_writer {
-    uint8_t *buf;  /* cluster_size bytes */
+    uint8_t *buf; /* cluster_size bytes */
     size_t cluster_size;
     size_t pos;
 };
@@ -92,8 +92,7 @@ void parallels_ext_writer_init(struct parallels_ext_writer *w, uint8_t *buf,
                                size_t cluster_size);
 /* Append one feature; -ENOSPC when it and the End record do not fit. */
 int parallels_ext_writer_add(struct parallels_ext_writer *w, uint64_t magic,
-                             uint64_t flags, const void *data,
-                             uint32_t size);
+                             uint64_t flags, const void *data, uint32_t size);
 /* Reserve room for a feature of |size| data bytes and return where its
  * data goes (zeroed), or NULL when it does not fit. */
 uint8_t *parallels_ext_writer_reserve(struct parallels_ext_writer *w,

@@ -50,10 +50,10 @@ void parallels_header_encode(const struct parallels_header *h,
     memcpy(buf, &d, sizeof(d));
 }
 
-#define FAIL(...)                                                            \
-    do {                                                                     \
-        snprintf(err, errlen, __VA_ARGS__);                                  \
-        return -EINVAL;                                                      \
+#define FAIL(...)                                                              \
+    do {                                                                       \
+        snprintf(err, errlen, __VA_ARGS__);                                    \
+        return -EINVAL;                                                        \
     } while (0)
 
 int parallels_layout(const struct parallels_header *h, uint64_t file_size,
@@ -63,8 +63,8 @@ int parallels_layout(const struct parallels_header *h, uint64_t file_size,
 
     memset(lay, 0, sizeof(*lay));
     if (!h->magic_ok) {
-        FAIL("magic is neither \"" PARALLELS_MAGIC_LEGACY "\" nor \""
-             PARALLELS_MAGIC_EXT "\"");
+        FAIL("magic is neither \"" PARALLELS_MAGIC_LEGACY
+             "\" nor \"" PARALLELS_MAGIC_EXT "\"");
     }
     if (h->version != PARALLELS_VERSION) {
         FAIL("header field version = %" PRIu32 " (must be 2)", h->version);
@@ -75,8 +75,9 @@ int parallels_layout(const struct parallels_header *h, uint64_t file_size,
     }
     if (h->tracks > PARALLELS_MAX_TRACKS) {
         FAIL("header field tracks = %" PRIu32 " (a cluster of %" PRIu64
-             " bytes; prl accepts at most %u sectors)", h->tracks,
-             (uint64_t)h->tracks * PARALLELS_SECTOR, PARALLELS_MAX_TRACKS);
+             " bytes; prl accepts at most %u sectors)",
+             h->tracks, (uint64_t)h->tracks * PARALLELS_SECTOR,
+             PARALLELS_MAX_TRACKS);
     }
     lay->ext = h->ext;
     lay->cluster_size = (uint64_t)h->tracks * PARALLELS_SECTOR;
@@ -104,8 +105,8 @@ int parallels_layout(const struct parallels_header *h, uint64_t file_size,
     lay->bat_end = PARALLELS_HEADER_SIZE + bat_bytes;
     if (lay->bat_end > file_size) {
         FAIL("header field nb_bat_entries = %" PRIu32 ": the BAT ends at "
-             "byte %" PRIu64 ", past the end of the file (%" PRIu64
-             " bytes)", h->bat_entries, lay->bat_end, file_size);
+             "byte %" PRIu64 ", past the end of the file (%" PRIu64 " bytes)",
+             h->bat_entries, lay->bat_end, file_size);
     }
 
     if (h->data_off == 0) {
@@ -155,8 +156,7 @@ const char *parallels_offset_problem(const struct parallels_layout *l,
 
 const char *parallels_sector_offset_problem(const struct parallels_layout *l,
                                             uint64_t sectors,
-                                            uint64_t file_size,
-                                            uint64_t *off)
+                                            uint64_t file_size, uint64_t *off)
 {
     if (sectors > UINT64_MAX / PARALLELS_SECTOR) {
         *off = 0;

@@ -57,30 +57,30 @@ static_assert(sizeof(struct parallels_disk_header) == PARALLELS_HEADER_SIZE,
 
 /* The header in host byte order. */
 struct parallels_header {
-    bool ext;             /* magic is WithouFreSpacExt */
-    bool magic_ok;        /* magic is one of the two */
+    bool ext;      /* magic is WithouFreSpacExt */
+    bool magic_ok; /* magic is one of the two */
     uint32_t version;
     uint32_t heads;
     uint32_t cylinders;
-    uint32_t tracks;      /* cluster size in sectors */
+    uint32_t tracks; /* cluster size in sectors */
     uint32_t bat_entries;
     uint64_t nb_sectors;
     uint32_t in_use;
-    uint32_t data_off;    /* sectors; 0 allowed for legacy */
+    uint32_t data_off; /* sectors; 0 allowed for legacy */
     uint32_t flags;
-    uint64_t ext_off;     /* sectors */
+    uint64_t ext_off; /* sectors */
 };
 
 /* Geometry derived from a header that passed parallels_layout(). */
 struct parallels_layout {
     bool ext;
-    uint64_t cluster_size;  /* bytes */
-    uint64_t entry_unit;    /* bytes per BAT entry unit: cluster or sector */
+    uint64_t cluster_size; /* bytes */
+    uint64_t entry_unit;   /* bytes per BAT entry unit: cluster or sector */
     uint64_t bat_entries;
-    uint64_t bat_end;       /* byte offset just past the BAT */
-    uint64_t data_off;      /* bytes, effective (computed when 0) */
-    uint64_t virtual_size;  /* bytes */
-    uint64_t max_offset;    /* largest host offset a BAT entry can hold */
+    uint64_t bat_end;      /* byte offset just past the BAT */
+    uint64_t data_off;     /* bytes, effective (computed when 0) */
+    uint64_t virtual_size; /* bytes */
+    uint64_t max_offset;   /* largest host offset a BAT entry can hold */
 };
 
 void parallels_header_decode(const uint8_t buf[PARALLELS_HEADER_SIZE],
@@ -92,8 +92,7 @@ void parallels_header_encode(const struct parallels_header *h,
  * derive the layout.  |file_size| bounds the BAT.  On failure returns
  * -EINVAL and writes a message naming the field and value into |err|. */
 int parallels_layout(const struct parallels_header *h, uint64_t file_size,
-                     struct parallels_layout *lay, char *err,
-                     size_t errlen);
+                     struct parallels_layout *lay, char *err, size_t errlen);
 
 /* Host byte offset of a BAT entry value (non-zero). */
 static inline uint64_t parallels_entry_offset(const struct parallels_layout *l,
@@ -106,16 +105,14 @@ static inline uint64_t parallels_entry_offset(const struct parallels_layout *l,
  * it is valid: below the data area, misaligned, past end of file, or only
  * partly inside the file. */
 const char *parallels_offset_problem(const struct parallels_layout *l,
-                                     uint64_t host_offset,
-                                     uint64_t file_size);
+                                     uint64_t host_offset, uint64_t file_size);
 
 /* parallels_offset_problem for an offset in sectors (ext_off, bitmap L1
  * entries), which may overflow a byte offset.  *off gets the byte offset
  * (0 on overflow). */
 const char *parallels_sector_offset_problem(const struct parallels_layout *l,
                                             uint64_t sectors,
-                                            uint64_t file_size,
-                                            uint64_t *off);
+                                            uint64_t file_size, uint64_t *off);
 
 /* Default geometry for a new image: heads 16, 32 sectors per track. */
 uint32_t parallels_cylinders(uint64_t nb_sectors);

@@ -33,12 +33,12 @@ struct parallels_state {
     struct prl_file file;
     struct parallels_header hdr;
     struct parallels_layout lay;
-    uint32_t *bat;        /* host byte order, lay.bat_entries entries */
-    uint8_t *used;        /* bit per data-area cluster index */
-    uint64_t used_cap;    /* bits allocated in used */
-    uint64_t data_end;    /* first index past the highest used cluster */
-    uint64_t free_hint;   /* no free index below this */
-    uint64_t file_size;   /* bytes, kept current under the lock */
+    uint32_t *bat;      /* host byte order, lay.bat_entries entries */
+    uint8_t *used;      /* bit per data-area cluster index */
+    uint64_t used_cap;  /* bits allocated in used */
+    uint64_t data_end;  /* first index past the highest used cluster */
+    uint64_t free_hint; /* no free index below this */
+    uint64_t file_size; /* bytes, kept current under the lock */
     pthread_rwlock_t lock;
     atomic_bool marked_dirty; /* we set in_use to DIRTY in the file */
     /* False when clusters may be referenced by something prl does not
@@ -46,14 +46,14 @@ struct parallels_state {
      * is reused and the file is never truncated. */
     bool reuse_ok;
     bool rw;
-    bool validated;       /* false with PRL_OPEN_UNSAFE */
-    bool found_dirty;     /* in_use was DIRTY at open */
+    bool validated;   /* false with PRL_OPEN_UNSAFE */
+    bool found_dirty; /* in_use was DIRTY at open */
     /* The Format Extension as on disk: its cluster and the bitmap data
      * clusters it references (host offsets), freed once a rewrite is
      * committed. */
     uint64_t *meta;
     size_t n_meta;
-    uint8_t *transit;     /* unknown TRANSIT features, kept byte for byte */
+    uint8_t *transit; /* unknown TRANSIT features, kept byte for byte */
     size_t transit_len;
     bool ext_dirty;       /* the extension must be rewritten on close */
     uint64_t alloc_floor; /* no new cluster below this data-area index */
@@ -84,7 +84,7 @@ static int used_set(struct parallels_state *s, uint64_t i, bool v)
             s->data_end = i + 1;
         }
     } else {
-        s->used[i / 8] &= (uint8_t)~(1u << (i % 8));
+        s->used[i / 8] &= (uint8_t) ~(1u << (i % 8));
         if (i < s->free_hint) {
             s->free_hint = i;
         }
@@ -244,11 +244,12 @@ static int find_free_cluster_locked(struct parallels_state *s, uint64_t *idx)
         i = PRL_MAX(i, end);
     }
     uint64_t host = index_host(s, i);
-    if (host + s->lay.cluster_size < host ||
-        host > s->lay.max_offset) {
-        return prl_error(ENOSPC, "'%s': the image file cannot grow past %"
-                         PRIu64 " bytes (the largest offset a BAT entry can "
-                         "hold)", s->file.path, s->lay.max_offset);
+    if (host + s->lay.cluster_size < host || host > s->lay.max_offset) {
+        return prl_error(ENOSPC,
+                         "'%s': the image file cannot grow past %" PRIu64
+                         " bytes (the largest offset a BAT entry can "
+                         "hold)",
+                         s->file.path, s->lay.max_offset);
     }
     *idx = i;
     return 0;
@@ -258,8 +259,7 @@ static int find_free_cluster_locked(struct parallels_state *s, uint64_t *idx)
  * it; the rest of the cluster reads as zero.  The data reaches the file
  * before the BAT entry that points to it.  Lock held exclusive. */
 static int allocate_and_write_locked(struct parallels_state *s, uint64_t c,
-                                     const void *buf, uint64_t in,
-                                     uint64_t len)
+                                     const void *buf, uint64_t in, uint64_t len)
 {
     uint64_t cs = s->lay.cluster_size, idx = 0, host;
     int r;
@@ -427,8 +427,8 @@ static int free_cluster_locked(struct parallels_state *s, uint64_t c)
 
 /* Zero and trim: whole clusters are freed (unless NO_UNMAP), partial ones
  * are zeroed inside their host cluster, holes are left alone. */
-static int zero_or_trim(struct prl_block *bs, uint64_t length,
-                        uint64_t offset, unsigned flags)
+static int zero_or_trim(struct prl_block *bs, uint64_t length, uint64_t offset,
+                        unsigned flags)
 {
     struct parallels_state *s = bs->opaque;
     uint64_t cs = s->lay.cluster_size;
@@ -529,8 +529,7 @@ static int parallels_info(struct prl_block *bs, struct prl_image_info *info)
     pthread_rwlock_rdlock(&s->lock);
     info->has_parallels = true;
     info->cluster_size = s->lay.cluster_size;
-    info->subformat = s->hdr.ext ? PARALLELS_MAGIC_EXT
-                                 : PARALLELS_MAGIC_LEGACY;
+    info->subformat = s->hdr.ext ? PARALLELS_MAGIC_EXT : PARALLELS_MAGIC_LEGACY;
     info->in_use = s->hdr.in_use;
     info->dirty = s->found_dirty;
     info->empty_flag = s->hdr.flags & PARALLELS_FLAG_EMPTY;
@@ -558,13 +557,15 @@ static int load_bat(struct parallels_state *s, const char *path)
     int r;
 
     if (n > SIZE_MAX / 4) {
-        return prl_error(EFBIG, "'%s': BAT of %" PRIu64 " entries is too "
-                         "large", path, n);
+        return prl_error(EFBIG,
+                         "'%s': BAT of %" PRIu64 " entries is too "
+                         "large",
+                         path, n);
     }
     s->bat = prl_alloc_aligned((size_t)(n * 4));
     if (!s->bat) {
-        return prl_error_context(-ENOMEM, "'%s': BAT of %" PRIu64
-                                 " entries", path, n);
+        return prl_error_context(-ENOMEM, "'%s': BAT of %" PRIu64 " entries",
+                                 path, n);
     }
     r = prl_file_pread(&s->file, s->bat, (size_t)(n * 4),
                        PARALLELS_HEADER_SIZE);
@@ -599,7 +600,8 @@ static int load_bat(struct parallels_state *s, const char *path)
         off = parallels_entry_offset(&s->lay, s->bat[c]);
         why = parallels_offset_problem(&s->lay, off, s->file_size);
         if (why) {
-            return prl_error(EINVAL, "'%s': BAT entry %" PRIu64 " = %" PRIu32
+            return prl_error(EINVAL,
+                             "'%s': BAT entry %" PRIu64 " = %" PRIu32
                              " (byte offset %" PRIu64 ") %s (data area "
                              "starts at byte %" PRIu64 ", file size %" PRIu64
                              "); run 'prl-img check -r all' to repair",
@@ -615,8 +617,9 @@ static int load_bat(struct parallels_state *s, const char *path)
                     break;
                 }
             }
-            return prl_error(EINVAL, "'%s': BAT entries %" PRIu64 " and %"
-                             PRIu64 " both point to byte offset %" PRIu64
+            return prl_error(EINVAL,
+                             "'%s': BAT entries %" PRIu64 " and %" PRIu64
+                             " both point to byte offset %" PRIu64
                              "; run 'prl-img check -r all' to repair",
                              path, other, c, off);
         }
@@ -633,10 +636,11 @@ static int load_bat(struct parallels_state *s, const char *path)
             why = "is the cluster of a BAT entry";
         }
         if (why) {
-            return prl_error(EINVAL, "'%s': header field ext_off = %" PRIu64
+            return prl_error(EINVAL,
+                             "'%s': header field ext_off = %" PRIu64
                              " (Format Extension at byte %" PRIu64 ") %s; "
-                             "run 'prl-img check -r all' to repair", path,
-                             s->hdr.ext_off, off, why);
+                             "run 'prl-img check -r all' to repair",
+                             path, s->hdr.ext_off, off, why);
         }
         r = used_set(s, host_index(s, off), true);
         if (r < 0) {
@@ -677,15 +681,18 @@ static int load_bitmap(struct prl_block *bs, struct parallels_state *s,
         return r;
     }
     if (bi.size != s->hdr.nb_sectors) {
-        snprintf(err, errlen, "size = %" PRIu64 " sectors, but the disk has "
-                 "%" PRIu64, bi.size, s->hdr.nb_sectors);
+        snprintf(err, errlen,
+                 "size = %" PRIu64 " sectors, but the disk has "
+                 "%" PRIu64,
+                 bi.size, s->hdr.nb_sectors);
         return -EINVAL;
     }
     if (bi.granularity == 0 || !prl_is_power_of_2(bi.granularity) ||
         bi.granularity > (UINT32_MAX / PARALLELS_SECTOR)) {
-        snprintf(err, errlen, "granularity = %" PRIu32 " sectors is not a "
-                 "power of two in 1..%u", bi.granularity,
-                 UINT32_MAX / PARALLELS_SECTOR);
+        snprintf(err, errlen,
+                 "granularity = %" PRIu32 " sectors is not a "
+                 "power of two in 1..%u",
+                 bi.granularity, UINT32_MAX / PARALLELS_SECTOR);
         return -EINVAL;
     }
     /* The id is the bitmap's name: one bitmap per name. */
@@ -696,15 +703,16 @@ static int load_bitmap(struct prl_block *bs, struct parallels_state *s,
             return -EINVAL;
         }
     }
-    b = prl_dirty_bitmap_new(bi.id, (uint64_t)bi.granularity *
-                             PARALLELS_SECTOR, bs->size);
+    b = prl_dirty_bitmap_new(bi.id, (uint64_t)bi.granularity * PARALLELS_SECTOR,
+                             bs->size);
     if (!b) {
         return -ENOMEM;
     }
     bytes = prl_dirty_bitmap_bytes(b);
     want = prl_div_round_up(bytes, cs);
     if (bi.l1_size != want) {
-        snprintf(err, errlen, "l1_size = %" PRIu32 ", but %" PRIu64 " bytes "
+        snprintf(err, errlen,
+                 "l1_size = %" PRIu32 ", but %" PRIu64 " bytes "
                  "of bitmap in clusters of %" PRIu64 " need %" PRIu64,
                  bi.l1_size, bytes, cs, want);
         prl_dirty_bitmap_free(b);
@@ -730,14 +738,13 @@ static int load_bitmap(struct prl_block *bs, struct parallels_state *s,
             continue;
         }
         uint64_t host;
-        why = parallels_sector_offset_problem(&s->lay, e, s->file_size,
-                                              &host);
+        why = parallels_sector_offset_problem(&s->lay, e, s->file_size, &host);
         if (!why && used_get(s, host_index(s, host))) {
             why = "is a cluster already in use";
         }
         if (why) {
-            snprintf(err, errlen, "L1 entry %" PRIu32 " = %" PRIu64 " %s", i,
-                     e, why);
+            snprintf(err, errlen, "L1 entry %" PRIu32 " = %" PRIu64 " %s", i, e,
+                     why);
             r = -EINVAL;
             break;
         }
@@ -772,7 +779,7 @@ static int load_bitmap(struct prl_block *bs, struct parallels_state *s,
     }
     /* Bits past the disk end are not part of it. */
     for (uint64_t j = b->nbits; j < bytes * 8; j++) {
-        b->bits[j / 8] &= (uint8_t)~(1u << (j % 8));
+        b->bits[j / 8] &= (uint8_t) ~(1u << (j % 8));
     }
     *out = b;
     return 0;
@@ -809,12 +816,15 @@ static int load_ext(struct prl_block *bs, struct parallels_state *s,
             return r;
         }
         if (s->rw) {
-            return prl_error(EINVAL, "'%s': the Format Extension at byte %"
-                             PRIu64 " is invalid (%s); run 'prl-img check "
-                             "-r all' to drop it", bs->filename, off, err);
+            return prl_error(EINVAL,
+                             "'%s': the Format Extension at byte %" PRIu64
+                             " is invalid (%s); run 'prl-img check "
+                             "-r all' to drop it",
+                             bs->filename, off, err);
         }
-        prl_warn("'%s': ignoring the invalid Format Extension at byte %"
-                 PRIu64 " (%s)", bs->filename, off, err);
+        prl_warn("'%s': ignoring the invalid Format Extension at byte %" PRIu64
+                 " (%s)",
+                 bs->filename, off, err);
         /* Its bitmaps' clusters are unknown: never reuse space. */
         s->reuse_ok = false;
         return 0;
@@ -834,18 +844,20 @@ static int load_ext(struct prl_block *bs, struct parallels_state *s,
         if (f->magic != PARALLELS_FEATURE_DIRTY_BITMAP) {
             if (necessary) {
                 if (s->rw) {
-                    r = prl_error(EROFS, "'%s': Format Extension feature "
+                    r = prl_error(EROFS,
+                                  "'%s': Format Extension feature "
                                   "0x%016" PRIx64 " is unknown and marked "
                                   "NECESSARY; the image can only be opened "
-                                  "read-only", bs->filename, f->magic);
+                                  "read-only",
+                                  bs->filename, f->magic);
                 }
                 s->reuse_ok = false;
             } else if (f->flags & PARALLELS_FEATURE_TRANSIT) {
                 /* Kept byte for byte; it may own clusters we cannot see. */
                 size_t len = PARALLELS_FEATURE_HEADER +
                              (((size_t)f->data_size + 7) & ~(size_t)7);
-                len = PRL_MIN(len, (size_t)cs - (f->data_pos -
-                                                 PARALLELS_FEATURE_HEADER));
+                len = PRL_MIN(
+                    len, (size_t)cs - (f->data_pos - PARALLELS_FEATURE_HEADER));
                 uint8_t *nt = realloc(s->transit, s->transit_len + len);
                 if (!nt) {
                     r = prl_error(ENOMEM, "out of memory");
@@ -864,17 +876,19 @@ static int load_ext(struct prl_block *bs, struct parallels_state *s,
             }
             continue;
         }
-        r = load_bitmap(bs, s, buf + f->data_pos, f->data_size, &b,
-                        &clusters, &n_clusters, err, sizeof(err));
+        r = load_bitmap(bs, s, buf + f->data_pos, f->data_size, &b, &clusters,
+                        &n_clusters, err, sizeof(err));
         if (r == -EINVAL) {
             if (necessary && s->rw) {
-                r = prl_error(EROFS, "'%s': dirty bitmap feature marked "
+                r = prl_error(EROFS,
+                              "'%s': dirty bitmap feature marked "
                               "NECESSARY cannot be loaded (%s); the image can "
-                              "only be opened read-only", bs->filename, err);
+                              "only be opened read-only",
+                              bs->filename, err);
                 break;
             }
-            prl_warn("'%s': dropping an invalid dirty bitmap: %s",
-                     bs->filename, err);
+            prl_warn("'%s': dropping an invalid dirty bitmap: %s", bs->filename,
+                     err);
             s->ext_dirty = true;
             r = 0;
             continue;
@@ -890,8 +904,7 @@ static int load_ext(struct prl_block *bs, struct parallels_state *s,
         }
         free(clusters);
         b->consistent = trusted;
-        nv = r == 0 ? realloc(bs->bitmaps, (bs->n_bitmaps + 1) *
-                                               sizeof(*nv))
+        nv = r == 0 ? realloc(bs->bitmaps, (bs->n_bitmaps + 1) * sizeof(*nv))
                     : NULL;
         if (!nv) {
             prl_dirty_bitmap_free(b);
@@ -923,8 +936,7 @@ static int load_ext(struct prl_block *bs, struct parallels_state *s,
 
 /* Serialize bitmap |b| into feature data at |p| (room checked by the
  * caller), writing data clusters as needed.  Lock held exclusive. */
-static int store_bitmap_locked(struct parallels_state *s,
-                               struct prl_block *bs,
+static int store_bitmap_locked(struct parallels_state *s, struct prl_block *bs,
                                const struct prl_dirty_bitmap *b, uint8_t *p,
                                uint32_t l1_size, uint64_t **fresh,
                                size_t *n_fresh)
@@ -936,8 +948,7 @@ static int store_bitmap_locked(struct parallels_state *s,
 
     parallels_put_le64(p, bs->size / PARALLELS_SECTOR);
     memcpy(p + 8, b->id, 16);
-    parallels_put_le32(p + 24, (uint32_t)(b->granularity /
-                                          PARALLELS_SECTOR));
+    parallels_put_le32(p + 24, (uint32_t)(b->granularity / PARALLELS_SECTOR));
     parallels_put_le32(p + 28, l1_size);
     for (uint32_t i = 0; i < l1_size && r == 0; i++) {
         uint64_t from = (uint64_t)i * cs;
@@ -996,8 +1007,7 @@ static int store_bitmap_locked(struct parallels_state *s,
             (*fresh)[(*n_fresh)++] = host;
             entry = host / PARALLELS_SECTOR;
         }
-        parallels_put_le64(p + PARALLELS_BITMAP_FIXED + (size_t)i * 8,
-                           entry);
+        parallels_put_le64(p + PARALLELS_BITMAP_FIXED + (size_t)i * 8, entry);
     }
     free(buf);
     return r;
@@ -1018,8 +1028,7 @@ static int keep_data_last_locked(struct parallels_state *s)
         max_meta = PRL_MAX(max_meta, s->meta[i]);
     }
     for (uint64_t c = 0; c < s->lay.bat_entries; c++) {
-        uint64_t h = s->bat[c] ? parallels_entry_offset(&s->lay, s->bat[c])
-                               : 0;
+        uint64_t h = s->bat[c] ? parallels_entry_offset(&s->lay, s->bat[c]) : 0;
         if (h > hmax) {
             hmax = h;
             c_max = c;
@@ -1072,12 +1081,11 @@ static int keep_data_last_locked(struct parallels_state *s)
 
 /* Bytes of the Format Extension cluster that the bitmaps and kept
  * features need.  bitmap_lock held. */
-static uint64_t ext_need_locked(struct prl_block *bs,
-                                struct parallels_state *s)
+static uint64_t ext_need_locked(struct prl_block *bs, struct parallels_state *s)
 {
     uint64_t cs = s->lay.cluster_size, n_attrs = 0;
-    uint64_t need = PARALLELS_EXT_HEADER + PARALLELS_FEATURE_HEADER +
-                    s->transit_len;
+    uint64_t need =
+        PARALLELS_EXT_HEADER + PARALLELS_FEATURE_HEADER + s->transit_len;
 
     for (size_t i = 0; i < bs->n_bitmaps; i++) {
         struct prl_dirty_bitmap *b = bs->bitmaps[i];
@@ -1102,12 +1110,13 @@ static int drop_unfit_bitmaps_locked(struct prl_block *bs,
     int r = 0;
 
     pthread_rwlock_wrlock(&bs->bitmap_lock);
-    while (bs->n_bitmaps > 0 &&
-           ext_need_locked(bs, s) > s->lay.cluster_size) {
+    while (bs->n_bitmaps > 0 && ext_need_locked(bs, s) > s->lay.cluster_size) {
         struct prl_dirty_bitmap *b = bs->bitmaps[--bs->n_bitmaps];
-        r = prl_error(ENOSPC, "'%s': bitmap '%s' does not fit in the Format "
+        r = prl_error(ENOSPC,
+                      "'%s': bitmap '%s' does not fit in the Format "
                       "Extension cluster (%" PRIu64 " bytes) and was not "
-                      "stored", bs->filename, b->name, s->lay.cluster_size);
+                      "stored",
+                      bs->filename, b->name, s->lay.cluster_size);
         prl_dirty_bitmap_free(b);
         bs->bitmaps_changed = true;
     }
@@ -1148,7 +1157,8 @@ static int store_ext_locked(struct prl_block *bs, struct parallels_state *s)
                       &w, PARALLELS_FEATURE_DIRTY_BITMAP, 0,
                       (uint32_t)(PARALLELS_BITMAP_FIXED + l1 * 8));
         if (!p) {
-            r = prl_error(ENOSPC, "'%s': the dirty bitmaps do not fit in "
+            r = prl_error(ENOSPC,
+                          "'%s': the dirty bitmaps do not fit in "
                           "the Format Extension cluster (%" PRIu64 " bytes)",
                           bs->filename, cs);
             break;
@@ -1160,8 +1170,10 @@ static int store_ext_locked(struct prl_block *bs, struct parallels_state *s)
             &w, PARALLELS_FEATURE_PRL_ATTRS, PARALLELS_FEATURE_TRANSIT,
             (uint32_t)(8 + n_attrs * PARALLELS_ATTR_ENTRY));
         if (!p) {
-            r = prl_error(ENOSPC, "'%s': the bitmap attributes do not fit "
-                          "in the Format Extension cluster", bs->filename);
+            r = prl_error(ENOSPC,
+                          "'%s': the bitmap attributes do not fit "
+                          "in the Format Extension cluster",
+                          bs->filename);
         } else {
             parallels_put_le32(p, (uint32_t)n_attrs);
             p += 8;
@@ -1171,10 +1183,10 @@ static int store_ext_locked(struct prl_block *bs, struct parallels_state *s)
                     continue;
                 }
                 memcpy(p, b->id, 16);
-                parallels_put_le32(p + 16,
-                                   (b->enabled ? 0 : PARALLELS_ATTR_DISABLED) |
-                                   (b->consistent ? 0
-                                                  : PARALLELS_ATTR_INCONSISTENT));
+                parallels_put_le32(
+                    p + 16,
+                    (b->enabled ? 0 : PARALLELS_ATTR_DISABLED) |
+                        (b->consistent ? 0 : PARALLELS_ATTR_INCONSISTENT));
                 p += PARALLELS_ATTR_ENTRY;
             }
         }
@@ -1183,8 +1195,10 @@ static int store_ext_locked(struct prl_block *bs, struct parallels_state *s)
     pthread_rwlock_unlock(&bs->bitmap_lock);
     if (r == 0 && s->transit_len) {
         if (w.pos + s->transit_len + PARALLELS_FEATURE_HEADER > cs) {
-            r = prl_error(ENOSPC, "'%s': kept features do not fit in the "
-                          "Format Extension cluster", bs->filename);
+            r = prl_error(ENOSPC,
+                          "'%s': kept features do not fit in the "
+                          "Format Extension cluster",
+                          bs->filename);
         } else {
             memcpy(buf + w.pos, s->transit, s->transit_len);
             w.pos += s->transit_len;
@@ -1280,19 +1294,22 @@ static int repair_if_dirty(const char *path)
     }
     memset(&res, 0, sizeof(res));
     prl_warn("'%s' was not closed cleanly; repairing it as 'prl-img check "
-             "-r all' would", path);
+             "-r all' would",
+             path);
     r = parallels_check(path, PRL_CHECK_FIX_ALL, &res);
     for (size_t i = 0; i < res.n_findings; i++) {
         struct prl_finding *fd = &res.findings[i];
         prl_log(fd->cls == PRL_FINDING_CORRUPTION && !fd->fixed
-                    ? PRL_LOG_WARNING : PRL_LOG_INFO,
-                "'%s': %s%s%s", path, fd->message,
-                fd->action ? ": " : "", fd->action ? fd->action : "");
+                    ? PRL_LOG_WARNING
+                    : PRL_LOG_INFO,
+                "'%s': %s%s%s", path, fd->message, fd->action ? ": " : "",
+                fd->action ? fd->action : "");
     }
     if (r == 0 && res.corruptions > 0) {
-        r = prl_error(EINVAL, "'%s': %d corruption(s) remain after repair; "
-                      "run 'prl-img check' for details", path,
-                      res.corruptions);
+        r = prl_error(EINVAL,
+                      "'%s': %d corruption(s) remain after repair; "
+                      "run 'prl-img check' for details",
+                      path, res.corruptions);
     }
     if (r == 0) {
         r = 1;
@@ -1341,9 +1358,10 @@ static int parallels_open(struct prl_block *bs)
         goto fail;
     }
     if (s->file_size < PARALLELS_HEADER_SIZE) {
-        r = prl_error(EINVAL, "'%s': file of %" PRIu64 " bytes is too short "
-                      "for a Parallels header (64 bytes)", bs->filename,
-                      s->file_size);
+        r = prl_error(EINVAL,
+                      "'%s': file of %" PRIu64 " bytes is too short "
+                      "for a Parallels header (64 bytes)",
+                      bs->filename, s->file_size);
         goto fail;
     }
     r = prl_file_pread(&s->file, buf, sizeof(buf), 0);
@@ -1352,15 +1370,19 @@ static int parallels_open(struct prl_block *bs)
     }
     parallels_header_decode(buf, &s->hdr);
     if (!s->hdr.magic_ok) {
-        r = prl_error(EINVAL, "'%s' is not a Parallels image: its magic is "
-                      "neither \"" PARALLELS_MAGIC_LEGACY "\" nor \""
-                      PARALLELS_MAGIC_EXT "\"", bs->filename);
+        r = prl_error(EINVAL,
+                      "'%s' is not a Parallels image: its magic is "
+                      "neither \"" PARALLELS_MAGIC_LEGACY
+                      "\" nor \"" PARALLELS_MAGIC_EXT "\"",
+                      bs->filename);
         goto fail;
     }
     r = parallels_layout(&s->hdr, s->file_size, &s->lay, why, sizeof(why));
     if (r < 0) {
-        r = prl_error(EINVAL, "'%s': invalid Parallels image: %s; run "
-                      "'prl-img check' for details", bs->filename, why);
+        r = prl_error(EINVAL,
+                      "'%s': invalid Parallels image: %s; run "
+                      "'prl-img check' for details",
+                      bs->filename, why);
         goto fail;
     }
     r = load_bat(s, bs->filename);
@@ -1370,11 +1392,14 @@ static int parallels_open(struct prl_block *bs)
     if (s->hdr.in_use == PARALLELS_IN_USE_DIRTY) {
         s->found_dirty = true;
         prl_warn("'%s' was not closed cleanly (in_use = 0x%08" PRIx32 "); "
-                 "run 'prl-img check' on it", bs->filename, s->hdr.in_use);
+                 "run 'prl-img check' on it",
+                 bs->filename, s->hdr.in_use);
     }
     if (rw && !s->validated) {
-        r = prl_error(EINVAL, "'%s': an unvalidated image cannot be opened "
-                      "read-write", bs->filename);
+        r = prl_error(EINVAL,
+                      "'%s': an unvalidated image cannot be opened "
+                      "read-write",
+                      bs->filename);
         goto fail;
     }
     bs->size = s->lay.virtual_size;
@@ -1394,8 +1419,8 @@ static int parallels_open(struct prl_block *bs)
     bs->caps = PRL_CAP_PARALLEL | PRL_CAP_ZERO | PRL_CAP_TRIM |
                PRL_CAP_FAST_ZERO | (rw ? PRL_CAP_WRITE : 0);
     bs->request_alignment = 1;
-    bs->preferred_size = (uint32_t)PRL_MIN(s->lay.cluster_size,
-                                           (uint64_t)1 << 30);
+    bs->preferred_size =
+        (uint32_t)PRL_MIN(s->lay.cluster_size, (uint64_t)1 << 30);
     return 0;
 
 fail:
@@ -1488,7 +1513,8 @@ static int shrink_locked(struct prl_block *bs, struct parallels_state *s,
     if (!shrink) {
         for (uint64_t c = new_bat; c < s->lay.bat_entries; c++) {
             if (cluster_host(s, c)) {
-                return prl_error(ENOTEMPTY, "shrinking '%s' to %" PRIu64
+                return prl_error(ENOTEMPTY,
+                                 "shrinking '%s' to %" PRIu64
                                  " bytes would drop the allocated cluster at"
                                  " guest offset %" PRIu64 "; use --shrink",
                                  bs->filename, new_size, c * cs);
@@ -1508,10 +1534,12 @@ static int shrink_locked(struct prl_block *bs, struct parallels_state *s,
                 return r;
             }
             if (!zero) {
-                return prl_error(ENOTEMPTY, "shrinking '%s' to %" PRIu64
-                                 " bytes would drop data at guest offset %"
-                                 PRIu64 "; use --shrink", bs->filename,
-                                 new_size, new_size);
+                return prl_error(
+                    ENOTEMPTY,
+                    "shrinking '%s' to %" PRIu64
+                    " bytes would drop data at guest offset %" PRIu64
+                    "; use --shrink",
+                    bs->filename, new_size, new_size);
             }
         }
     }
@@ -1566,7 +1594,8 @@ static int make_room_locked(struct parallels_state *s, uint64_t k)
         return 0;
     }
     if (!s->reuse_ok) {
-        return prl_error(ENOTSUP, "resize: growing the BAT of '%s' needs "
+        return prl_error(ENOTSUP,
+                         "resize: growing the BAT of '%s' needs "
                          "its first data clusters moved, and its Format "
                          "Extension may own clusters prl does not track",
                          s->file.path);
@@ -1581,8 +1610,8 @@ static int make_room_locked(struct parallels_state *s, uint64_t k)
     }
     for (uint64_t d = 0; d < s->lay.bat_entries; d++) {
         if (s->bat[d]) {
-            uint64_t i = host_index(s, parallels_entry_offset(&s->lay,
-                                                              s->bat[d]));
+            uint64_t i =
+                host_index(s, parallels_entry_offset(&s->lay, s->bat[d]));
             if (i < k) {
                 owner[i] = d;
             }
@@ -1600,8 +1629,8 @@ static int make_room_locked(struct parallels_state *s, uint64_t k)
     for (uint64_t i = 0; i < k && r == 0; i++) {
         uint64_t from = index_host(s, i), to, idx;
         uint64_t c = owner[i];
-        bool is_ext = s->hdr.ext_off &&
-                      s->hdr.ext_off * PARALLELS_SECTOR == from;
+        bool is_ext =
+            s->hdr.ext_off && s->hdr.ext_off * PARALLELS_SECTOR == from;
 
         if (!used_get(s, i)) {
             continue;
@@ -1618,8 +1647,8 @@ static int make_room_locked(struct parallels_state *s, uint64_t k)
         }
         /* Append only: the space below k is about to become the BAT. */
         idx = PRL_MAX(s->data_end, k);
-        idx = PRL_MAX(idx, prl_div_round_up(s->file_size - s->lay.data_off,
-                                            cs));
+        idx =
+            PRL_MAX(idx, prl_div_round_up(s->file_size - s->lay.data_off, cs));
         to = index_host(s, idx);
         if (to > s->lay.max_offset) {
             r = prl_error(ENOSPC, "resize: no room to move a cluster");
@@ -1691,8 +1720,10 @@ static int grow_locked(struct prl_block *bs, struct parallels_state *s,
     }
     new_data_off = s->lay.data_off + k * cs;
     if (new_data_off / PARALLELS_SECTOR > UINT32_MAX) {
-        return prl_error(EFBIG, "resize: the data offset of '%s' would "
-                         "overflow", bs->filename);
+        return prl_error(EFBIG,
+                         "resize: the data offset of '%s' would "
+                         "overflow",
+                         bs->filename);
     }
     nb = realloc(s->bat, (size_t)(new_bat * 4));
     if (!nb) {
@@ -1713,8 +1744,7 @@ static int grow_locked(struct prl_block *bs, struct parallels_state *s,
          * partial blocks); an extension past it is a sparse hole. */
         uint64_t zend = PRL_MIN(new_data_off, s->file_size);
         if (zend > s->lay.bat_end) {
-            r = prl_file_punch(&s->file, s->lay.bat_end,
-                               zend - s->lay.bat_end);
+            r = prl_file_punch(&s->file, s->lay.bat_end, zend - s->lay.bat_end);
             if (r == -ENOTSUP) {
                 r = prl_file_zero(&s->file, s->lay.bat_end,
                                   zend - s->lay.bat_end, false, false);
@@ -1780,15 +1810,17 @@ static int parallels_resize(struct prl_block *bs, uint64_t new_size,
     new_size = prl_round_up(new_size, PARALLELS_SECTOR);
     sectors = new_size / PARALLELS_SECTOR;
     if (!s->hdr.ext && sectors > UINT32_MAX) {
-        return prl_error(EFBIG, "resize: \"" PARALLELS_MAGIC_LEGACY "\" "
+        return prl_error(EFBIG,
+                         "resize: \"" PARALLELS_MAGIC_LEGACY "\" "
                          "images hold at most %" PRIu64 " bytes",
                          (uint64_t)UINT32_MAX * PARALLELS_SECTOR);
     }
     new_bat = prl_div_round_up(sectors, s->hdr.tracks);
     if (new_bat > UINT32_MAX) {
-        return prl_error(EFBIG, "resize: %" PRIu64 " bytes need %" PRIu64
-                         " BAT entries, more than 2^32-1", new_size,
-                         new_bat);
+        return prl_error(EFBIG,
+                         "resize: %" PRIu64 " bytes need %" PRIu64
+                         " BAT entries, more than 2^32-1",
+                         new_size, new_bat);
     }
     r = mark_dirty(s);
     if (r < 0) {
@@ -1883,20 +1915,22 @@ static int parallels_create(const char *path, uint64_t size,
     }
     if (cs == 0 || cs % PARALLELS_SECTOR != 0 ||
         cs / PARALLELS_SECTOR > PARALLELS_MAX_TRACKS) {
-        return prl_error(EINVAL, "parallels: cluster_size %" PRIu64 " must "
+        return prl_error(EINVAL,
+                         "parallels: cluster_size %" PRIu64 " must "
                          "be a non-zero multiple of 512 of at most %u bytes",
                          cs, PARALLELS_MAX_TRACKS * PARALLELS_SECTOR);
     }
     if (sub) {
-        if (strcmp(sub, "ext") == 0 ||
-            strcmp(sub, PARALLELS_MAGIC_EXT) == 0) {
+        if (strcmp(sub, "ext") == 0 || strcmp(sub, PARALLELS_MAGIC_EXT) == 0) {
             ext = true;
         } else if (strcmp(sub, "legacy") == 0 ||
                    strcmp(sub, PARALLELS_MAGIC_LEGACY) == 0) {
             ext = false;
         } else {
-            return prl_error(EINVAL, "parallels: invalid subformat '%s' "
-                             "(ext or legacy)", sub);
+            return prl_error(EINVAL,
+                             "parallels: invalid subformat '%s' "
+                             "(ext or legacy)",
+                             sub);
         }
     }
     if (prealloc) {
@@ -1909,8 +1943,10 @@ static int parallels_create(const char *path, uint64_t size,
             }
         }
         if (mode < 0) {
-            return prl_error(EINVAL, "parallels: invalid preallocation '%s' "
-                             "(off, metadata, falloc or full)", prealloc);
+            return prl_error(EINVAL,
+                             "parallels: invalid preallocation '%s' "
+                             "(off, metadata, falloc or full)",
+                             prealloc);
         }
     }
     if (size > UINT64_MAX - PARALLELS_SECTOR) {
@@ -1919,24 +1955,28 @@ static int parallels_create(const char *path, uint64_t size,
     }
     sectors = prl_div_round_up(size, PARALLELS_SECTOR);
     if (!ext && sectors > UINT32_MAX) {
-        return prl_error(EFBIG, "parallels: \"" PARALLELS_MAGIC_LEGACY "\" "
+        return prl_error(EFBIG,
+                         "parallels: \"" PARALLELS_MAGIC_LEGACY "\" "
                          "images hold at most %" PRIu64 " bytes; use "
-                         "subformat=ext", (uint64_t)UINT32_MAX *
-                         PARALLELS_SECTOR);
+                         "subformat=ext",
+                         (uint64_t)UINT32_MAX * PARALLELS_SECTOR);
     }
     bat = prl_div_round_up(sectors, cs / PARALLELS_SECTOR);
     if (bat > UINT32_MAX) {
-        return prl_error(EFBIG, "parallels: size %" PRIu64 " needs %" PRIu64
+        return prl_error(EFBIG,
+                         "parallels: size %" PRIu64 " needs %" PRIu64
                          " clusters of %" PRIu64 " bytes, more than a BAT "
                          "holds (2^32-1); use a larger cluster_size",
                          size, bat, cs);
     }
     data_off = prl_round_up(PARALLELS_HEADER_SIZE + bat * 4, cs);
     if (data_off / PARALLELS_SECTOR > UINT32_MAX ||
-        (mode > 0 && (data_off + bat * cs) / (ext ? cs : PARALLELS_SECTOR) >
-                         UINT32_MAX)) {
-        return prl_error(EFBIG, "parallels: size %" PRIu64 " is too large "
-                         "for cluster_size %" PRIu64, size, cs);
+        (mode > 0 &&
+         (data_off + bat * cs) / (ext ? cs : PARALLELS_SECTOR) > UINT32_MAX)) {
+        return prl_error(EFBIG,
+                         "parallels: size %" PRIu64 " is too large "
+                         "for cluster_size %" PRIu64,
+                         size, cs);
     }
 
     memset(&h, 0, sizeof(h));
@@ -1963,11 +2003,9 @@ static int parallels_create(const char *path, uint64_t size,
         } else {
             for (uint64_t c = 0; c < bat; c++) {
                 uint64_t off = data_off + c * cs;
-                b[c] = htole32((uint32_t)(off / (ext ? cs
-                                                     : PARALLELS_SECTOR)));
+                b[c] = htole32((uint32_t)(off / (ext ? cs : PARALLELS_SECTOR)));
             }
-            r = prl_file_pwrite(&f, b, (size_t)bat * 4,
-                                PARALLELS_HEADER_SIZE);
+            r = prl_file_pwrite(&f, b, (size_t)bat * 4, PARALLELS_HEADER_SIZE);
             free(b);
         }
     }

@@ -78,8 +78,7 @@ static int raw_zero(struct prl_block *bs, uint64_t length, uint64_t offset,
                     unsigned flags)
 {
     struct raw_state *s = bs->opaque;
-    int r = prl_file_zero(&s->file, offset, length,
-                          flags & PRL_REQ_NO_UNMAP,
+    int r = prl_file_zero(&s->file, offset, length, flags & PRL_REQ_NO_UNMAP,
                           flags & PRL_REQ_FAST_ZERO);
 
     if (r == 0 && (flags & PRL_REQ_FUA)) {
@@ -144,8 +143,9 @@ static int raw_resize(struct prl_block *bs, uint64_t new_size, bool shrink)
 
     if (new_size < bs->size && !shrink) {
         /* Every byte of a raw file is guest data, as qemu-img sees it. */
-        return prl_error(ENOTEMPTY, "shrinking '%s' from %" PRIu64 " to %"
-                         PRIu64 " bytes would drop data; use --shrink",
+        return prl_error(ENOTEMPTY,
+                         "shrinking '%s' from %" PRIu64 " to %" PRIu64
+                         " bytes would drop data; use --shrink",
                          bs->filename, bs->size, new_size);
     }
     r = prl_file_truncate(&s->file, new_size);
@@ -166,8 +166,10 @@ static int raw_create(const char *path, uint64_t size, struct prl_opts *opts)
     }
     if (prealloc && strcmp(prealloc, "off") != 0 &&
         strcmp(prealloc, "falloc") != 0 && strcmp(prealloc, "full") != 0) {
-        return prl_error(EINVAL, "raw: invalid preallocation '%s' (off, "
-                         "falloc or full)", prealloc);
+        return prl_error(EINVAL,
+                         "raw: invalid preallocation '%s' (off, "
+                         "falloc or full)",
+                         prealloc);
     }
     r = prl_file_open(&f, path, true, true);
     if (r < 0) {

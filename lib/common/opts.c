@@ -17,7 +17,8 @@ int prl_parse_size(const char *s, const char *what, uint64_t *out)
     unsigned shift = 0;
 
     if (!s || !*s || !isdigit((unsigned char)*s)) {
-        return prl_error(EINVAL, "invalid %s '%s': expected a number with "
+        return prl_error(EINVAL,
+                         "invalid %s '%s': expected a number with "
                          "an optional K, M, G, T, P or E suffix",
                          what, s ? s : "");
     }
@@ -40,13 +41,41 @@ int prl_parse_size(const char *s, const char *what, uint64_t *out)
     switch (*p) {
     case '\0':
         break;
-    case 'b': case 'B': shift = 0; p++; break;
-    case 'k': case 'K': shift = 10; p++; break;
-    case 'm': case 'M': shift = 20; p++; break;
-    case 'g': case 'G': shift = 30; p++; break;
-    case 't': case 'T': shift = 40; p++; break;
-    case 'p': case 'P': shift = 50; p++; break;
-    case 'e': case 'E': shift = 60; p++; break;
+    case 'b':
+    case 'B':
+        shift = 0;
+        p++;
+        break;
+    case 'k':
+    case 'K':
+        shift = 10;
+        p++;
+        break;
+    case 'm':
+    case 'M':
+        shift = 20;
+        p++;
+        break;
+    case 'g':
+    case 'G':
+        shift = 30;
+        p++;
+        break;
+    case 't':
+    case 'T':
+        shift = 40;
+        p++;
+        break;
+    case 'p':
+    case 'P':
+        shift = 50;
+        p++;
+        break;
+    case 'e':
+    case 'E':
+        shift = 60;
+        p++;
+        break;
     default:
         return prl_error(EINVAL, "invalid %s '%s': unknown suffix '%c'", what,
                          s, *p);
@@ -68,8 +97,7 @@ int prl_parse_size(const char *s, const char *what, uint64_t *out)
     uint64_t v = (uint64_t)whole << shift;
     if (frac_num) {
         /* frac_num / frac_den of one unit, rounded down to bytes. */
-        unsigned __int128 f = ((unsigned __int128)frac_num << shift) /
-                              frac_den;
+        unsigned __int128 f = ((unsigned __int128)frac_num << shift) / frac_den;
         if (prl_add_overflow(v, (uint64_t)f, &v)) {
             return prl_error(ERANGE, "%s '%s' is too large", what, s);
         }

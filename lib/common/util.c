@@ -39,8 +39,7 @@ void *prl_calloc(size_t n, size_t size)
 {
     void *p = calloc(n ? n : 1, size ? size : 1);
     if (!p) {
-        prl_error(ENOMEM, "out of memory allocating %zu x %zu bytes", n,
-                  size);
+        prl_error(ENOMEM, "out of memory allocating %zu x %zu bytes", n, size);
     }
     return p;
 }
@@ -50,8 +49,8 @@ void *prl_alloc_aligned(size_t size)
     void *p = NULL;
     long page = sysconf(_SC_PAGESIZE);
 
-    if (posix_memalign(&p, page > 0 ? (size_t)page : 4096,
-                       size ? size : 1) != 0) {
+    if (posix_memalign(&p, page > 0 ? (size_t)page : 4096, size ? size : 1) !=
+        0) {
         prl_error(ENOMEM, "out of memory allocating %zu bytes", size);
         return NULL;
     }

@@ -63,8 +63,9 @@ int prl_file_pread(struct prl_file *f, void *buf, size_t len, uint64_t off)
             if (errno == EINTR) {
                 continue;
             }
-            return prl_error_errno(errno, "read '%s' at offset %" PRIu64
-                                   " (%zu bytes)", f->path, off, len);
+            return prl_error_errno(
+                errno, "read '%s' at offset %" PRIu64 " (%zu bytes)", f->path,
+                off, len);
         }
         if (n == 0) {
             memset(p, 0, len); /* past end of file */
@@ -88,8 +89,9 @@ int prl_file_pwrite(struct prl_file *f, const void *buf, size_t len,
             if (errno == EINTR) {
                 continue;
             }
-            return prl_error_errno(errno, "write '%s' at offset %" PRIu64
-                                   " (%zu bytes)", f->path, off, len);
+            return prl_error_errno(
+                errno, "write '%s' at offset %" PRIu64 " (%zu bytes)", f->path,
+                off, len);
         }
         p += n;
         len -= (size_t)n;
@@ -108,8 +110,8 @@ int prl_file_punch(struct prl_file *f, uint64_t off, uint64_t len)
     if (f->no_punch_hole) {
         return -ENOTSUP;
     }
-    if (fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                  (off_t)off, (off_t)len) == 0) {
+    if (fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
+                  (off_t)len) == 0) {
         return 0;
     }
     if (fallocate_unsupported(errno)) {
@@ -159,8 +161,8 @@ int prl_file_zero(struct prl_file *f, uint64_t off, uint64_t len,
         }
     }
     if (!f->no_zero_range) {
-        if (fallocate(f->fd, FALLOC_FL_ZERO_RANGE, (off_t)off,
-                      (off_t)len) == 0) {
+        if (fallocate(f->fd, FALLOC_FL_ZERO_RANGE, (off_t)off, (off_t)len) ==
+            0) {
             return 0;
         }
         if (!fallocate_unsupported(errno)) {

@@ -44,7 +44,7 @@ int prl_file_punch(struct prl_file *f, uint64_t off, uint64_t len);
  * to writing zeroes past end of file when fallocate is not supported. */
 int prl_file_allocate(struct prl_file *f, uint64_t off, uint64_t len);
 
-int prl_file_sync(struct prl_file *f);  /* fdatasync */
+int prl_file_sync(struct prl_file *f); /* fdatasync */
 int prl_file_size(struct prl_file *f, uint64_t *size);
 /* Bytes the file occupies on the host (st_blocks * 512). */
 int prl_file_allocated(struct prl_file *f, uint64_t *bytes);

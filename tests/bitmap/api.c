@@ -77,8 +77,7 @@ static void test_read_only(void)
     size_t n = 0;
     bool dirty;
 
-    CHECK(prl_block_create(p, "parallels", 4 * MIB, "cluster_size=4096") ==
-              0,
+    CHECK(prl_block_create(p, "parallels", 4 * MIB, "cluster_size=4096") == 0,
           "create");
     bs = open_img(p, "parallels", PRL_OPEN_RDWR);
     CHECK(prl_bitmap_add(bs, a, 512, NULL) == 0, "add a");
@@ -137,19 +136,16 @@ static void test_resize(void)
     struct prl_block *bs;
     bool dirty;
 
-    CHECK(prl_block_create(p, "parallels", 4 * MIB, "cluster_size=4096") ==
-              0,
+    CHECK(prl_block_create(p, "parallels", 4 * MIB, "cluster_size=4096") == 0,
           "create");
     bs = open_img(p, "parallels", PRL_OPEN_RDWR);
     CHECK(prl_bitmap_add(bs, "auto", 512, name) == 0, "add");
     CHECK(prl_block_pwrite(bs, "xy", 2, 4 * MIB - 2, 0) == 0, "write end");
     CHECK(prl_block_resize(bs, 6 * MIB, false) == 0, "grow");
-    CHECK(dirty_prefix(bs, name, 4 * MIB - 512, 2 * MIB + 512, &dirty) ==
-                  512 &&
+    CHECK(dirty_prefix(bs, name, 4 * MIB - 512, 2 * MIB + 512, &dirty) == 512 &&
               dirty,
           "old end dirty");
-    CHECK(dirty_prefix(bs, name, 4 * MIB, 2 * MIB, &dirty) == 2 * MIB &&
-              !dirty,
+    CHECK(dirty_prefix(bs, name, 4 * MIB, 2 * MIB, &dirty) == 2 * MIB && !dirty,
           "grown space clean");
     CHECK(prl_block_pwrite(bs, "z", 1, 6 * MIB - 1, 0) == 0, "write new end");
     CHECK(prl_block_close(bs) == 0, "close");
@@ -160,8 +156,7 @@ static void test_resize(void)
           "new end dirty after reopen");
     CHECK(prl_block_resize(bs, 3 * MIB, true) == 0, "shrink");
     CHECK(prl_block_resize(bs, 5 * MIB, false) == 0, "grow again");
-    CHECK(dirty_prefix(bs, name, 3 * MIB, 2 * MIB, &dirty) == 2 * MIB &&
-              !dirty,
+    CHECK(dirty_prefix(bs, name, 3 * MIB, 2 * MIB, &dirty) == 2 * MIB && !dirty,
           "space past a shrink comes back clean");
     CHECK(prl_block_close(bs) == 0, "close");
     bs = open_img(p, "parallels", 0);

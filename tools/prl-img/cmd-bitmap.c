@@ -96,8 +96,14 @@ static int run_action(struct prl_block *bs, const struct bitmap_action *a,
 
 int cmd_bitmap(int argc, char **argv)
 {
-    enum { OPT_ADD = 256, OPT_REMOVE, OPT_CLEAR, OPT_ENABLE, OPT_DISABLE,
-           OPT_MERGE };
+    enum {
+        OPT_ADD = 256,
+        OPT_REMOVE,
+        OPT_CLEAR,
+        OPT_ENABLE,
+        OPT_DISABLE,
+        OPT_MERGE
+    };
     static const struct option longopts[] = {
         {"help", no_argument, NULL, 'h'},
         {"add", no_argument, NULL, OPT_ADD},
@@ -120,8 +126,7 @@ int cmd_bitmap(int argc, char **argv)
     int c, status = IMG_EXIT_FAIL;
 
     img_getopt_reset();
-    while ((c = getopt_long(argc, argv, ":hg:b:F:f:", longopts, NULL)) !=
-           -1) {
+    while ((c = getopt_long(argc, argv, ":hg:b:F:f:", longopts, NULL)) != -1) {
         struct bitmap_action a = {0};
         switch (c) {
         case 'h':
@@ -166,8 +171,8 @@ int cmd_bitmap(int argc, char **argv)
             free(actions);
             return img_bad_option("bitmap", c, argv, IMG_EXIT_FAIL);
         }
-        struct bitmap_action *nv = realloc(actions, (n_actions + 1) *
-                                                        sizeof(*nv));
+        struct bitmap_action *nv =
+            realloc(actions, (n_actions + 1) * sizeof(*nv));
         if (!nv) {
             free(actions);
             img_err("out of memory");
@@ -177,13 +182,15 @@ int cmd_bitmap(int argc, char **argv)
         actions[n_actions++] = a;
     }
     if (n_actions == 0) {
-        return img_usage("bitmap", IMG_EXIT_FAIL, "need at least one of "
+        return img_usage("bitmap", IMG_EXIT_FAIL,
+                         "need at least one of "
                          "--add, --remove, --clear, --enable, --disable, "
                          "--merge");
     }
     if (argc - optind != 2) {
         free(actions);
-        return img_usage("bitmap", IMG_EXIT_FAIL, "expecting FILE and "
+        return img_usage("bitmap", IMG_EXIT_FAIL,
+                         "expecting FILE and "
                          "BITMAP");
     }
     if (granularity && !(actions[0].op == OP_ADD)) {
@@ -193,7 +200,8 @@ int cmd_bitmap(int argc, char **argv)
         }
         if (!any_add) {
             free(actions);
-            return img_usage("bitmap", IMG_EXIT_FAIL, "-g only applies to "
+            return img_usage("bitmap", IMG_EXIT_FAIL,
+                             "-g only applies to "
                              "--add");
         }
     }
@@ -204,7 +212,8 @@ int cmd_bitmap(int argc, char **argv)
         }
         if (!any_merge) {
             free(actions);
-            return img_usage("bitmap", IMG_EXIT_FAIL, "-b only applies to "
+            return img_usage("bitmap", IMG_EXIT_FAIL,
+                             "-b only applies to "
                              "--merge");
         }
     }
@@ -214,14 +223,14 @@ int cmd_bitmap(int argc, char **argv)
     }
     status = IMG_EXIT_OK;
     /* Each --add of 'auto' makes one more name. */
-    char (*made)[PRL_BITMAP_NAME_SIZE] = calloc(n_actions, sizeof(*made));
+    char(*made)[PRL_BITMAP_NAME_SIZE] = calloc(n_actions, sizeof(*made));
     if (!made) {
         img_err("out of memory");
         status = IMG_EXIT_FAIL;
     }
     for (size_t i = 0; made && i < n_actions; i++) {
-        if (run_action(bs, &actions[i], argv[optind + 1], granularity,
-                       src_file, src_fmt, made[i]) < 0) {
+        if (run_action(bs, &actions[i], argv[optind + 1], granularity, src_file,
+                       src_fmt, made[i]) < 0) {
             img_lib_err();
             status = IMG_EXIT_FAIL;
             break;

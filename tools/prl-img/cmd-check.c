@@ -140,8 +140,7 @@ static void print_findings(const struct prl_check_result *res, bool quiet,
             printf(": %s", f->action);
         }
         if (f->data_lost) {
-            printf(" [data lost at guest offset %" PRIu64 "]",
-                   f->guest_offset);
+            printf(" [data lost at guest offset %" PRIu64 "]", f->guest_offset);
         }
         printf("\n");
     }
@@ -168,8 +167,8 @@ static void print_human(const struct prl_check_result *res,
         for (size_t i = 0; i < res->n_findings; i++) {
             const struct prl_finding *f = &res->findings[i];
             if (f->cls != PRL_FINDING_NOTE) {
-                printf("%s %s\n", f->cls == PRL_FINDING_LEAK ? "Leaked"
-                                                             : "ERROR",
+                printf("%s %s\n",
+                       f->cls == PRL_FINDING_LEAK ? "Leaked" : "ERROR",
                        f->message);
             }
         }
@@ -182,7 +181,8 @@ static void print_human(const struct prl_check_result *res,
         if (res->corruptions) {
             printf("\n%d errors were found on the image.\n"
                    "Data may be corrupted, or further writes to the image "
-                   "may corrupt it.\n", res->corruptions);
+                   "may corrupt it.\n",
+                   res->corruptions);
         }
         if (res->leaks) {
             printf("\n%d leaked clusters were found on the image.\n"
@@ -236,8 +236,10 @@ int cmd_check(int argc, char **argv)
             } else if (strcmp(optarg, "all") == 0) {
                 fix = PRL_CHECK_FIX_ALL;
             } else {
-                return img_usage("check", CHECK_EXIT_ERROR, "invalid -r "
-                                 "value '%s' (leaks or all)", optarg);
+                return img_usage("check", CHECK_EXIT_ERROR,
+                                 "invalid -r "
+                                 "value '%s' (leaks or all)",
+                                 optarg);
             }
             break;
         case 'O':
@@ -253,9 +255,9 @@ int cmd_check(int argc, char **argv)
         }
     }
     if (optind != argc - 1) {
-        return img_usage("check", CHECK_EXIT_ERROR, optind >= argc
-                         ? "expecting a file name"
-                         : "too many arguments");
+        return img_usage("check", CHECK_EXIT_ERROR,
+                         optind >= argc ? "expecting a file name"
+                                        : "too many arguments");
     }
     path = argv[optind];
 

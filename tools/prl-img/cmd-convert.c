@@ -502,7 +502,8 @@ static int copy_bitmaps(struct prl_block *src, struct prl_block *dst)
 
     for (size_t i = 0; r == 0 && i < n; i++) {
         if (!v[i].consistent) {
-            r = prl_error(EINVAL, "bitmap '%s' of the source is "
+            r = prl_error(EINVAL,
+                          "bitmap '%s' of the source is "
                           "inconsistent; clear or remove it first",
                           v[i].name);
             break;
@@ -609,9 +610,11 @@ static int parse_args(int argc, char **argv, struct cv_args *a)
                        strcmp(optarg, "directsync") == 0) {
                 a->no_flush = false;
             } else {
-                return img_usage("convert", IMG_EXIT_FAIL, "invalid cache "
+                return img_usage("convert", IMG_EXIT_FAIL,
+                                 "invalid cache "
                                  "mode '%s' (unsafe, writeback, "
-                                 "writethrough, none, directsync)", optarg);
+                                 "writethrough, none, directsync)",
+                                 optarg);
             }
             break;
         default:
@@ -666,7 +669,8 @@ int cmd_convert(int argc, char **argv)
     }
     if (a.bitmaps && !a.no_create && strcmp(a.dst_fmt, "parallels") != 0) {
         img_err("--bitmaps: format %s cannot store dirty bitmaps; use -O "
-                "parallels", a.dst_fmt);
+                "parallels",
+                a.dst_fmt);
         goto out;
     }
     if (open_target(argv[optind + 1], a.dst_fmt, a.dst_fmt_given, a.opts,
@@ -677,7 +681,8 @@ int cmd_convert(int argc, char **argv)
     if (a.bitmaps && strcmp(prl_block_format(s.dst), "parallels") != 0) {
         /* Refuse before copying anything, not after. */
         img_err("--bitmaps: format %s cannot store dirty bitmaps; use -O "
-                "parallels", prl_block_format(s.dst));
+                "parallels",
+                prl_block_format(s.dst));
         goto out;
     }
     if (plan_copy(&s, a.sparse, a.unordered) < 0) {

@@ -128,11 +128,12 @@ static void print_bitmaps_json(const struct prl_bitmap_info *v, size_t n)
         if (!v[i].consistent) {
             printf("%s\"in-use\"", first ? "" : ", ");
         }
-        printf("], \"name\": \"%s\", \"granularity\": %" PRIu64
-               ", \"enabled\": %s, \"consistent\": %s, \"dirty-bytes\": %"
-               PRIu64 "}", v[i].name, v[i].granularity,
-               v[i].enabled ? "true" : "false",
-               v[i].consistent ? "true" : "false", v[i].dirty_bytes);
+        printf(
+            "], \"name\": \"%s\", \"granularity\": %" PRIu64
+            ", \"enabled\": %s, \"consistent\": %s, \"dirty-bytes\": %" PRIu64
+            "}",
+            v[i].name, v[i].granularity, v[i].enabled ? "true" : "false",
+            v[i].consistent ? "true" : "false", v[i].dirty_bytes);
     }
     printf("%s]", n ? "\n            " : "");
 }

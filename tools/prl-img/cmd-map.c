@@ -152,8 +152,8 @@ static int map_bitmap(struct prl_block *bs, const char *name, uint64_t start,
         }
         if (json) {
             printf("%s{ \"start\": %" PRIu64 ", \"length\": %" PRIu64
-                   ", \"dirty\": %s}", first ? "" : ",\n", pos, n,
-                   dirty ? "true" : "false");
+                   ", \"dirty\": %s}",
+                   first ? "" : ",\n", pos, n, dirty ? "true" : "false");
             first = false;
         } else if (dirty) {
             printf("%#-16" PRIx64 "%#" PRIx64 "\n", pos, n);

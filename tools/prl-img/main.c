@@ -120,8 +120,7 @@ int main(int argc, char **argv)
             /* --allow-external-files works with every command: snapshot
              * and commit parse it themselves, the others through
              * img_open. */
-            if (strcmp(name, "snapshot") != 0 &&
-                strcmp(name, "commit") != 0) {
+            if (strcmp(name, "snapshot") != 0 && strcmp(name, "commit") != 0) {
                 int w = 2;
                 for (int a = 2; a < argc; a++) {
                     if (strcmp(argv[a], "--") == 0) {

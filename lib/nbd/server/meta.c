@@ -95,8 +95,8 @@ static int bitmap_status(struct prl_nbd_export *exp,
                          uint64_t length, uint64_t *plen, uint32_t *status)
 {
     bool dirty;
-    int r = prl_bitmap_status(exp->bs, def->bitmap, offset, length, &dirty,
-                              plen);
+    int r =
+        prl_bitmap_status(exp->bs, def->bitmap, offset, length, &dirty, plen);
 
     if (r < 0) {
         return r;
