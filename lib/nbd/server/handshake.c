@@ -34,15 +34,15 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Wait until the client has sent something, the limit passes, or the
- * server stops (which shortens the limit to the grace period). */
-static int hs_wait(struct hs *hs)
+/* Wait until the socket is readable, the limit passes, or the server
+ * stops (which shortens the limit to the grace period).  Also the TLS
+ * layer's hook before each read of the socket, so that the limit covers
+ * the TLS handshake too. */
+static int hs_poll(void *opaque)
 {
+    struct hs *hs = opaque;
     struct prl_nbd_sock *s = &hs->conn->sock;
 
-    if (s->ops->pending(s) > 0) {
-        return 0;
-    }
     for (;;) {
         struct pollfd pfd[2] = {
             {.fd = s->rfd, .events = POLLIN},
@@ -78,6 +78,18 @@ static int hs_wait(struct hs *hs)
             }
         }
     }
+}
+
+/* Wait until the client has sent something (maybe already received by
+ * the TLS layer), the limit passes, or the server stops. */
+static int hs_wait(struct hs *hs)
+{
+    struct prl_nbd_sock *s = &hs->conn->sock;
+
+    if (s->ops->pending(s) > 0) {
+        return 0;
+    }
+    return hs_poll(hs);
 }
 
 static int hs_read(struct hs *hs, void *buf, size_t len)
@@ -510,6 +522,52 @@ static int opt_meta(struct hs *hs, uint32_t option, uint32_t len)
     return reply(hs, option, PRL_NBD_REP_ACK, NULL, 0);
 }
 
+/* Whether |option| must be refused because TLS is required and not yet
+ * negotiated. */
+static bool tls_required(const struct prl_nbd_conn *conn, uint32_t option)
+{
+    return prl_nbd_server_cfg(conn->srv)->tls && !conn->tls &&
+           option != PRL_NBD_OPT_STARTTLS && option != PRL_NBD_OPT_ABORT;
+}
+
+static int opt_starttls(struct hs *hs, uint32_t len)
+{
+    struct prl_nbd_conn *conn = hs->conn;
+    const struct prl_nbd_tls *tls = prl_nbd_server_cfg(conn->srv)->tls;
+    int r;
+
+    if (len != 0) {
+        return reply_err(hs, PRL_NBD_OPT_STARTTLS, PRL_NBD_REP_ERR_INVALID,
+                         "NBD_OPT_STARTTLS takes no data");
+    }
+    if (!tls) {
+        return reply_err(hs, PRL_NBD_OPT_STARTTLS, PRL_NBD_REP_ERR_POLICY,
+                         "TLS not configured on this server");
+    }
+    if (conn->tls) {
+        return reply_err(hs, PRL_NBD_OPT_STARTTLS, PRL_NBD_REP_ERR_INVALID,
+                         "TLS is already negotiated");
+    }
+    r = reply(hs, PRL_NBD_OPT_STARTTLS, PRL_NBD_REP_ACK, NULL, 0);
+    if (r < 0) {
+        return r;
+    }
+    /* From here on there is no going back to plain text: a failure
+     * hangs up (the spec's rule). */
+    r = prl_nbd_sock_tls_start(conn, tls, hs_poll, hs);
+    if (r < 0) {
+        return r;
+    }
+    conn->tls = true;
+    /* Nothing negotiated before STARTTLS survives it.  In FORCEDTLS
+     * nothing could be, but the rule is the spec's. */
+    conn->structured = false;
+    conn->extended = false;
+    conn->n_meta = 0;
+    conn->meta_exp = NULL;
+    return 0;
+}
+
 /* One option: 1 to enter transmission, 0 to go on, < 0 to hang up. */
 static int handle_option(struct hs *hs, uint32_t option, uint32_t len)
 {
@@ -522,6 +580,18 @@ static int handle_option(struct hs *hs, uint32_t option, uint32_t len)
         }
         return reply_err(hs, option, PRL_NBD_REP_ERR_SHUTDOWN,
                          "server is shutting down");
+    }
+    /* FORCEDTLS: before STARTTLS, only STARTTLS and ABORT are served. */
+    if (tls_required(conn, option)) {
+        if (option == PRL_NBD_OPT_EXPORT_NAME) {
+            /* It cannot be answered with an error: hang up. */
+            return prl_error(EACCES,
+                             "%s: NBD_OPT_EXPORT_NAME without TLS; this "
+                             "server requires NBD_OPT_STARTTLS first",
+                             conn->peer);
+        }
+        return reply_err(hs, option, PRL_NBD_REP_ERR_TLS_REQD,
+                         "TLS is required: send NBD_OPT_STARTTLS first");
     }
     switch (option) {
     case PRL_NBD_OPT_EXPORT_NAME: {
@@ -536,16 +606,7 @@ static int handle_option(struct hs *hs, uint32_t option, uint32_t len)
     case PRL_NBD_OPT_LIST:
         return opt_list(hs, len);
     case PRL_NBD_OPT_STARTTLS:
-        if (len != 0) {
-            return reply_err(hs, option, PRL_NBD_REP_ERR_INVALID,
-                             "NBD_OPT_STARTTLS takes no data");
-        }
-        /* NOTLS mode.  With TLS configured this becomes: reply ACK,
-         * swap conn->sock.ops for the GnuTLS layer, run its handshake,
-         * and forget structured/extended/meta state (the spec's rule);
-         * FORCEDTLS mode answers other options with ERR_TLS_REQD. */
-        return reply_err(hs, option, PRL_NBD_REP_ERR_POLICY,
-                         "TLS not configured on this server");
+        return opt_starttls(hs, len);
     case PRL_NBD_OPT_INFO:
     case PRL_NBD_OPT_GO:
         return opt_info_go(hs, option, len);
@@ -649,7 +710,11 @@ int prl_nbd_handshake(struct prl_nbd_conn *conn)
                 break;
             }
             r = hs_drain(&hs, len);
-            if (r == 0) {
+            if (r == 0 && tls_required(conn, option)) {
+                r = reply_err(&hs, option, PRL_NBD_REP_ERR_TLS_REQD,
+                              "TLS is required: send NBD_OPT_STARTTLS "
+                              "first");
+            } else if (r == 0) {
                 r = reply_err(&hs, option, PRL_NBD_REP_ERR_TOO_BIG,
                               "option data of %" PRIu32 " bytes is over "
                               "the limit of %u",
@@ -666,5 +731,7 @@ int prl_nbd_handshake(struct prl_nbd_conn *conn)
         }
     }
     free(hs.opt);
+    /* |hs| ends here; transmission has no time limit. */
+    prl_nbd_sock_tls_wait(&conn->sock, NULL, NULL);
     return r < 0 ? r : 0;
 }

@@ -70,6 +70,9 @@ struct prl_nbd_sock_ops {
     void (*shutdown_read)(struct prl_nbd_sock *s);
     /* Make every further send and recv fail at once.  Thread-safe. */
     void (*shutdown_all)(struct prl_nbd_sock *s);
+    /* End the stream politely (TLS: send close_notify) when the
+     * connection is done; no other thread uses the socket any more. */
+    void (*bye)(struct prl_nbd_sock *s);
     /* Release the layer; closes the descriptors when |owned|. */
     void (*close)(struct prl_nbd_sock *s);
 };
@@ -88,6 +91,8 @@ struct prl_nbd_sock {
 /* Set up the plain (unencrypted) layer over |rfd|/|wfd|. */
 void prl_nbd_sock_plain(struct prl_nbd_sock *s, int rfd, int wfd, bool owned,
                         int wake_fd);
+/* The plain layer's ops, which the TLS layer uses as its transport. */
+extern const struct prl_nbd_sock_ops prl_nbd_sock_plain_ops;
 
 /* ---- metadata contexts ---- */
 
@@ -144,6 +149,7 @@ struct prl_nbd_conn {
     size_t n_meta;
     uint32_t next_meta_id;
     uint16_t tflags;      /* transmission flags sent */
+    bool tls;             /* STARTTLS succeeded: conn->sock is TLS */
     bool in_transmission; /* under the server's lock */
 
     /* Transmission. */
@@ -217,6 +223,21 @@ void prl_nbd_worker_trim(struct prl_nbd_worker *w);
  * or a negative errno: the connection is to be closed. */
 int prl_nbd_handshake(struct prl_nbd_conn *conn);
 
+/* tls.c: after STARTTLS's ACK, run the TLS handshake on conn->sock,
+ * check the client (certificate, authorization), and switch the
+ * connection to the TLS layer.  |wait| (may be NULL) is called before
+ * each read of the socket until prl_nbd_sock_tls_wait clears it: it
+ * enforces the NBD handshake's time limit.  0, or a negative errno with a
+ * message naming why (-EACCES: authentication or authorization failed);
+ * the connection stays plain and is to be closed. */
+struct prl_nbd_tls;
+int prl_nbd_sock_tls_start(struct prl_nbd_conn *conn,
+                           const struct prl_nbd_tls *tls,
+                           int (*wait)(void *opaque), void *wait_opaque);
+/* Replace the wait hook of a TLS socket (no-op on a plain one). */
+void prl_nbd_sock_tls_wait(struct prl_nbd_sock *s, int (*wait)(void *opaque),
+                           void *wait_opaque);
+
 /* Transmission flags of |exp| for what |conn| negotiated. */
 uint16_t prl_nbd_export_tflags(const struct prl_nbd_conn *conn,
                                const struct prl_nbd_export *exp);
@@ -262,6 +283,11 @@ struct prl_nbd_export *prl_nbd_server_find(struct prl_nbd_server *srv,
 size_t prl_nbd_server_n_exports(const struct prl_nbd_server *srv);
 struct prl_nbd_export *prl_nbd_server_export(struct prl_nbd_server *srv,
                                              size_t i);
+/* Switch |conn| to another socket layer, under the server's lock (the
+ * stop path calls the shutdown ops of every connection). */
+void prl_nbd_server_conn_set_sock(struct prl_nbd_conn *conn,
+                                  const struct prl_nbd_sock_ops *ops,
+                                  void *opaque);
 /* Log |what| about |conn| at info level, naming the peer. */
 void prl_nbd_server_conn_log(const struct prl_nbd_conn *conn, const char *what);
 

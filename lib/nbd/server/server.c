@@ -86,6 +86,16 @@ struct prl_nbd_export *prl_nbd_server_find(struct prl_nbd_server *srv,
     return NULL;
 }
 
+void prl_nbd_server_conn_set_sock(struct prl_nbd_conn *conn,
+                                  const struct prl_nbd_sock_ops *ops,
+                                  void *opaque)
+{
+    pthread_mutex_lock(&conn->srv->lock);
+    conn->sock.opaque = opaque;
+    conn->sock.ops = ops;
+    pthread_mutex_unlock(&conn->srv->lock);
+}
+
 void prl_nbd_server_conn_log(const struct prl_nbd_conn *conn, const char *what)
 {
     prl_info("%s: %s", conn->peer, what);
@@ -441,9 +451,13 @@ static void *conn_main(void *opaque)
                                           : "gone without NBD_CMD_DISC");
     } else if (r == -ECONNABORTED) {
         prl_debug("%s", prl_error_message());
+    } else if (r == -EACCES) {
+        /* A client refused by TLS or its authorization. */
+        prl_warn("%s", prl_error_message());
     } else {
         prl_info("%s", prl_error_message());
     }
+    conn->sock.ops->bye(&conn->sock);
 
     pthread_mutex_lock(&srv->lock);
     for (struct prl_nbd_conn **p = &srv->conns; *p; p = &(*p)->next) {

@@ -9,6 +9,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+struct prl_nbd_tls; /* nbd/tls.h */
+
 struct prl_nbd_server;
 
 enum prl_nbd_discard {
@@ -28,6 +30,10 @@ struct prl_nbd_server_config {
     unsigned workers;         /* threads serving one connection; 0 = 8 */
     uint32_t min_block_size;  /* advertised minimum block, a power of two
                                * <= 65536; 0 = what the image needs */
+    /* NULL: no TLS (NBD_OPT_STARTTLS is refused).  Otherwise every
+     * client must upgrade with STARTTLS before any other option (the
+     * spec's FORCEDTLS mode).  Not owned; outlives the server. */
+    const struct prl_nbd_tls *tls;
 };
 
 /* Make a server with |cfg|.  Returns 0 and *out, or a negative errno. */

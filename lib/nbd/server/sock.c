@@ -100,6 +100,10 @@ static void plain_shutdown_all(struct prl_nbd_sock *s)
     }
 }
 
+static void plain_bye(struct prl_nbd_sock *s)
+{
+}
+
 static void plain_close(struct prl_nbd_sock *s)
 {
     if (s->owned) {
@@ -111,12 +115,13 @@ static void plain_close(struct prl_nbd_sock *s)
     s->rfd = s->wfd = -1;
 }
 
-static const struct prl_nbd_sock_ops plain_ops = {
+const struct prl_nbd_sock_ops prl_nbd_sock_plain_ops = {
     .recv = plain_recv,
     .sendv = plain_sendv,
     .pending = plain_pending,
     .shutdown_read = plain_shutdown_read,
     .shutdown_all = plain_shutdown_all,
+    .bye = plain_bye,
     .close = plain_close,
 };
 
@@ -126,7 +131,7 @@ void prl_nbd_sock_plain(struct prl_nbd_sock *s, int rfd, int wfd, bool owned,
     int type;
     socklen_t len = sizeof(type);
 
-    s->ops = &plain_ops;
+    s->ops = &prl_nbd_sock_plain_ops;
     s->rfd = rfd;
     s->wfd = wfd;
     s->owned = owned;
