@@ -2,6 +2,7 @@
 /* prl-nbd: serve images that prl opens over NBD, with qemu-nbd's option
  * names where the two overlap. */
 #include "nbd/server/server.h"
+#include "nbd/tls.h"
 #include "prl/block.h"
 #include "prl/error.h"
 #include "prl/log.h"
@@ -27,6 +28,7 @@
 #define DEFAULT_PORT "10809"
 #define MAX_EXPORTS 256
 #define MAX_BITMAPS 1024
+#define MAX_OBJECTS 32
 
 struct export_arg {
     char *name;
@@ -40,6 +42,23 @@ struct export_arg {
 struct bitmap_arg {
     const char *export; /* NULL: FILE's export */
     const char *name;
+};
+
+/* An --object, in QEMU's spelling. */
+enum object_type {
+    OBJ_TLS_X509,
+    OBJ_TLS_PSK,
+    OBJ_AUTHZ_SIMPLE,
+};
+
+struct object_arg {
+    enum object_type type;
+    const char *id;
+    const char *dir;      /* tls-creds-* */
+    const char *priority; /* tls-creds-*; NULL: default */
+    bool verify_peer;     /* tls-creds-x509 */
+    bool sanity_check;    /* tls-creds-x509 */
+    const char *identity; /* authz-simple */
 };
 
 struct options {
@@ -62,6 +81,10 @@ struct options {
     int n_exports;
     struct bitmap_arg bitmaps[MAX_BITMAPS];
     int n_bitmaps;
+    struct object_arg objects[MAX_OBJECTS];
+    int n_objects;
+    const char *tls_creds; /* an object id */
+    const char *tls_authz; /* an object id */
     struct prl_nbd_server_config cfg;
 };
 
@@ -106,6 +129,23 @@ static void usage(FILE *f)
 "      --min-block-size=N    advertise and enforce a minimum block size\n"
 "      --allow-external-files  let a bundle's DiskDescriptor.xml name image\n"
 "                            files outside its directory\n"
+"\n"
+"TLS (a client must use STARTTLS before anything else):\n"
+"      --object tls-creds-x509,id=ID,dir=DIR,endpoint=server[,verify-peer=on|off]\n"
+"                            X.509 credentials: DIR/ca-cert.pem,\n"
+"                            server-cert.pem, server-key.pem, optional\n"
+"                            ca-crl.pem, dh-params.pem; verify-peer=on (the\n"
+"                            default) requires a client certificate that\n"
+"                            ca-cert.pem vouches for\n"
+"      --object tls-creds-psk,id=ID,dir=DIR,endpoint=server\n"
+"                            pre-shared keys: DIR/keys.psk, username:hexkey\n"
+"                            lines as psktool writes them\n"
+"      --object authz-simple,id=ID,identity=NAME\n"
+"                            admit NAME only: the client certificate's\n"
+"                            distinguished name (',,' is a comma), or the\n"
+"                            PSK username\n"
+"      --tls-creds=ID        serve only over TLS with credentials ID\n"
+"      --tls-authz=ID        admit only the identity of authz object ID\n"
 "\n"
 "Process:\n"
 "      --fork                run in the background once listening\n"
@@ -240,6 +280,137 @@ static int parse_export(struct options *o, char *arg)
     return 0;
 }
 
+/* on/off as QEMU's boolean properties take them. */
+static bool parse_bool(const char *s, bool *out)
+{
+    static const char *const yes[] = {"on", "yes", "true", "y"};
+    static const char *const no[] = {"off", "no", "false", "n"};
+
+    for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
+        if (strcmp(s, yes[i]) == 0) {
+            *out = true;
+            return true;
+        }
+        if (strcmp(s, no[i]) == 0) {
+            *out = false;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* TYPE,id=ID,KEY=VALUE...: what --object takes, as qemu-nbd spells it
+ * (',,' is a literal comma). */
+static int parse_object(struct options *o, char *arg)
+{
+    struct object_arg *ob;
+    const char *type_name, *endpoint = NULL;
+    char *rest = arg, *item;
+
+    if (o->n_objects == MAX_OBJECTS) {
+        return die("more than %d objects", MAX_OBJECTS);
+    }
+    ob = &o->objects[o->n_objects];
+    memset(ob, 0, sizeof(*ob));
+    ob->verify_peer = true; /* QEMU's default */
+    ob->sanity_check = true;
+    type_name = next_item(&rest);
+    if (strcmp(type_name, "tls-creds-x509") == 0) {
+        ob->type = OBJ_TLS_X509;
+    } else if (strcmp(type_name, "tls-creds-psk") == 0) {
+        ob->type = OBJ_TLS_PSK;
+    } else if (strcmp(type_name, "authz-simple") == 0) {
+        ob->type = OBJ_AUTHZ_SIMPLE;
+    } else {
+        return die("--object: unknown object type '%s' (prl-nbd knows "
+                   "tls-creds-x509, tls-creds-psk and authz-simple)",
+                   type_name);
+    }
+    while ((item = next_item(&rest))) {
+        char *eq = strchr(item, '=');
+        const char *key = item, *val;
+        bool creds = ob->type != OBJ_AUTHZ_SIMPLE;
+
+        if (!eq) {
+            return die("--object %s: '%s' is not KEY=VALUE", type_name, item);
+        }
+        *eq = '\0';
+        val = eq + 1;
+        if (strcmp(key, "id") == 0) {
+            ob->id = val;
+        } else if (creds && strcmp(key, "dir") == 0) {
+            ob->dir = val;
+        } else if (creds && strcmp(key, "endpoint") == 0) {
+            endpoint = val;
+        } else if (creds && strcmp(key, "priority") == 0) {
+            ob->priority = val;
+        } else if (ob->type == OBJ_TLS_X509 &&
+                   strcmp(key, "verify-peer") == 0) {
+            if (!parse_bool(val, &ob->verify_peer)) {
+                return die("--object %s: verify-peer=%s is not on or off",
+                           type_name, val);
+            }
+        } else if (ob->type == OBJ_TLS_X509 &&
+                   strcmp(key, "sanity-check") == 0) {
+            if (!parse_bool(val, &ob->sanity_check)) {
+                return die("--object %s: sanity-check=%s is not on or off",
+                           type_name, val);
+            }
+        } else if (ob->type == OBJ_TLS_X509 && strcmp(key, "passwordid") == 0) {
+            return die("--object %s: passwordid= (an encrypted key) is not "
+                       "supported; give server-key.pem unencrypted",
+                       type_name);
+        } else if (ob->type == OBJ_TLS_PSK && strcmp(key, "username") == 0) {
+            return die("--object %s: username= is for client endpoints; a "
+                       "server takes every user in keys.psk (restrict them "
+                       "with --tls-authz)",
+                       type_name);
+        } else if (ob->type == OBJ_AUTHZ_SIMPLE &&
+                   strcmp(key, "identity") == 0) {
+            ob->identity = val;
+        } else {
+            return die("--object %s: unknown property '%s'", type_name, key);
+        }
+    }
+    if (!ob->id || !ob->id[0]) {
+        return die("--object %s: id= is required", type_name);
+    }
+    for (int i = 0; i < o->n_objects; i++) {
+        if (strcmp(o->objects[i].id, ob->id) == 0) {
+            return die("--object: id '%s' is used twice", ob->id);
+        }
+    }
+    if (ob->type == OBJ_AUTHZ_SIMPLE) {
+        if (!ob->identity) {
+            return die("--object authz-simple,id=%s: identity= is required",
+                       ob->id);
+        }
+    } else {
+        if (!ob->dir || !ob->dir[0]) {
+            return die("--object %s,id=%s: dir= is required", type_name,
+                       ob->id);
+        }
+        /* QEMU's default endpoint is client, which a server cannot use. */
+        if (!endpoint || strcmp(endpoint, "server") != 0) {
+            return die("--object %s,id=%s: prl-nbd needs endpoint=server%s%s",
+                       type_name, ob->id, endpoint ? ", not " : "",
+                       endpoint ? endpoint : "");
+        }
+    }
+    o->n_objects++;
+    return 0;
+}
+
+static struct object_arg *find_object(struct options *o, const char *id)
+{
+    for (int i = 0; i < o->n_objects; i++) {
+        if (strcmp(o->objects[i].id, id) == 0) {
+            return &o->objects[i];
+        }
+    }
+    return NULL;
+}
+
 enum {
     OPT_FORK = 256,
     OPT_PID_FILE,
@@ -252,6 +423,9 @@ enum {
     OPT_MIN_BLOCK,
     OPT_UNIX,
     OPT_EXTERNAL,
+    OPT_OBJECT,
+    OPT_TLS_CREDS,
+    OPT_TLS_AUTHZ,
 };
 
 static const struct option long_opts[] = {
@@ -277,6 +451,9 @@ static const struct option long_opts[] = {
     {"threads", required_argument, NULL, OPT_THREADS},
     {"min-block-size", required_argument, NULL, OPT_MIN_BLOCK},
     {"allow-external-files", no_argument, NULL, OPT_EXTERNAL},
+    {"object", required_argument, NULL, OPT_OBJECT},
+    {"tls-creds", required_argument, NULL, OPT_TLS_CREDS},
+    {"tls-authz", required_argument, NULL, OPT_TLS_AUTHZ},
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
@@ -387,6 +564,17 @@ static int parse_args(struct options *o, int argc, char **argv)
         case OPT_EXTERNAL:
             o->open_flags |= PRL_OPEN_BUNDLE_EXTERNAL;
             break;
+        case OPT_OBJECT:
+            if (parse_object(o, optarg) != 0) {
+                return 1;
+            }
+            break;
+        case OPT_TLS_CREDS:
+            o->tls_creds = optarg;
+            break;
+        case OPT_TLS_AUTHZ:
+            o->tls_authz = optarg;
+            break;
         case OPT_MIN_BLOCK:
             if (!parse_uint(optarg, 65536, &o->cfg.min_block_size) ||
                 (o->cfg.min_block_size & (o->cfg.min_block_size - 1))) {
@@ -446,6 +634,63 @@ static int parse_args(struct options *o, int argc, char **argv)
     }
     if (o->single && (o->port || o->bind || o->n_unix || o->fork)) {
         return die("-s serves stdin/stdout: no -p, -b, -k or --fork");
+    }
+    if (o->tls_creds) {
+        const struct object_arg *ob = find_object(o, o->tls_creds);
+        if (!ob || ob->type == OBJ_AUTHZ_SIMPLE) {
+            return die("--tls-creds=%s: no tls-creds-x509 or tls-creds-psk "
+                       "object with that id",
+                       o->tls_creds);
+        }
+    }
+    if (o->tls_authz) {
+        const struct object_arg *ob = find_object(o, o->tls_authz);
+        if (!o->tls_creds) {
+            return die("--tls-authz needs --tls-creds");
+        }
+        if (!ob || ob->type != OBJ_AUTHZ_SIMPLE) {
+            return die("--tls-authz=%s: no authz-simple object with that id",
+                       o->tls_authz);
+        }
+    }
+    return 0;
+}
+
+/* Load every tls-creds object now, so that a missing file or a bad key
+ * stops the server at start-up; *out gets the one --tls-creds names. */
+static int load_tls(struct options *o, struct prl_nbd_tls **out)
+{
+    const struct object_arg *authz =
+        o->tls_authz ? find_object(o, o->tls_authz) : NULL;
+
+    *out = NULL;
+    for (int i = 0; i < o->n_objects; i++) {
+        const struct object_arg *ob = &o->objects[i];
+        bool used = o->tls_creds && strcmp(ob->id, o->tls_creds) == 0;
+        struct prl_nbd_tls_config cfg = {
+            .type =
+                ob->type == OBJ_TLS_X509 ? PRL_NBD_TLS_X509 : PRL_NBD_TLS_PSK,
+            .dir = ob->dir,
+            .verify_peer = ob->verify_peer,
+            .sanity_check = ob->sanity_check,
+            .priority = ob->priority,
+            .authz_identity = used && authz ? authz->identity : NULL,
+        };
+        struct prl_nbd_tls *tls;
+
+        if (ob->type == OBJ_AUTHZ_SIMPLE) {
+            continue;
+        }
+        if (prl_nbd_tls_new_server(&cfg, &tls) < 0) {
+            prl_nbd_tls_free(*out);
+            *out = NULL;
+            return die("--object id=%s: %s", ob->id, prl_error_message());
+        }
+        if (used) {
+            *out = tls;
+        } else {
+            prl_nbd_tls_free(tls);
+        }
     }
     return 0;
 }
@@ -584,6 +829,7 @@ int main(int argc, char **argv)
 {
     struct options o;
     struct prl_nbd_server *srv;
+    struct prl_nbd_tls *tls = NULL;
     struct sigaction sa;
     enum prl_log_level level;
     int r;
@@ -602,22 +848,30 @@ int main(int argc, char **argv)
                              : PRL_LOG_WARNING;
     prl_log_set_handler(log_handler, NULL, level);
 
+    if (load_tls(&o, &tls) != 0) {
+        return 1;
+    }
+    o.cfg.tls = tls;
     r = prl_nbd_server_new(&o.cfg, &srv);
     if (r < 0) {
+        prl_nbd_tls_free(tls);
         return die("%s", prl_error_message());
     }
     if (open_exports(&o, srv) != 0 ||
         (!o.single && setup_listeners(&o, srv) != 0)) {
         prl_nbd_server_free(srv);
+        prl_nbd_tls_free(tls);
         return 1;
     }
     if (o.fork) {
         if (daemonize(o.pid_file, o.log_given && !o.use_syslog) != 0) {
             prl_nbd_server_free(srv);
+            prl_nbd_tls_free(tls);
             return 1;
         }
     } else if (o.pid_file && write_pid_file(o.pid_file, getpid()) != 0) {
         prl_nbd_server_free(srv);
+        prl_nbd_tls_free(tls);
         return 1;
     }
 
@@ -643,6 +897,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "prl-nbd: %s\n", prl_error_message());
         r = -1;
     }
+    prl_nbd_tls_free(tls); /* after the last session made from it */
     if (o.pid_file) {
         unlink(o.pid_file); /* the images are closed: the server is gone */
     }
