@@ -380,6 +380,15 @@ int prl_block_status(struct prl_block *bs, uint64_t offset, uint64_t length,
     return 0;
 }
 
+int prl_block_data_fd(struct prl_block *bs, const struct prl_extent *ext)
+{
+    if (!bs->drv->data_fd || (ext->flags & (PRL_EXT_DATA | PRL_EXT_OFFSET)) !=
+                                 (PRL_EXT_DATA | PRL_EXT_OFFSET)) {
+        return -ENOTSUP;
+    }
+    return bs->drv->data_fd(bs, ext);
+}
+
 int prl_block_info(struct prl_block *bs, struct prl_image_info *info)
 {
     memset(info, 0, sizeof(*info));

@@ -879,6 +879,18 @@ static int bundle_block_status(struct prl_block *bs, uint64_t offset,
     return chain_status(&s->ch, 0, offset, length, ext);
 }
 
+static int bundle_data_fd(struct prl_block *bs, const struct prl_extent *ext)
+{
+    struct bundle_state *s = bs->opaque;
+    struct prl_extent e = *ext;
+
+    if (ext->depth == 0 || ext->depth > s->ch.n) {
+        return -ENOTSUP;
+    }
+    e.depth = 1; /* as the layer itself reported it */
+    return prl_block_data_fd(s->ch.l[ext->depth - 1].bs, &e);
+}
+
 static int bundle_info(struct prl_block *bs, struct prl_image_info *info)
 {
     struct bundle_state *s = bs->opaque;
@@ -1148,6 +1160,7 @@ const struct prl_driver prl_driver_bundle = {
     .trim = bundle_trim,
     .flush = bundle_flush,
     .block_status = bundle_block_status,
+    .data_fd = bundle_data_fd,
     .info = bundle_info,
     .check = bundle_check,
 };

@@ -92,6 +92,11 @@ struct prl_driver {
     int (*block_status)(struct prl_block *bs, uint64_t offset, uint64_t length,
                         struct prl_extent *ext);
 
+    /* The descriptor of the file holding |ext| (see prl_block_data_fd);
+     * ext came from this driver's block_status with PRL_EXT_OFFSET.
+     * Optional: -ENOTSUP without it. */
+    int (*data_fd)(struct prl_block *bs, const struct prl_extent *ext);
+
     /* Fill the format-specific part of *info; the core has set format,
      * filename, virtual_size and read_only.  Optional. */
     int (*info)(struct prl_block *bs, struct prl_image_info *info);
