@@ -29,6 +29,9 @@
  * data_off + i * cluster_size.  s->used has one bit per index, set for
  * clusters referenced by the BAT or by ext_off.
  */
+/* Bytes of file blocks reserved at a time when clusters are appended. */
+#define PARALLELS_RESERVE ((uint64_t)64 << 20)
+
 struct parallels_state {
     struct prl_file file;
     struct parallels_header hdr;
@@ -39,6 +42,9 @@ struct parallels_state {
     uint64_t data_end;  /* first index past the highest used cluster */
     uint64_t free_hint; /* no free index below this */
     uint64_t file_size; /* bytes, kept current under the lock */
+    /* Bytes up to which the file's blocks were reserved past its end
+     * (prl_file_reserve); given back by a truncate at close. */
+    uint64_t reserved_end;
     pthread_rwlock_t lock;
     atomic_bool marked_dirty; /* we set in_use to DIRTY in the file */
     /* False when clusters may be referenced by something prl does not
@@ -269,6 +275,14 @@ static int allocate_and_write_locked(struct parallels_state *s, uint64_t c,
         return r;
     }
     host = index_host(s, idx);
+    if (host >= s->file_size && host + cs > s->reserved_end) {
+        /* Appending: reserve the blocks of the next clusters in one
+         * call, as the file system would otherwise allocate them page by
+         * page while the data arrives. */
+        uint64_t n = PRL_MAX(cs, PARALLELS_RESERVE);
+        prl_file_reserve(&s->file, host, n);
+        s->reserved_end = host + n;
+    }
     if (host < s->file_size && (in > 0 || len < cs)) {
         /* Reusing space that may hold old bytes: clear what this write
          * does not cover. */
@@ -311,6 +325,63 @@ static int allocate_and_write_locked(struct parallels_state *s, uint64_t c,
         used_set(s, idx, false);
     }
     return r;
+}
+
+/* Allocate the |k| (>= 2) unallocated guest clusters from |c| on and fill
+ * them with the |k| whole clusters at |buf|: when new clusters go to the
+ * end of the data area, the run gets consecutive host clusters, one data
+ * write and one BAT write.  Otherwise cluster by cluster.  Sets *done to
+ * the clusters written.  Lock held exclusive. */
+static int allocate_run_locked(struct parallels_state *s, uint64_t c,
+                               uint64_t k, const uint8_t *buf, uint64_t *done)
+{
+    uint64_t cs = s->lay.cluster_size, idx = 0, host, end;
+    int r;
+
+    *done = 0;
+    r = find_free_cluster_locked(s, &idx);
+    if (r < 0) {
+        return r;
+    }
+    host = index_host(s, idx);
+    if (idx < s->data_end || k > (UINT64_MAX - host) / cs ||
+        host + (k - 1) * cs > s->lay.max_offset) {
+        /* Reusing a hole, or the run would not fit: one at a time. */
+        r = allocate_and_write_locked(s, c, buf, 0, cs);
+        *done = r == 0;
+        return r;
+    }
+    end = host + k * cs;
+    if (end > s->reserved_end) {
+        uint64_t n = PRL_MAX(end - host, PARALLELS_RESERVE);
+        prl_file_reserve(&s->file, host, n);
+        s->reserved_end = host + n;
+    }
+    r = prl_file_pwrite(&s->file, buf, (size_t)(k * cs), host);
+    if (r < 0) {
+        return r;
+    }
+    s->file_size = PRL_MAX(s->file_size, end);
+    for (uint64_t i = 0; i < k; i++) {
+        r = used_set(s, idx + i, true);
+        if (r < 0) {
+            while (i-- > 0) {
+                used_set(s, idx + i, false);
+            }
+            return r;
+        }
+        s->bat[c + i] = (uint32_t)((host + i * cs) / s->lay.entry_unit);
+    }
+    r = write_bat_range(s, c, k);
+    if (r < 0) {
+        for (uint64_t i = 0; i < k; i++) {
+            s->bat[c + i] = 0;
+            used_set(s, idx + i, false);
+        }
+        return r;
+    }
+    *done = k;
+    return 0;
 }
 
 static int parallels_pread(struct prl_block *bs, void *buf, uint64_t length,
@@ -382,9 +453,20 @@ static int parallels_pwrite(struct prl_block *bs, const void *buf,
             r = clear_empty_locked(s);
             if (r == 0) {
                 host = cluster_host(s, c);
+                /* Whole unallocated clusters that follow go in one run. */
+                uint64_t k = 0;
+                while (host == 0 && in == 0 && (k + 1) * cs <= length &&
+                       c + k < s->lay.bat_entries &&
+                       cluster_host(s, c + k) == 0) {
+                    k++;
+                }
                 if (host != 0) {
                     /* Another writer allocated it meanwhile. */
                     r = prl_file_pwrite(&s->file, p, (size_t)n, host + in);
+                } else if (k >= 2) {
+                    uint64_t done = 0;
+                    r = allocate_run_locked(s, c, k, p, &done);
+                    n = done * cs;
                 } else {
                     r = allocate_and_write_locked(s, c, p, in, n);
                 }
@@ -519,6 +601,13 @@ static int parallels_block_status(struct prl_block *bs, uint64_t offset,
     pthread_rwlock_unlock(&s->lock);
     ext->length = n;
     return 0;
+}
+
+static int parallels_data_fd(struct prl_block *bs, const struct prl_extent *ext)
+{
+    struct parallels_state *s = bs->opaque;
+    (void)ext;
+    return s->file.fd;
 }
 
 static int parallels_info(struct prl_block *bs, struct prl_image_info *info)
@@ -1457,15 +1546,18 @@ static int parallels_close(struct prl_block *bs)
         }
     }
     if (r == 0 && s->rw && atomic_load(&s->marked_dirty)) {
-        /* Give back a tail of freed clusters. */
+        /* Give back a tail of freed clusters, and blocks reserved past
+         * the end (a truncate to the same size frees those). */
+        uint64_t end = s->file_size;
         if (s->reuse_ok) {
-            uint64_t end = index_host(s, s->data_end);
-            end = PRL_MAX(end, s->lay.data_off);
-            if (s->file_size > end) {
-                r = prl_file_truncate(&s->file, end);
-                if (r == 0) {
-                    s->file_size = end;
-                }
+            end = PRL_MIN(end,
+                          PRL_MAX(index_host(s, s->data_end), s->lay.data_off));
+        }
+        if (end < s->file_size || s->reserved_end > s->file_size) {
+            r = prl_file_truncate(&s->file, end);
+            if (r == 0) {
+                s->file_size = end;
+                s->reserved_end = 0;
             }
         }
         if (r == 0) {
@@ -2038,6 +2130,7 @@ const struct prl_driver prl_driver_parallels = {
     .trim = parallels_trim,
     .flush = parallels_flush,
     .block_status = parallels_block_status,
+    .data_fd = parallels_data_fd,
     .info = parallels_info,
     .resize = parallels_resize,
     .check = parallels_check,

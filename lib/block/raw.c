@@ -62,12 +62,21 @@ static int raw_pread(struct prl_block *bs, void *buf, uint64_t length,
     return prl_file_pread(&s->file, buf, (size_t)length, offset);
 }
 
+/* Writes at least this large reserve their blocks first. */
+#define RAW_RESERVE_MIN ((uint64_t)1 << 20)
+
 static int raw_pwrite(struct prl_block *bs, const void *buf, uint64_t length,
                       uint64_t offset, unsigned flags)
 {
     struct raw_state *s = bs->opaque;
-    int r = prl_file_pwrite(&s->file, buf, (size_t)length, offset);
+    int r;
 
+    if (length >= RAW_RESERVE_MIN) {
+        /* Into a hole, one fallocate costs less than the file system
+         * allocating block by block behind the page cache. */
+        prl_file_reserve(&s->file, offset, length);
+    }
+    r = prl_file_pwrite(&s->file, buf, (size_t)length, offset);
     if (r == 0 && (flags & PRL_REQ_FUA)) {
         r = prl_file_sync(&s->file);
     }
@@ -123,6 +132,13 @@ static int raw_block_status(struct prl_block *bs, uint64_t offset,
     ext->depth = 1;
     ext->offset = offset;
     return 0;
+}
+
+static int raw_data_fd(struct prl_block *bs, const struct prl_extent *ext)
+{
+    struct raw_state *s = bs->opaque;
+    (void)ext;
+    return s->file.fd;
 }
 
 static int raw_info(struct prl_block *bs, struct prl_image_info *info)
@@ -201,6 +217,7 @@ const struct prl_driver prl_driver_raw = {
     .trim = raw_trim,
     .flush = raw_flush,
     .block_status = raw_block_status,
+    .data_fd = raw_data_fd,
     .info = raw_info,
     .resize = raw_resize,
 };

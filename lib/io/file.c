@@ -201,6 +201,17 @@ int prl_file_allocate(struct prl_file *f, uint64_t off, uint64_t len)
     return file_write_zeroes(f, off, len);
 }
 
+void prl_file_reserve(struct prl_file *f, uint64_t off, uint64_t len)
+{
+    if (f->no_reserve || len == 0) {
+        return;
+    }
+    if (fallocate(f->fd, FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) != 0 &&
+        fallocate_unsupported(errno)) {
+        f->no_reserve = true;
+    }
+}
+
 int prl_file_sync(struct prl_file *f)
 {
     if (f->no_sync) {

@@ -15,6 +15,7 @@ struct prl_file {
     /* Learned at run time: fallocate modes this file system refused. */
     bool no_zero_range;
     bool no_punch_hole;
+    bool no_reserve; /* fallocate modes 0 and KEEP_SIZE refused */
     /* Set by the owner: syncs are no-ops (qemu's cache=unsafe). */
     bool no_sync;
 };
@@ -43,6 +44,11 @@ int prl_file_punch(struct prl_file *f, uint64_t off, uint64_t len);
 /* Allocate space without changing contents (fallocate mode 0); falls back
  * to writing zeroes past end of file when fallocate is not supported. */
 int prl_file_allocate(struct prl_file *f, uint64_t off, uint64_t len);
+/* A hint before writing [off, off+len): let the file system allocate its
+ * blocks in one go (fallocate) rather than page by page as the data
+ * arrives.  Contents and size do not change (blocks past the end of the
+ * file stay reserved until prl_file_truncate).  Failures are ignored. */
+void prl_file_reserve(struct prl_file *f, uint64_t off, uint64_t len);
 
 int prl_file_sync(struct prl_file *f); /* fdatasync */
 int prl_file_size(struct prl_file *f, uint64_t *size);

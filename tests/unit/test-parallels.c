@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #define KiB 1024u
 #define MiB (1u << 20)
@@ -454,6 +455,70 @@ static void test_trim_reuse(void **state)
     memset(ref + 7 * cs, 0, cs);
     tu_close(bs);
     assert_int_equal(tu_file_size(p), file_data_off(p) + 3 * cs);
+    bs = tu_open(p, NULL, 0);
+    expect_contents(bs, ref, size);
+    tu_close(bs);
+    free(buf);
+    free(ref);
+}
+
+/* A write over several unallocated clusters: appended as one run of
+ * consecutive host clusters; a freed cluster in the middle of the file
+ * is reused first; prl_block_data_fd gives the file holding the data. */
+static void test_run_writes(void **state)
+{
+    const struct cfg *c = *state;
+    const char *p = tu_path("runs.hdd");
+    uint64_t cs = cfg_cs(c), size = 16 * cs, h0, h2, seed = 7;
+    uint8_t *buf = xmalloc(size), *ref = calloc(1, size);
+    struct prl_block *bs;
+    struct prl_extent e;
+    int fd;
+
+    assert_non_null(ref);
+    make_image(c, p, size);
+    bs = tu_open(p, NULL, PRL_OPEN_RDWR);
+    tu_rand_fill(&seed, buf, size);
+
+    /* 5.5 clusters from 0: clusters 0..5 get consecutive hosts. */
+    assert_int_equal(prl_block_pwrite(bs, buf, 5 * cs + cs / 2, 0, 0), 0);
+    memcpy(ref, buf, 5 * cs + cs / 2);
+    h0 = file_host(p, 0);
+    assert_true(h0 != 0);
+    for (uint64_t i = 1; i < 6; i++) {
+        assert_int_equal(file_host(p, i), h0 + i * cs);
+    }
+    assert_int_equal(prl_block_status(bs, 0, size, &e), 0);
+    assert_int_equal(e.length, 6 * cs);
+    assert_int_equal(e.offset, h0);
+    fd = prl_block_data_fd(bs, &e);
+    assert_true(fd >= 0);
+    uint8_t *got = xmalloc(2 * cs);
+    assert_int_equal(pread(fd, got, 2 * cs, (off_t)(e.offset + 3 * cs)),
+                     (ssize_t)(2 * cs));
+    assert_memory_equal(got, ref + 3 * cs, 2 * cs);
+    free(got);
+
+    /* Free cluster 2; a 3-cluster write reuses it, appends the rest. */
+    h2 = file_host(p, 2);
+    assert_int_equal(prl_block_trim(bs, cs, 2 * cs, 0), 0);
+    memset(ref + 2 * cs, 0, cs);
+    assert_int_equal(prl_block_pwrite(bs, buf + 8 * cs, 3 * cs, 8 * cs, 0), 0);
+    memcpy(ref + 8 * cs, buf + 8 * cs, 3 * cs);
+    assert_int_equal(file_host(p, 8), h2);
+    assert_int_equal(file_host(p, 9), h0 + 6 * cs);
+    assert_int_equal(file_host(p, 10), h0 + 7 * cs);
+
+    /* Unaligned start and end over four clusters. */
+    assert_int_equal(
+        prl_block_pwrite(bs, buf + 11 * cs + 512, 3 * cs, 11 * cs + 512, 0), 0);
+    memcpy(ref + 11 * cs + 512, buf + 11 * cs + 512, 3 * cs);
+    for (uint64_t i = 11; i < 15; i++) {
+        assert_int_equal(file_host(p, i), h0 + (i - 3) * cs);
+    }
+    expect_contents(bs, ref, size);
+    tu_close(bs);
+    assert_int_equal(tu_file_size(p), h0 + 12 * cs);
     bs = tu_open(p, NULL, 0);
     expect_contents(bs, ref, size);
     tu_close(bs);
@@ -1166,6 +1231,8 @@ int main(void)
         cmocka_unit_test_prestate(test_zero_trim, (void *)&cfg_legacy63),
         cmocka_unit_test_prestate(test_trim_reuse, (void *)&cfg_ext64k),
         cmocka_unit_test_prestate(test_trim_reuse, (void *)&cfg_legacy63),
+        cmocka_unit_test_prestate(test_run_writes, (void *)&cfg_ext64k),
+        cmocka_unit_test_prestate(test_run_writes, (void *)&cfg_legacy63),
         cmocka_unit_test(test_legacy_data_off_zero),
         cmocka_unit_test(test_open_base_images),
         cmocka_unit_test(test_open_rejects),
