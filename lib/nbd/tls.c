@@ -587,6 +587,17 @@ int prl_nbd_tls_handshake_error(struct prl_nbd_tls_session *ts, int err,
                          "%s: TLS: the client ended the handshake with "
                          "alert '%s'",
                          peer, gnutls_alert_get_name(gnutls_alert_get(ts->gs)));
+    case GNUTLS_E_PULL_ERROR:
+    case GNUTLS_E_PREMATURE_TERMINATION:
+        /* Clients that reject our certificate mostly just close. */
+        if (ts->tls->type == PRL_NBD_TLS_X509) {
+            return prl_error(EACCES,
+                             "%s: TLS: the client hung up during the "
+                             "handshake (does it trust the CA of "
+                             "server-cert.pem?)",
+                             peer);
+        }
+        break;
     default:
         break;
     }
