@@ -193,12 +193,13 @@ s.close()'
 # and remember it so that exit kills it (that PID only).
 start_bg()
 {
-    local var=$1
+    # Locals with names no caller uses: `printf -v` would set a local of
+    # the same name as VAR instead of the caller's variable.
+    local _start_bg_var=$1
     shift
     "$@" &
-    local pid=$!
-    _prl_pids+=("$pid")
-    printf -v "$var" '%s' "$pid"
+    _prl_pids+=("$!")
+    printf -v "$_start_bg_var" '%s' "$!"
 }
 
 # stop_pid PID: TERM, wait up to 5 s, then KILL; only this PID.
