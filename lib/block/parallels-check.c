@@ -26,6 +26,15 @@ struct ref {
 
 #define REF_EXT (-1)
 #define REF_BITMAP(i) (-2 - (int64_t)(i))
+/* A run of adjacent clusters of any owners but the extension's (made
+ * from the cluster map, where nothing overlaps). */
+#define REF_RUN INT64_MIN
+
+/* A non-zero BAT entry: its index and its value, in host byte order. */
+struct bat_ent {
+    uint32_t c;
+    uint32_t e;
+};
 
 struct chk {
     struct prl_file f;
@@ -34,21 +43,24 @@ struct chk {
     struct parallels_header h;
     struct parallels_layout lay;
     uint64_t file_size;
-    uint32_t *bat;
+    /* The BAT is read once and only its non-zero entries are kept, by
+     * ascending index: a large BAT is mostly zero.  Repairs change e in
+     * place (0: cleared); write_back writes the BAT from this list. */
+    struct bat_ent *ents;
+    size_t n_ents;
     uint64_t nbat;
     uint64_t needed; /* BAT entries the virtual size needs */
+    int cs_shift;    /* log2 of the cluster size, -1 when not a power of 2 */
     bool header_changed, bat_changed;
-    bool ext_valid;   /* ext_off points at a parsed, checksummed cluster */
-    uint8_t *ext_buf; /* that cluster, as read */
-    bool *ext_drop;   /* per feature of ext_buf: an invalid bitmap */
-    size_t n_dropped; /* bitmaps -r all drops from the extension */
-    uint32_t *nz;     /* indexes of the non-zero BAT entries, ascending */
-    size_t n_nz;
+    bool ext_valid;       /* ext_off points at a parsed, checksummed cluster */
+    uint8_t *ext_buf;     /* that cluster, as read */
+    bool *ext_drop;       /* per feature of ext_buf: an invalid bitmap */
+    size_t n_dropped;     /* bitmaps -r all drops from the extension */
     uint64_t *bat_sorted; /* host offsets of the BAT entries, sorted */
     size_t n_bat_sorted;
     struct ref *refs;
     size_t n_refs, cap_refs;
-    uint8_t *misplaced;    /* per BAT entry: check_entries found it invalid */
+    uint8_t *misplaced;    /* per ents[]: check_entries found it invalid */
     uint64_t allocated;    /* non-zero BAT entries after the entry repairs */
     uint64_t append;       /* next free grid-aligned offset for copies */
     bool necessary;        /* a NECESSARY feature prl cannot load: no change */
@@ -145,6 +157,24 @@ static uint64_t grid_up(const struct chk *k, uint64_t off)
 static uint64_t entry_off(const struct chk *k, uint32_t e)
 {
     return (uint64_t)e * k->lay.entry_unit;
+}
+
+/* Whether |off| (at or above data_off) starts a cluster of the data area,
+ * and which: a shift where the cluster size is a power of two, as in any
+ * image made since 2015, not a 64-bit division per BAT entry. */
+static bool on_grid(const struct chk *k, uint64_t off)
+{
+    uint64_t rel = off - k->lay.data_off;
+
+    return k->cs_shift >= 0 ? (rel & (k->lay.cluster_size - 1)) == 0
+                            : rel % k->lay.cluster_size == 0;
+}
+
+static uint64_t grid_index(const struct chk *k, uint64_t off)
+{
+    uint64_t rel = off - k->lay.data_off;
+
+    return k->cs_shift >= 0 ? rel >> k->cs_shift : rel / k->lay.cluster_size;
 }
 
 /* Copy |len| bytes at |from| into a fresh cluster at the end of the file;
@@ -332,10 +362,19 @@ static int check_header(struct chk *k)
     return 0;
 }
 
+/* BAT entries per read: 64 KiB, which stays in the CPU cache. */
+#define BAT_CHUNK 16384
+
+/* The one pass over the BAT: read it in chunks and list its non-zero
+ * entries.  (A 4 MiB BAT read whole into fresh memory cost more in page
+ * faults than the rest of a check.)  Entries past the end of the file
+ * read as zero. */
 static int read_bat(struct chk *k)
 {
     uint64_t n = k->h.bat_entries;
-    int r;
+    size_t cap = 0;
+    uint32_t *buf;
+    int r = 0;
 
     if (n * 4 > ((uint64_t)1 << 32)) {
         return prl_error(EFBIG,
@@ -343,19 +382,51 @@ static int read_bat(struct chk *k)
                          "to check",
                          n);
     }
-    k->bat = prl_calloc((size_t)PRL_MAX(n, 1), 4);
-    if (!k->bat) {
+    buf = prl_malloc(BAT_CHUNK * 4);
+    if (!buf) {
         return -ENOMEM;
     }
-    r = prl_file_pread(&k->f, k->bat, (size_t)(n * 4), PARALLELS_HEADER_SIZE);
-    if (r < 0) {
-        return r;
+    for (uint64_t first = 0; first < n; first += BAT_CHUNK) {
+        size_t m = (size_t)PRL_MIN(n - first, (uint64_t)BAT_CHUNK);
+        size_t m16 = prl_round_up(m, 16);
+        r = prl_file_pread(&k->f, buf, m * 4,
+                           PARALLELS_HEADER_SIZE + first * 4);
+        if (r < 0) {
+            break;
+        }
+        memset(buf + m, 0, (m16 - m) * 4);
+        /* Room for a whole chunk, so that the loop need not look. */
+        if (cap - k->n_ents < m16) {
+            size_t c = PRL_MAX(2 * cap, k->n_ents + m16);
+            struct bat_ent *p = realloc(k->ents, c * sizeof(*p));
+            if (!p) {
+                r = prl_error(ENOMEM, "out of memory");
+                break;
+            }
+            k->ents = p;
+            cap = c;
+        }
+        /* Zero runs are skipped 16 entries at a time; inside a run that
+         * is not zero each entry is stored and kept when non-zero, with
+         * no branch to mispredict on a BAT allocated at random. */
+        struct bat_ent *p = k->ents;
+        size_t t = k->n_ents;
+        for (size_t i = 0; i < m16; i += 16) {
+            uint64_t w[8];
+            memcpy(w, buf + i, sizeof(w));
+            if ((w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7]) == 0) {
+                continue;
+            }
+            for (size_t j = i; j < i + 16; j++) {
+                p[t] = (struct bat_ent){(uint32_t)(first + j), le32toh(buf[j])};
+                t += buf[j] != 0;
+            }
+        }
+        k->n_ents = t;
     }
-    for (uint64_t c = 0; c < n; c++) {
-        k->bat[c] = le32toh(k->bat[c]);
-    }
+    free(buf);
     k->nbat = n;
-    return 0;
+    return r;
 }
 
 /* Choose a valid data offset that keeps the most BAT entries valid. */
@@ -366,9 +437,9 @@ static void fix_data_off(struct chk *k)
     uint64_t unit = k->h.ext ? cs : PARALLELS_SECTOR;
     uint64_t base, min_off = UINT64_MAX, v;
 
-    for (uint64_t c = 0; c < k->nbat; c++) {
-        uint64_t off = (uint64_t)k->bat[c] * unit;
-        if (k->bat[c] && off >= bat_end && off < min_off) {
+    for (size_t t = 0; t < k->n_ents; t++) {
+        uint64_t off = (uint64_t)k->ents[t].e * unit;
+        if (k->ents[t].e && off >= bat_end && off < min_off) {
             min_off = off;
         }
     }
@@ -415,10 +486,10 @@ static int check_bat_covers(struct chk *k)
     uint64_t old_end = PARALLELS_HEADER_SIZE + (uint64_t)h->bat_entries * 4;
     bool room =
         need <= UINT32_MAX && new_end <= data_off && new_end <= k->file_size;
-    for (uint64_t c = 0; room && c < k->nbat; c++) {
+    for (size_t t = 0; room && t < k->n_ents; t++) {
         uint64_t unit =
             h->ext ? (uint64_t)h->tracks * PARALLELS_SECTOR : PARALLELS_SECTOR;
-        if (k->bat[c] && (uint64_t)k->bat[c] * unit < new_end) {
+        if (k->ents[t].e && (uint64_t)k->ents[t].e * unit < new_end) {
             room = false;
         }
     }
@@ -436,12 +507,7 @@ static int check_bat_covers(struct chk *k)
         }
     }
     if (room) {
-        uint32_t *nb = realloc(k->bat, (size_t)need * 4);
-        if (!nb) {
-            return prl_error(ENOMEM, "out of memory");
-        }
-        memset(nb + k->nbat, 0, (size_t)(need - k->nbat) * 4);
-        k->bat = nb;
+        /* The new entries are zero, on disk and so in the list. */
         k->nbat = need;
         h->bat_entries = (uint32_t)need;
         k->header_changed = true;
@@ -457,40 +523,6 @@ static int check_bat_covers(struct chk *k)
               "reduced nb_sectors from %" PRIu64 " to %" PRIu64
               " (the BAT could not grow; no cluster held data there)",
               old, h->nb_sectors);
-    }
-    return 0;
-}
-
-/* List the non-zero BAT entries once (a large BAT is mostly zero): the
- * later passes walk the list, not the BAT.  Zero runs are skipped 16
- * bytes at a time. */
-static int list_entries(struct chk *k)
-{
-    size_t cap = 0;
-
-    k->n_nz = 0;
-    for (uint64_t c = 0; c < k->nbat; c++) {
-        if (c + 4 <= k->nbat) {
-            uint64_t a, b;
-            memcpy(&a, k->bat + c, 8);
-            memcpy(&b, k->bat + c + 2, 8);
-            if ((a | b) == 0) {
-                c += 3;
-                continue;
-            }
-        }
-        if (k->bat[c] == 0) {
-            continue;
-        }
-        if (k->n_nz == cap) {
-            cap = cap ? 2 * cap : 1024;
-            uint32_t *n = realloc(k->nz, cap * sizeof(*n));
-            if (!n) {
-                return prl_error(ENOMEM, "out of memory");
-            }
-            k->nz = n;
-        }
-        k->nz[k->n_nz++] = (uint32_t)c;
     }
     return 0;
 }
@@ -578,26 +610,27 @@ static int sort_refs(struct chk *k)
     return 0;
 }
 
-/* The rules of one non-zero entry: position, alignment, inside the file,
- * inside the virtual size. */
-static int check_entry(struct chk *k, uint64_t c)
+/* The rules of non-zero entry ents[t]: position, alignment, inside the
+ * file, inside the virtual size. */
+static int check_entry(struct chk *k, size_t t)
 {
     uint64_t cs = k->lay.cluster_size;
-    uint32_t e = k->bat[c];
+    uint64_t c = k->ents[t].c;
+    uint32_t e = k->ents[t].e;
     uint64_t off = entry_off(k, e);
     const char *why;
     uint64_t to;
     int r;
 
     if (c >= k->needed) {
-        k->misplaced[c] = 1;
+        k->misplaced[t] = 1;
         add_finding(k, PRL_FINDING_CORRUPTION, "bat-beyond-size", (int64_t)c,
                     off,
                     "BAT entry %" PRIu64 " = %" PRIu32 " maps guest "
                     "offset %" PRIu64 ", beyond the virtual size %" PRIu64,
                     c, e, c * cs, k->lay.virtual_size);
         if (k->fix_errors) {
-            k->bat[c] = 0;
+            k->ents[t].e = 0;
             k->bat_changed = true;
             fixed(k, "cleared the entry (not guest-visible)");
         }
@@ -606,7 +639,7 @@ static int check_entry(struct chk *k, uint64_t c)
     if (off < k->lay.bat_end || off >= k->file_size) {
         why = off < k->lay.bat_end ? "lies inside the header or BAT"
                                    : "is past the end of the file";
-        k->misplaced[c] = 1;
+        k->misplaced[t] = 1;
         add_finding(k, PRL_FINDING_CORRUPTION,
                     off < k->lay.bat_end ? "bat-in-header" : "bat-past-eof",
                     (int64_t)c, off,
@@ -614,7 +647,7 @@ static int check_entry(struct chk *k, uint64_t c)
                     ") %s",
                     c, e, off, why);
         if (k->fix_errors) {
-            k->bat[c] = 0;
+            k->ents[t].e = 0;
             k->bat_changed = true;
             fixed(k,
                   "cleared the entry: the data of guest offset %" PRIu64
@@ -624,8 +657,8 @@ static int check_entry(struct chk *k, uint64_t c)
         }
         return 0;
     }
-    if (off < k->lay.data_off || (off - k->lay.data_off) % cs != 0) {
-        k->misplaced[c] = 1;
+    if (off < k->lay.data_off || !on_grid(k, off)) {
+        k->misplaced[t] = 1;
         add_finding(
             k, PRL_FINDING_CORRUPTION,
             off < k->lay.data_off ? "bat-below-data" : "bat-misaligned",
@@ -640,7 +673,7 @@ static int check_entry(struct chk *k, uint64_t c)
             if (r < 0) {
                 return r;
             }
-            k->bat[c] = (uint32_t)(to / k->lay.entry_unit);
+            k->ents[t].e = (uint32_t)(to / k->lay.entry_unit);
             k->bat_changed = true;
             fixed(k, "copied the cluster to byte offset %" PRIu64, to);
         }
@@ -668,37 +701,131 @@ static int check_entry(struct chk *k, uint64_t c)
     return 0;
 }
 
-/* Judge every entry, then list the clusters the BAT references (as it
- * stands after the per-entry repairs) and count the allocated entries. */
+/* Judge every entry and count the allocated ones (as the BAT stands
+ * after the per-entry repairs). */
 static int check_entries(struct chk *k)
 {
-    uint64_t cs = k->lay.cluster_size;
     int r;
 
-    k->misplaced = prl_calloc((size_t)PRL_MAX(k->nbat, 1), 1);
+    k->misplaced = prl_calloc(PRL_MAX(k->n_ents, 1), 1);
     if (!k->misplaced) {
         return -ENOMEM;
     }
     k->allocated = 0;
-    for (size_t t = 0; t < k->n_nz; t++) {
-        uint64_t c = k->nz[t];
-        r = check_entry(k, c);
+    for (size_t t = 0; t < k->n_ents; t++) {
+        r = check_entry(k, t);
         if (r < 0) {
             return r;
         }
-        uint64_t off = entry_off(k, k->bat[c]);
-        if (k->bat[c] == 0) {
-            continue;
-        }
-        k->allocated++;
-        if (off < k->file_size) {
-            r = add_ref(k, off, cs, (int64_t)c);
+        k->allocated += k->ents[t].e != 0;
+    }
+    return 0;
+}
+
+/* Each BAT entry's cluster inside the file, as a reference of its own
+ * (owner: its place in ents[]) for check_overlaps to sort and judge. */
+static int add_entry_refs(struct chk *k)
+{
+    for (size_t t = 0; t < k->n_ents; t++) {
+        uint64_t off = entry_off(k, k->ents[t].e);
+        if (k->ents[t].e && off < k->file_size) {
+            int r = add_ref(k, off, k->lay.cluster_size, (int64_t)t);
             if (r < 0) {
                 return r;
             }
         }
     }
     return 0;
+}
+
+/* First index in [i, n) whose bit in |map| is |v|, else n. */
+static uint64_t map_find(const uint64_t *map, uint64_t n, uint64_t i, bool v)
+{
+    while (i < n) {
+        uint64_t w = v ? map[i / 64] : ~map[i / 64];
+        w &= UINT64_MAX << (i % 64);
+        if (w) {
+            return PRL_MIN(n, i - i % 64 + (uint64_t)__builtin_ctzll(w));
+        }
+        i = i - i % 64 + 64;
+    }
+    return n;
+}
+
+/* Replace k->refs (the extension's) by the runs of clusters |map| marks,
+ * in order, the extension's cluster |ext| a reference of its own. */
+static int map_runs(struct chk *k, const uint64_t *map, uint64_t n,
+                    uint64_t ext)
+{
+    uint64_t cs = k->lay.cluster_size, d = k->lay.data_off;
+
+    k->n_refs = 0;
+    for (uint64_t a = map_find(map, n, 0, true); a < n;
+         a = map_find(map, n, a, true)) {
+        uint64_t b = map_find(map, n, a, false);
+        /* Split [a, b) around ext. */
+        uint64_t end = ext < a || ext >= b ? b : ext == a ? a + 1 : ext;
+        int r = add_ref(k, d + a * cs, (end - a) * cs,
+                        a == ext ? REF_EXT : REF_RUN);
+        if (r < 0) {
+            return r;
+        }
+        a = end;
+    }
+    return 0;
+}
+
+/* When every referenced cluster sits on the grid of the data area and
+ * none is named twice (any image prl or QEMU wrote), nothing overlaps:
+ * a bit per cluster of the file finds that in one pass over the entries,
+ * and k->refs becomes the runs of used clusters, sorted, without a sort.
+ * Returns 1 then; 0 with k->refs unchanged when the image is not like
+ * that, or when the map would outweigh a reference per entry (a sparse
+ * file of small clusters), and check_overlaps must judge each entry. */
+static int map_refs(struct chk *k)
+{
+    uint64_t cs = k->lay.cluster_size, d = k->lay.data_off;
+    uint64_t n = k->file_size > d ? prl_div_round_up(k->file_size - d, cs) : 0;
+    uint64_t ext = UINT64_MAX, *map;
+    bool ok = true;
+    int r;
+
+    /* A struct ref is 24 bytes, and as many again while sorted. */
+    if (n / 8 > ((uint64_t)1 << 20) + 48 * ((uint64_t)k->n_ents + k->n_refs)) {
+        return 0;
+    }
+    map = prl_calloc((size_t)PRL_MAX(prl_div_round_up(n, 64), 1), 8);
+    if (!map) {
+        return -ENOMEM;
+    }
+    for (size_t i = 0; ok && i < k->n_refs + k->n_ents; i++) {
+        uint64_t off, x;
+        if (i < k->n_refs) {
+            off = k->refs[i].off;
+            if (k->refs[i].owner == REF_EXT) {
+                ext = grid_index(k, off);
+            }
+        } else {
+            uint32_t e = k->ents[i - k->n_refs].e;
+            off = entry_off(k, e);
+            if (e == 0 || off >= k->file_size) {
+                continue;
+            }
+        }
+        if (off < d || !on_grid(k, off)) {
+            ok = false;
+            break;
+        }
+        x = grid_index(k, off);
+        if (x >= n || (map[x / 64] >> (x % 64)) & 1) {
+            ok = false;
+            break;
+        }
+        map[x / 64] |= (uint64_t)1 << (x % 64);
+    }
+    r = ok ? map_runs(k, map, n, ext) : 0;
+    free(map);
+    return r < 0 ? r : ok;
 }
 
 /* A feature prl does not know: marked NECESSARY, the file must not be
@@ -736,9 +863,9 @@ static int bat_uses(struct chk *k, uint64_t off, bool *used)
         if (!k->bat_sorted) {
             return -ENOMEM;
         }
-        for (size_t t = 0; t < k->n_nz; t++) {
-            uint64_t e = entry_off(k, k->bat[k->nz[t]]);
-            if (e < k->file_size) {
+        for (size_t t = 0; t < k->n_ents; t++) {
+            uint64_t e = entry_off(k, k->ents[t].e);
+            if (k->ents[t].e && e < k->file_size) {
                 k->bat_sorted[k->n_bat_sorted++] = e;
             }
         }
@@ -1007,7 +1134,7 @@ static int check_overlaps(struct chk *k)
     uint64_t cs = k->lay.cluster_size;
     int r;
 
-    /* check_entries listed the BAT's clusters after the metadata's. */
+    /* add_entry_refs listed the BAT's clusters after the metadata's. */
     r = sort_refs(k);
     if (r < 0) {
         return r;
@@ -1057,26 +1184,29 @@ static int check_overlaps(struct chk *k)
             continue;
         }
         if (holder >= 0 && x->off < end) {
-            uint64_t c = (uint64_t)x->owner, to;
-            int64_t on = x->owner, with = holder;
-            if (!k->fix_errors && k->misplaced[holder] && !k->misplaced[c]) {
-                on = holder;
-                with = x->owner;
+            /* Places in ents[]: x's, and the entries blamed and named. */
+            size_t t = (size_t)x->owner, on = t, with = (size_t)holder;
+            uint64_t to;
+            if (!k->fix_errors && k->misplaced[holder] && !k->misplaced[t]) {
+                on = (size_t)holder;
+                with = t;
             }
             add_finding(k, PRL_FINDING_CORRUPTION,
-                        entry_off(k, k->bat[holder]) == x->off ? "bat-duplicate"
-                                                               : "bat-overlap",
-                        on, entry_off(k, k->bat[on]),
-                        "BAT entry %" PRId64 " = %" PRIu32
+                        entry_off(k, k->ents[holder].e) == x->off
+                            ? "bat-duplicate"
+                            : "bat-overlap",
+                        (int64_t)k->ents[on].c, entry_off(k, k->ents[on].e),
+                        "BAT entry %" PRIu32 " = %" PRIu32
                         " (byte offset %" PRIu64 ") shares "
-                        "bytes with BAT entry %" PRId64,
-                        on, k->bat[on], entry_off(k, k->bat[on]), with);
+                        "bytes with BAT entry %" PRIu32,
+                        k->ents[on].c, k->ents[on].e,
+                        entry_off(k, k->ents[on].e), k->ents[with].c);
             if (k->fix_errors) {
                 r = copy_to_new_cluster(k, x->off, cs, &to);
                 if (r < 0) {
                     return r;
                 }
-                k->bat[c] = (uint32_t)(to / k->lay.entry_unit);
+                k->ents[t].e = (uint32_t)(to / k->lay.entry_unit);
                 k->bat_changed = true;
                 x->off = to;
                 moved = true;
@@ -1244,15 +1374,22 @@ static int write_back(struct chk *k)
         r = prl_file_sync(&k->f);
     }
     if (r == 0 && k->bat_changed) {
-        uint32_t *le = prl_malloc((size_t)PRL_MAX(k->nbat, 1) * 4);
+        /* The BAT is zero but for the listed entries. */
+        uint32_t *le = prl_malloc(BAT_CHUNK * 4);
+        size_t t = 0;
         if (!le) {
             return -ENOMEM;
         }
-        for (uint64_t c = 0; c < k->nbat; c++) {
-            le[c] = htole32(k->bat[c]);
+        for (uint64_t first = 0; r == 0 && first < k->nbat;
+             first += BAT_CHUNK) {
+            size_t m = (size_t)PRL_MIN(k->nbat - first, (uint64_t)BAT_CHUNK);
+            memset(le, 0, m * 4);
+            for (; t < k->n_ents && k->ents[t].c < first + m; t++) {
+                le[k->ents[t].c - first] = htole32(k->ents[t].e);
+            }
+            r = prl_file_pwrite(&k->f, le, m * 4,
+                                PARALLELS_HEADER_SIZE + first * 4);
         }
-        r = prl_file_pwrite(&k->f, le, (size_t)k->nbat * 4,
-                            PARALLELS_HEADER_SIZE);
         free(le);
         if (r == 0) {
             r = prl_file_sync(&k->f);
@@ -1505,6 +1642,9 @@ static int run_check(struct chk *k)
         return 0;
     }
     k->needed = prl_div_round_up(lh.nb_sectors, lh.tracks);
+    k->cs_shift = prl_is_power_of_2(k->lay.cluster_size)
+                      ? __builtin_ctzll(k->lay.cluster_size)
+                      : -1;
     k->res->total_clusters = k->nbat;
     k->res->has_clusters = true;
 
@@ -1513,12 +1653,8 @@ static int run_check(struct chk *k)
      * entries reference, where copying them would follow data_off. */
     uint64_t low = UINT64_MAX, high = 0;
     bool any = false;
-    r = list_entries(k);
-    if (r < 0) {
-        return r;
-    }
-    for (size_t t = 0; t < k->n_nz; t++) {
-        uint64_t e = entry_off(k, k->bat[k->nz[t]]);
+    for (size_t t = 0; t < k->n_ents; t++) {
+        uint64_t e = entry_off(k, k->ents[t].e);
         if (e >= k->file_size) {
             continue;
         }
@@ -1566,7 +1702,15 @@ static int run_check(struct chk *k)
         r = check_entries(k);
     }
     if (r == 0) {
-        r = check_overlaps(k);
+        r = map_refs(k);
+        if (r == 0) {
+            r = add_entry_refs(k);
+            if (r == 0) {
+                r = check_overlaps(k);
+            }
+        } else if (r == 1) {
+            r = 0;
+        }
     }
     if (r == 0) {
         r = write_back(k);
@@ -1665,13 +1809,12 @@ int parallels_check(const char *path, unsigned fix,
     if (r < 0) {
         res->check_errors++;
     }
-    free(k.bat);
+    free(k.ents);
     free(k.refs);
     free(k.misplaced);
     free(k.ext_buf);
     free(k.ext_drop);
     free(k.bat_sorted);
-    free(k.nz);
     int r2 = prl_file_close(&k.f);
     return r < 0 ? r : r2;
 }
