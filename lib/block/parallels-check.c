@@ -219,6 +219,11 @@ static int copy_to_new_cluster(struct chk *k, uint64_t from, uint64_t len,
     return 0;
 }
 
+/* Largest BAT (bytes from the start of the file to its end) that a
+ * repair extends the file to hold rather than shrink the disk: 16 Mi
+ * entries, a 16 TiB disk of 1 MiB clusters. */
+#define BAT_EXTEND_MAX ((uint64_t)PARALLELS_HEADER_SIZE + (64u << 20))
+
 /* Header fields that can be judged before the BAT is read.  Returns 1
  * when the check must stop here (not this format or unrepairable). */
 static int check_header(struct chk *k)
@@ -312,11 +317,35 @@ static int check_header(struct chk *k)
                     " = %" PRIu32 ": the BAT ends at byte %" PRIu64 ", past "
                     "the end of the file (%" PRIu64 " bytes)",
                     h->bat_entries, bat_end, k->file_size);
-        /* The entries past the end of the file map nothing, so the disk
-         * keeps what the file holds: the BAT and the size shrink to the
-         * entries inside the file.  (Extending the file instead would
-         * let a header field size the repair: 0x3fffffff entries are a
-         * 4 GiB BAT.)  The rest of the check sees the reduced header. */
+    }
+    if (bat_end > k->file_size && bat_end <= BAT_EXTEND_MAX) {
+        /* The entries past the end of the file map nothing: the file
+         * grows (sparsely) to hold them as zeroes, and the disk keeps
+         * its size.  Without -r, the rest of the check sees the file as
+         * the repair would leave it: read_bat reads zeroes past the
+         * end.  (Written at once, not with the header: nothing can
+         * forbid it later, since a Format Extension, the only thing that
+         * can, would lie past the end of this file.) */
+        if (k->fix_errors) {
+            uint64_t old = k->file_size;
+            int r = prl_file_truncate(&k->f, bat_end);
+            if (r < 0) {
+                return r;
+            }
+            k->file_size = bat_end;
+            fixed(k,
+                  "extended the file from %" PRIu64 " to %" PRIu64
+                  " bytes (sparse) so that the BAT fits; its bytes past "
+                  "the old end are zero (unallocated entries), and the "
+                  "disk keeps its size",
+                  old, bat_end);
+        }
+    } else if (bat_end > k->file_size) {
+        /* A BAT larger than any sane disk needs is a damaged field, not
+         * a reason to grow the file by gigabytes (0x3fffffff entries are
+         * a 4 GiB BAT): the BAT and the size shrink to the entries
+         * inside the file, which are all the file can map.  The rest of
+         * the check sees the reduced header. */
         uint64_t keep = (k->file_size - PARALLELS_HEADER_SIZE) / 4;
         uint64_t old_sectors = h->nb_sectors;
         h->bat_entries = (uint32_t)keep;
@@ -1663,7 +1692,11 @@ static int run_check(struct chk *k)
         lh.nb_sectors = (uint64_t)lh.bat_entries * lh.tracks;
     }
     lh.nb_sectors &= lh.ext ? UINT64_MAX : 0xffffffffu;
-    r = parallels_layout(&lh, k->file_size, &k->lay, why, sizeof(why));
+    /* A BAT past the end of the file that -r all would extend the file
+     * for (check_header) is judged as extended. */
+    uint64_t lsize = PRL_MAX(k->file_size, PARALLELS_HEADER_SIZE +
+                                               (uint64_t)lh.bat_entries * 4);
+    r = parallels_layout(&lh, lsize, &k->lay, why, sizeof(why));
     if (r < 0) {
         add_finding(k, PRL_FINDING_CORRUPTION, "header", -1, 0,
                     "invalid header: %s", why);
@@ -1702,7 +1735,7 @@ static int run_check(struct chk *k)
         if (k->fix_errors) {
             fix_data_off(k);
             lh.data_off = k->h.data_off;
-            r = parallels_layout(&lh, k->file_size, &k->lay, why, sizeof(why));
+            r = parallels_layout(&lh, lsize, &k->lay, why, sizeof(why));
             if (r < 0) {
                 add_finding(k, PRL_FINDING_CORRUPTION, "header", -1, 0,
                             "invalid header: %s", why);

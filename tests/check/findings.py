@@ -481,14 +481,43 @@ def _():
     return im
 
 
-@case('bat-past-eof-header', 'the file ends inside the BAT: the BAT and '
-      'the virtual size shrink to the entries the file holds (the missing '
-      'ones mapped nothing); clusters past the end are lost', 2,
-      ['bat-past-eof'])
+def bat_fits(want_entries, want_sectors):
+    """After the repair: the header says |want_*| and the file holds the
+    whole BAT."""
+    def post(im):
+        h = im.hdr()
+        check(h['nb_bat_entries'] == want_entries and
+              h['nb_sectors'] == want_sectors and
+              im.file_size() >= BAT + 4 * want_entries,
+              'after the repair: nb_bat_entries %d, nb_sectors %d, file %d '
+              'bytes' % (h['nb_bat_entries'], h['nb_sectors'],
+                         im.file_size()))
+    return post
+
+
+@case('bat-past-eof-header', 'the file ends inside the BAT: the file is '
+      'extended (sparse) to hold the BAT, whose missing entries mapped '
+      'nothing, and the disk keeps its size; clusters past the end are lost',
+      2, ['bat-past-eof'], post=bat_fits(512, (2 << 20) // 512))
 def _():
     im = base(size=2 << 20, clusters=(0, 1))
-    # 512 entries: the BAT ends at byte 2112, past a 2000-byte file,
-    # which holds (2000 - 64) / 4 = 484 entries.
+    # 512 entries: the BAT ends at byte 2112, past a 2000-byte file.
+    im.truncate(2000)
+    for c in (0, 1):
+        im.zero_guest_cluster(c)
+        im.lost.append(c * CS)
+    return im
+
+
+@case('bat-past-eof-huge', 'the file ends inside a BAT of more than '
+      '64 MiB (nb_bat_entries damaged): the file is not grown by that much; '
+      'the BAT and the virtual size shrink to the entries the file holds',
+      2, ['bat-past-eof'], post=bat_fits(484, 484 * CS // 512))
+def _():
+    im = base(size=2 << 20, clusters=(0, 1))
+    # 2^24 + 1 entries, a BAT past 64 MiB, in a 2000-byte file that
+    # holds (2000 - 64) / 4 = 484 of them; nb_sectors still 2 MiB.
+    im.set_field('nb_bat_entries', (1 << 24) + 1)
     im.truncate(2000)
     for c in (0, 1):
         im.zero_guest_cluster(c)
