@@ -130,8 +130,8 @@ static int probe(const char *path, const struct prl_driver **out)
     if (!*out) {
         if (has_parallels_suffix(path)) {
             return prl_error(EINVAL,
-                             "'%s' is named like a Parallels image "
-                             "but has no Parallels magic "
+                             "'%s' is not a Parallels image: it is named "
+                             "like one but has no Parallels magic "
                              "(\"WithoutFreeSpace\" or \"WithouFreSpacExt\");"
                              " use -f raw to open it as raw",
                              path);

@@ -96,8 +96,19 @@ def test():
     nomagic = im.copy_to(path('nomagic.hdd'))
     nomagic.poke(0, b'X')
     before = sha256(nomagic.path)
-    r = prl_img('check', nomagic.path, want=None)
-    check(r.rc in (1, 2) and 'magic' in r.out + r.err, 'probed: %r' % r)
+    # Probed, it is no image of a format prl knows: nothing was checked,
+    # so 1 (the check could not complete), as qemu-img exits when it
+    # cannot open a file; the error alone says it is not a Parallels
+    # image, once, with no summary and no JSON, with -r all too.
+    for opts in ([], ['-r', 'all'], ['--output=json'],
+                 ['-r', 'all', '--output=json']):
+        r = prl_img('check', *opts, nomagic.path, want=1)
+        check(r.out == '' and r.err.count('\n') == 1 and
+              'is not a Parallels image' in r.err and 'magic' in r.err,
+              'probed %s: %r' % (opts, r))
+    # A file that is missing: the same, the error alone.
+    r = prl_img('check', '-r', 'all', path('missing.hdd'), want=1)
+    check(r.out == '' and r.err.count('\n') == 1, 'missing: %r' % r)
     r = prl_img('check', '-f', 'parallels', '--output=json', nomagic.path,
                 want=2)
     check(json.loads(r.out)['findings'][0]['kind'] == 'magic', r.out)

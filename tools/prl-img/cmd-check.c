@@ -146,6 +146,16 @@ static void print_findings(const struct prl_check_result *res, bool quiet,
     }
 }
 
+/* A check that failed without a finding or a counted error never got to
+ * the image: it could not be opened (missing, unreadable, or probed and
+ * not of a format prl knows).  Like qemu-img's "Could not open", that is
+ * the error alone and exit 1, with no summary that would call it an
+ * internal error of a check that ran. */
+static bool check_started(const struct prl_check_result *res)
+{
+    return res->check_errors > 0 || res->n_findings > 0;
+}
+
 static void print_human(const struct prl_check_result *res,
                         const struct prl_check_result *repair, bool quiet)
 {
@@ -275,6 +285,10 @@ int cmd_check(int argc, char **argv)
         }
         if (r < 0) {
             img_lib_err();
+            if (!check_started(&repair)) {
+                prl_check_result_free(&repair);
+                return CHECK_EXIT_ERROR;
+            }
         }
         repaired = true;
     }
@@ -288,6 +302,10 @@ int cmd_check(int argc, char **argv)
     }
     if (r < 0) {
         img_lib_err();
+        if (!repaired && !check_started(&res)) {
+            prl_check_result_free(&res);
+            return CHECK_EXIT_ERROR;
+        }
         if (res.check_errors == 0) {
             res.check_errors = 1;
         }
