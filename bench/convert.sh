@@ -13,8 +13,8 @@
 # Usage: bench/convert.sh [BUILD_DIR]   (default: build)
 # BENCH_DIR: where the ~5 GiB of temporary files go (default:
 # bench/tmp/); it must be on a real disk, not tmpfs.
-# REPS: rounds, each running both tools (default 5).  TARGET: the ratio to meet
-# (default 0.70).
+# REPS: rounds, each running both tools (default 5).  TARGET: the ratio
+# to meet (default 0.70).
 set -euo pipefail
 
 src=$(cd "$(dirname "$0")/.." && pwd)
