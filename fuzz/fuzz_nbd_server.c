@@ -1,10 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /* Fuzz target for the NBD server's parsing of what a client sends: the
  * input is the client's byte stream (handshake, options, requests), served
- * against a read-write Parallels export and a read-only raw one; whatever
- * the client does, the server must not crash and the Parallels image must
- * check clean afterwards. */
+ * against a read-write Parallels export and a read-only raw one, once by a
+ * server without TLS and once by one that requires it (FORCEDTLS: the
+ * option parser before STARTTLS, and GnuTLS reading whatever follows the
+ * ACK as a ClientHello); whatever the client does, the server must not
+ * crash and the Parallels image must check clean afterwards. */
 #include "nbd/server/server.h"
+#include "nbd/tls.h"
 #include "prl/block.h"
 #include "prl/check.h"
 #include "prl/error.h"
@@ -33,6 +36,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static uint8_t *img_template;
 static size_t img_template_len;
 static int null_fd = -1;
+static struct prl_nbd_tls *tls; /* PSK credentials for the FORCEDTLS run */
 
 /* Build the Parallels image once, with data in two clusters, and keep its
  * bytes: every input starts from a fresh copy. */
@@ -70,6 +74,27 @@ static void log_to_stderr(enum prl_log_level level, const char *msg,
     fprintf(stderr, "log %d: %s\n", (int)level, msg);
 }
 
+/* PSK credentials from a keys.psk that exists only while they load. */
+static void make_tls(void)
+{
+    char dir[] = "/tmp/prl-fuzz-tls.XXXXXX", file[64];
+    struct prl_nbd_tls_config cfg = {.type = PRL_NBD_TLS_PSK, .dir = dir};
+    FILE *f;
+
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(file, sizeof(file), "%s/keys.psk", dir);
+    f = fopen(file, "w");
+    CHECK(f != NULL);
+    fputs("alice:00112233445566778899aabbccddeeff\n", f);
+    CHECK(fclose(f) == 0);
+    if (prl_nbd_tls_new_server(&cfg, &tls) < 0) {
+        fprintf(stderr, "tls: %s\n", prl_error_message());
+        abort();
+    }
+    unlink(file);
+    rmdir(dir);
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
@@ -83,6 +108,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     null_fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
     CHECK(null_fd >= 0);
     make_template();
+    make_tls();
     return 0;
 }
 
@@ -105,13 +131,14 @@ static struct prl_block *open_export(const char *format, const void *data,
     return bs;
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+static void serve_once(const uint8_t *data, size_t size, bool with_tls)
 {
     struct prl_nbd_server_config cfg = {
         .shared = 1,
         .discard = PRL_NBD_DISCARD_UNMAP,
         /* One worker: a failing input replays the same way. */
         .workers = 1,
+        .tls = with_tls ? tls : NULL,
     };
     struct prl_nbd_server *srv;
     struct prl_check_result res;
@@ -119,9 +146,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char img_path[64], raw_path[64], in_path[64];
     int img_fd, raw_fd, in_fd;
 
-    if (!img_template) {
-        LLVMFuzzerInitialize(NULL, NULL);
-    }
     img = open_export("parallels", img_template, img_template_len, 0, true,
                       &img_fd, img_path, sizeof(img_path));
     raw = open_export("raw", NULL, 0, RAW_SIZE, false, &raw_fd, raw_path,
@@ -153,5 +177,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     close(img_fd);
     close(raw_fd);
     prl_error_clear();
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (!img_template) {
+        LLVMFuzzerInitialize(NULL, NULL);
+    }
+    serve_once(data, size, false);
+    serve_once(data, size, true);
     return 0;
 }
