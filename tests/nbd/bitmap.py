@@ -146,7 +146,7 @@ def test():
                                      '--output=json', img).out)])
     check(mine == want, 'prl-img map --bitmap %r, want %r' % (mine, want))
 
-    with Server('-r', '-t', '-e', '0', '-B', uuid, '--bitmap',
+    with Server('-r', '-t', '-e', '0', '-A', '-B', uuid, '--bitmap',
                 other.upper(), img) as srv:
         got = nbdinfo_map(srv.uri, ctx)
         check(got == want, 'nbdinfo --map %r, want %r' % (got, want))

@@ -14,7 +14,7 @@ prl_io -c "write -P 0x11 0 1M" disk.hdd
 "$helper" snapshot disk.hdd >/dev/null
 prl_io -c "write -P 0x22 2M 64K" disk.hdd
 
-start_nbd nbd_pid log -t -r -k s.sock disk.hdd
+start_nbd nbd_pid log -t -r -A -k s.sock disk.hdd
 nbdinfo --map=qemu:allocation-depth "$(nbd_uri s.sock)" >depth.txt
 cat depth.txt
 grep -qE '^ +0 +1048576 +2 ' depth.txt || fail "snapshot data not depth 2"

@@ -21,7 +21,7 @@ def healthy(srv):
 def test():
     img = make_raw('a.img', 4 << 20)
     other = make_raw('b.img', 1 << 20, pattern=False)
-    with Server('-t', '-e', '0', '-x', 'first', '-D', 'the first one',
+    with Server('-t', '-e', '0', '-x', 'first', '-D', 'the first one', '-A',
                 '--export', 'second=%s,ro,description=two,,ish' % other,
                 '--handshake-limit', '2', img) as srv:
         # Greeting and an unknown client flag: hang up.
@@ -116,6 +116,18 @@ def test():
                       'LIST_META reply %x %r' % (t, d))
                 got.add(d[4:].decode())
             check(got == want, 'LIST_META %r gave %r' % (queries, got))
+        # Without -A the export neither lists nor selects the depth.
+        for queries in ([], [b'qemu:'], [b'qemu:allocation-depth']):
+            c.opt(OPT_LIST_META, c.meta_data(b'second', queries))
+            out = c.replies(OPT_LIST_META)
+            got = {d[4:].decode() for t, d in out[:-1]}
+            want = {'base:allocation'} if not queries else set()
+            check(out[-1][0] == REP_ACK and got == want,
+                  'LIST_META %r of an export without -A: %r' % (queries, out))
+        ids = c.set_meta([b'base:allocation', b'qemu:allocation-depth'],
+                         b'second')
+        check(list(ids) == ['base:allocation'],
+              'SET_META of an export without -A gave %r' % ids)
         t, _ = c.simple_opt(OPT_LIST_META, c.meta_data(b'first', [b'nocolon']))
         check(t == REP_ERR_INVALID, 'query without namespace: %x' % t)
         t, _ = c.simple_opt(OPT_LIST_META, c.meta_data(b'zz', []))
@@ -243,7 +255,7 @@ def test():
     with open(sparse, 'r+b') as f:
         f.seek(4096)
         f.write(b'\x01' * 4096)
-    with Server('-t', '--min-block-size', '65536', sparse) as srv:
+    with Server('-t', '--min-block-size', '65536', '-A', sparse) as srv:
         c = Client(srv.sock)
         ids = c.connect(structured=True, meta=(b'base:allocation',
                                                b'qemu:allocation-depth'))

@@ -164,8 +164,8 @@ def test():
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
     s.close()
-    with Server('-t', '-e', '0', '-b', '127.0.0.1', '-p', port, img,
-                '--export', 'p=' + hdd) as srv:
+    with Server('-t', '-e', '0', '-b', '127.0.0.1', '-p', port, '-A', img,
+                '--export', 'p=%s,allocation-depth' % hdd) as srv:
         exercise(srv.uri, img, True, 0)
         exercise(srv.uri, img, False, 8 << 20)
         exercise('nbd://127.0.0.1:%d/' % port, img, True, 16 << 20)

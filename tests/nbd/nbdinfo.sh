@@ -1,8 +1,9 @@
 #!/bin/bash
 # SPDX-License-Identifier: MIT
 # nbdinfo against prl-nbd: --list with several exports and descriptions,
-# --json with every advertised flag and block size, --map for raw and
-# Parallels exports, over a Unix socket and TCP together.
+# --json with every advertised flag and block size (qemu:allocation-depth
+# only with -A), --map for raw and Parallels exports, over a Unix socket
+# and TCP together.
 . "$(dirname "$0")/../functions.sh"
 . "$(dirname "$0")/lib/nbd-functions.sh"
 requires nbdinfo jq qemu-img
@@ -14,8 +15,8 @@ truncate -s 1M small.img
 port=$(free_port)
 
 start_nbd nbd_pid log -t -e 4 -k s.sock -b 127.0.0.1 -p "$port" \
-    -x raw -D "raw image" raw.img \
-    --export "par=par.hdd,description=a parallels,,disk" \
+    -x raw -D "raw image" -A raw.img \
+    --export "par=par.hdd,description=a parallels,,disk,allocation-depth" \
     --export ro=small.img,ro
 wait_for_port "$port"
 
@@ -30,7 +31,7 @@ nbdinfo --list --json "$(nbd_uri s.sock)" >list.json
 # --json of each export: flags and block sizes as advertised.
 check_export()
 {
-    local uri=$1 size=$2 ro=$3 pref=$4
+    local uri=$1 size=$2 ro=$3 pref=$4 depth=$5
     nbdinfo --json "$uri" >info.json
     cat info.json
     local e='.exports[0]'
@@ -53,12 +54,13 @@ check_export()
         fail "maximum"
     jq -e "$e.contexts | index(\"base:allocation\")" info.json >/dev/null ||
         fail "no base:allocation"
-    jq -e "$e.contexts | index(\"qemu:allocation-depth\")" info.json \
-        >/dev/null || fail "no qemu:allocation-depth"
+    # qemu:allocation-depth only on exports served with -A.
+    [ "$(jq "$e.contexts | index(\"qemu:allocation-depth\") != null" \
+        info.json)" = "$depth" ] || fail "qemu:allocation-depth offered: !$depth"
 }
-check_export "$(nbd_uri s.sock raw)" 8388608 false 4096
-check_export "nbd://127.0.0.1:$port/par" 16777216 false 65536
-check_export "$(nbd_uri s.sock ro)" 1048576 true 4096
+check_export "$(nbd_uri s.sock raw)" 8388608 false 4096 true
+check_export "nbd://127.0.0.1:$port/par" 16777216 false 65536 true
+check_export "$(nbd_uri s.sock ro)" 1048576 true 4096 false
 
 # The empty name is the first export.
 nbdinfo --size "$(nbd_uri s.sock)" | grep -qx 8388608 || fail "default export"

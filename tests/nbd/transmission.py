@@ -271,7 +271,7 @@ def read_only(img):
 
 def test():
     img = make_raw('t.img', SIZE, pattern=False)
-    with Server('-t', '-e', '0', img) as srv:
+    with Server('-t', '-e', '0', '-A', img) as srv:
         for mode in ('simple', 'structured', 'extended'):
             exercise(srv, img, mode)
         extended_only(srv, img)

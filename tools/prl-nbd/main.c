@@ -36,6 +36,7 @@ struct export_arg {
     char *description;
     char *format;
     bool read_only;
+    bool alloc_depth; /* offer qemu:allocation-depth */
 };
 
 /* A bitmap to offer as qemu:dirty-bitmap:NAME on an export. */
@@ -66,6 +67,7 @@ struct options {
     bool read_only;
     const char *export_name;
     const char *description;
+    bool alloc_depth;
     const char *port;
     const char *bind;
     const char *unix_paths[16];
@@ -104,9 +106,11 @@ static void usage(FILE *f)
 "  -r, --read-only           export read-only\n"
 "  -x, --export-name=NAME    name of FILE's export (default \"\")\n"
 "  -D, --description=TEXT    description of FILE's export\n"
+"  -A, --allocation-depth    offer the context qemu:allocation-depth\n"
 "  -B, --bitmap=NAME         offer FILE's bitmap NAME (a UUID) as the context\n"
 "                            qemu:dirty-bitmap:NAME (repeatable)\n"
 "      --export=NAME=FILE[,ro][,format=FMT][,description=TEXT][,bitmap=NAME]\n"
+"               [,allocation-depth]\n"
 "                            one more export (repeatable; ',,' is a comma;\n"
 "                            bitmap= repeatable)\n"
 "\n"
@@ -236,7 +240,8 @@ static int add_bitmap_arg(struct options *o, const char *export,
     return 0;
 }
 
-/* NAME=FILE[,ro][,format=FMT][,description=TEXT][,bitmap=NAME]... */
+/* NAME=FILE[,ro][,format=FMT][,description=TEXT][,bitmap=NAME]...
+ * [,allocation-depth] */
 static int parse_export(struct options *o, char *arg)
 {
     struct export_arg *e;
@@ -267,9 +272,11 @@ static int parse_export(struct options *o, char *arg)
             if (add_bitmap_arg(o, e->name, item + 7) != 0) {
                 return 1;
             }
+        } else if (strcmp(item, "allocation-depth") == 0) {
+            e->alloc_depth = true;
         } else {
             return die("--export %s: unknown key '%s' (ro, format=, "
-                       "description=, bitmap=)",
+                       "description=, bitmap=, allocation-depth)",
                        e->name, item);
         }
     }
@@ -434,6 +441,7 @@ static const struct option long_opts[] = {
     {"export-name", required_argument, NULL, 'x'},
     {"description", required_argument, NULL, 'D'},
     {"bitmap", required_argument, NULL, 'B'},
+    {"allocation-depth", no_argument, NULL, 'A'},
     {"port", required_argument, NULL, 'p'},
     {"bind", required_argument, NULL, 'b'},
     {"socket", required_argument, NULL, 'k'},
@@ -467,7 +475,7 @@ static int parse_args(struct options *o, int argc, char **argv)
 
     o->cfg.shared = 1;
     o->cfg.handshake_limit = 10;
-    while ((c = getopt_long(argc, argv, "f:rx:D:B:p:b:k:e:tsvhV", long_opts,
+    while ((c = getopt_long(argc, argv, "f:rx:D:AB:p:b:k:e:tsvhV", long_opts,
                             NULL)) != -1) {
         unsigned v;
 
@@ -483,6 +491,9 @@ static int parse_args(struct options *o, int argc, char **argv)
             break;
         case 'D':
             o->description = optarg;
+            break;
+        case 'A':
+            o->alloc_depth = true;
             break;
         case 'B':
             if (add_bitmap_arg(o, NULL, optarg) != 0) {
@@ -613,6 +624,7 @@ static int parse_args(struct options *o, int argc, char **argv)
             .description = (char *)o->description,
             .format = (char *)o->format,
             .read_only = o->read_only,
+            .alloc_depth = o->alloc_depth,
         };
         o->n_exports++;
         for (int i = 0; i < o->n_bitmaps; i++) {
@@ -620,8 +632,8 @@ static int parse_args(struct options *o, int argc, char **argv)
                 o->bitmaps[i].export = o->exports[0].name;
             }
         }
-    } else if (o->export_name || o->description) {
-        return die("-x and -D describe FILE, and no FILE was given");
+    } else if (o->export_name || o->description || o->alloc_depth) {
+        return die("-x, -D and -A describe FILE, and no FILE was given");
     }
     for (int i = 0; i < o->n_bitmaps; i++) {
         if (!o->bitmaps[i].export) {
@@ -780,6 +792,9 @@ static int open_exports(struct options *o, struct prl_nbd_server *srv)
             return die("%s", prl_error_message());
         }
         r = prl_nbd_server_add_export(srv, e->name, e->description, bs);
+        if (r == 0 && e->alloc_depth) {
+            r = prl_nbd_server_export_depth(srv, e->name);
+        }
         if (r < 0) {
             return die("%s", prl_error_message());
         }

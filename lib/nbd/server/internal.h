@@ -45,6 +45,7 @@ struct prl_nbd_export {
     pthread_mutex_t lock; /* held around block calls if serialize */
     uint32_t min_block;   /* bytes, power of two */
     uint32_t pref_block;  /* bytes, power of two >= 512 */
+    bool alloc_depth;     /* offers qemu:allocation-depth (-A) */
     /* qemu:dirty-bitmap:NAME contexts, one per bitmap given to
      * prl_nbd_server_add_bitmap, in that order. */
     struct prl_nbd_meta_def *bitmaps;

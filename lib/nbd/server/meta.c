@@ -31,6 +31,12 @@ static bool always(const struct prl_nbd_export *exp)
     return true;
 }
 
+/* qemu:allocation-depth only where asked for, as qemu-nbd -A. */
+static bool depth_offered(const struct prl_nbd_export *exp)
+{
+    return exp->alloc_depth;
+}
+
 /* base:allocation: a hole where no layer stores data for the range (an
  * unallocated cluster, a hole in a raw file), zero where it reads as
  * zeroes. */
@@ -135,11 +141,11 @@ void prl_nbd_meta_bitmap_free(struct prl_nbd_meta_def *def)
     def->bitmap = NULL;
 }
 
-/* Contexts every export offers; its qemu:dirty-bitmap:NAME contexts
- * follow them. */
+/* Contexts an export may offer (each says when); its
+ * qemu:dirty-bitmap:NAME contexts follow them. */
 static const struct prl_nbd_meta_def meta_defs[] = {
     {"base:allocation", always, allocation_status, allocation_merge, NULL},
-    {"qemu:allocation-depth", always, depth_status, depth_merge, NULL},
+    {"qemu:allocation-depth", depth_offered, depth_status, depth_merge, NULL},
 };
 
 size_t prl_nbd_meta_match(

@@ -277,6 +277,18 @@ int prl_nbd_server_add_bitmap(struct prl_nbd_server *srv,
     return 0;
 }
 
+int prl_nbd_server_export_depth(struct prl_nbd_server *srv,
+                                const char *export_name)
+{
+    for (size_t i = 0; i < srv->n_exports; i++) {
+        if (strcmp(srv->exports[i]->name, export_name) == 0) {
+            srv->exports[i]->alloc_depth = true;
+            return 0;
+        }
+    }
+    return prl_error(ENOENT, "no export named '%s'", export_name);
+}
+
 static int add_listener(struct prl_nbd_server *srv, int fd)
 {
     if (srv->n_listen == MAX_LISTENERS) {

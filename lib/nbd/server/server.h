@@ -55,6 +55,12 @@ int prl_nbd_server_add_export(struct prl_nbd_server *srv, const char *name,
 int prl_nbd_server_add_bitmap(struct prl_nbd_server *srv,
                               const char *export_name, const char *bitmap);
 
+/* Offer the context qemu:allocation-depth on export |export_name| (exact
+ * name), as qemu-nbd -A does; an export without it neither lists nor
+ * selects it.  -ENOENT for an unknown export. */
+int prl_nbd_server_export_depth(struct prl_nbd_server *srv,
+                                const char *export_name);
+
 /* Listen on TCP |addr| (NULL: every address) port |port|; every address
  * |addr| resolves to is bound.  TCP_NODELAY is set on accepted sockets. */
 int prl_nbd_server_listen_tcp(struct prl_nbd_server *srv, const char *addr,
