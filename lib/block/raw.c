@@ -62,21 +62,12 @@ static int raw_pread(struct prl_block *bs, void *buf, uint64_t length,
     return prl_file_pread(&s->file, buf, (size_t)length, offset);
 }
 
-/* Writes at least this large reserve their blocks first. */
-#define RAW_RESERVE_MIN ((uint64_t)1 << 20)
-
 static int raw_pwrite(struct prl_block *bs, const void *buf, uint64_t length,
                       uint64_t offset, unsigned flags)
 {
     struct raw_state *s = bs->opaque;
-    int r;
+    int r = prl_file_pwrite(&s->file, buf, (size_t)length, offset);
 
-    if (length >= RAW_RESERVE_MIN) {
-        /* Into a hole, one fallocate costs less than the file system
-         * allocating block by block behind the page cache. */
-        prl_file_reserve(&s->file, offset, length);
-    }
-    r = prl_file_pwrite(&s->file, buf, (size_t)length, offset);
     if (r == 0 && (flags & PRL_REQ_FUA)) {
         r = prl_file_sync(&s->file);
     }
