@@ -53,6 +53,14 @@ static int hs_poll(void *opaque)
         int timeout = -1;
         int r;
 
+        /* A stop that came while we were not polling (busy with an
+         * option, or in another wait) shortens the limit too. */
+        if (stopping) {
+            int64_t grace = now_ms() + STOP_GRACE_MS;
+            if (hs->deadline_ms < 0 || hs->deadline_ms > grace) {
+                hs->deadline_ms = grace;
+            }
+        }
         if (hs->deadline_ms >= 0) {
             int64_t left = hs->deadline_ms - now_ms();
             if (left <= 0) {
@@ -71,12 +79,7 @@ static int hs_poll(void *opaque)
         if (pfd[0].revents) {
             return 0;
         }
-        if (n == 2 && (pfd[1].revents & POLLIN)) {
-            int64_t grace = now_ms() + STOP_GRACE_MS;
-            if (hs->deadline_ms < 0 || hs->deadline_ms > grace) {
-                hs->deadline_ms = grace;
-            }
-        }
+        /* Woken by the stop: the next round shortens the limit. */
     }
 }
 
