@@ -209,11 +209,14 @@ def forced_tls(c, srv, img):
         pass
     cl.close()
 
-    # A good client over python's ssl: STARTTLS twice is invalid, then
-    # options and data as usual.
+    # A good client over python's ssl, in TLS 1.2 (libnbd and QEMU use
+    # 1.3): STARTTLS twice is invalid, then options and data as usual.
     cl = connect_raw(srv)
     check(cl.simple_opt(OPT_STARTTLS)[0] == REP_ACK, 'STARTTLS')
-    cl.s = ssl_context(c, 'client').wrap_socket(cl.s)
+    ctx = ssl_context(c, 'client')
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    cl.s = ctx.wrap_socket(cl.s)
+    check(cl.s.version() == 'TLSv1.2', 'python ssl used %s' % cl.s.version())
     t, msg = cl.simple_opt(OPT_STARTTLS)
     check(t == REP_ERR_INVALID, 'second STARTTLS: %x %r' % (t, msg))
     cl.opt(OPT_LIST)
@@ -232,7 +235,7 @@ def forced_tls(c, srv, img):
 
     log = srv.stderr()
     for why in ('NBD_OPT_EXPORT_NAME without TLS', 'TLS handshake failed',
-                'client certificate refused'):
+                'client certificate refused', 'TLS1.2) established'):
         check(why in log, 'no log line with %r:\n%s' % (why, log))
     check(file_bytes(img) == before, 'the image changed')
 
@@ -255,6 +258,27 @@ def handshake_limit(c, img):
         check(h.pread(4096, 0) == file_bytes(img, 0, 4096), 'good client')
         h.shutdown()
     check('took too long' in srv.stderr(), 'no time-limit log line')
+
+
+def stop_with_tls_clients(c, img):
+    """SIGTERM with one TLS client in transmission and one silent after
+    STARTTLS's ACK (no handshake limit): both end, the server exits 0."""
+    srv = Server('-v', '-t', '-e', '0', '--handshake-limit=0', *x509_args(c),
+                 img)
+    h = x509_handle(c)
+    h.connect_unix(srv.sock)
+    h.pwrite(b'x' * 4096, 0)
+    cl = connect_raw(srv)
+    check(cl.simple_opt(OPT_STARTTLS)[0] == REP_ACK, 'STARTTLS')
+    srv.stop()
+    check(cl.is_closed(), 'silent TLS client kept after the stop')
+    cl.close()
+    try:
+        h.pread(4096, 0)
+        raise Failure('read after the server stopped')
+    except nbd.Error:
+        pass
+    check(file_bytes(img, 0, 4096) == b'x' * 4096, 'write lost at stop')
 
 
 def test():
@@ -303,6 +327,7 @@ def test():
     h.shutdown()
 
     handshake_limit(c, img)
+    stop_with_tls_clients(c, img)
 
 
 main(test)
