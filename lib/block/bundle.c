@@ -222,9 +222,10 @@ static bool layer_is_dirty(const char *path)
 }
 
 /* Open the image of shot |si|.  |repair|: an image left dirty by a crash
- * is first opened read-write once, which repairs it. */
+ * is first opened read-write once, which repairs it.  |extra|: open flags
+ * (PRL_OPEN_NO_FLUSH) for a read-write layer. */
 static int layer_open(const struct bundle_desc *d, const char *dir, size_t si,
-                      bool rw, bool repair, bool external,
+                      bool rw, bool repair, bool external, unsigned extra,
                       struct bundle_layer *L)
 {
     const struct bundle_image *im = &d->images[d->shots[si].image];
@@ -251,7 +252,7 @@ static int layer_open(const struct bundle_desc *d, const char *dir, size_t si,
             return r;
         }
     }
-    r = prl_block_open(path, fmt, rw ? PRL_OPEN_RDWR : 0, &L->bs);
+    r = prl_block_open(path, fmt, rw ? PRL_OPEN_RDWR | extra : 0, &L->bs);
     if (r < 0) {
         r = prl_error_context(r, "image %s of bundle '%s'", im->guid, dir);
         free(path);
@@ -313,7 +314,7 @@ static int chain_close(struct bundle_chain *ch)
 /* Open the chain from shot |si| down to the root; the first image
  * read-write when |rw|, every other one read-only. */
 static int chain_open(const struct bundle_desc *d, const char *dir, size_t si,
-                      bool rw, bool repair, bool external,
+                      bool rw, bool repair, bool external, unsigned extra,
                       struct bundle_chain *ch)
 {
     size_t n = 0;
@@ -330,7 +331,7 @@ static int chain_open(const struct bundle_desc *d, const char *dir, size_t si,
     pthread_rwlock_init(&ch->lock, NULL);
     ch->size = d->disk_sectors * 512;
     for (size_t k = si; k != SIZE_MAX; k = d->shots[k].parent_shot) {
-        r = layer_open(d, dir, k, rw && ch->n == 0, repair, external,
+        r = layer_open(d, dir, k, rw && ch->n == 0, repair, external, extra,
                        &ch->l[ch->n]);
         if (r < 0) {
             chain_close(ch);
@@ -800,7 +801,8 @@ static int bundle_open(struct prl_block *bs)
         r = journal_replay(&d, dir, false);
     }
     if (r == 0) {
-        r = chain_open(&d, dir, d.top, rw, rw, external, &s->ch);
+        r = chain_open(&d, dir, d.top, rw, rw, external,
+                       bs->open_flags & PRL_OPEN_NO_FLUSH, &s->ch);
     }
     s->blocksize = d.blocksize * 512;
     bundle_desc_free(&d);
@@ -1205,7 +1207,7 @@ static int op_begin(const char *path, unsigned flags, bool exclusive,
         /* Every image of the active chain must open and match the
          * descriptor before anything changes. */
         struct bundle_chain ch;
-        r = chain_open(&op->d, op->dir, op->d.top, false, true, op->external,
+        r = chain_open(&op->d, op->dir, op->d.top, false, true, op->external, 0,
                        &ch);
         if (r == 0) {
             r = chain_close(&ch);
@@ -1465,7 +1467,7 @@ int prl_bundle_snapshot_delete(const char *path, const char *guid,
         }
     }
     if (child != SIZE_MAX) {
-        r = chain_open(&op.d, op.dir, child, true, true, op.external, &ch);
+        r = chain_open(&op.d, op.dir, child, true, true, op.external, 0, &ch);
         if (r < 0) {
             goto out;
         }
@@ -1558,11 +1560,11 @@ int prl_bundle_commit(const char *path, unsigned flags)
                       op.d.shots[p].guid, op.d.shots[p].n_children);
         goto out;
     }
-    r = layer_open(&op.d, op.dir, t, false, true, op.external, &T);
+    r = layer_open(&op.d, op.dir, t, false, true, op.external, 0, &T);
     if (r < 0) {
         goto out;
     }
-    r = chain_open(&op.d, op.dir, p, true, true, op.external, &ch);
+    r = chain_open(&op.d, op.dir, p, true, true, op.external, 0, &ch);
     if (r == 0) {
         r = commit_copy(&T, &ch);
         int r2 = chain_close(&ch);
