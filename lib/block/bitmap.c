@@ -6,6 +6,7 @@
 #include "prl/error.h"
 
 #include <ctype.h>
+#include <endian.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -86,6 +87,45 @@ void prl_dirty_bitmap_set(struct prl_dirty_bitmap *b, uint64_t offset,
 bool prl_dirty_bitmap_get(const struct prl_dirty_bitmap *b, uint64_t bit)
 {
     return bit < b->nbits && ((b->bits[bit / 8] >> (bit % 8)) & 1);
+}
+
+/* Bits [64 w, 64 w + 64) as a word, bit i of the disk at bit i % 64:
+ * the bytes are little-endian bit order, so a little-endian load of 8 of
+ * them is that word.  Bits at and past nbits are 0. */
+static uint64_t bitmap_word(const struct prl_dirty_bitmap *b, uint64_t w)
+{
+    uint64_t nbytes = prl_div_round_up(b->nbits, 8), off = w * 8, v = 0;
+
+    if (w >= prl_div_round_up(b->nbits, 64)) {
+        return 0;
+    }
+    memcpy(&v, b->bits + off, (size_t)PRL_MIN(8, nbytes - off));
+    v = le64toh(v);
+    if (b->nbits - w * 64 < 64) {
+        v &= (UINT64_C(1) << (b->nbits - w * 64)) - 1;
+    }
+    return v;
+}
+
+uint64_t prl_dirty_bitmap_find(const struct prl_dirty_bitmap *b, uint64_t start,
+                               uint64_t end, bool set)
+{
+    uint64_t w, word;
+
+    if (start >= end) {
+        return end;
+    }
+    w = start / 64;
+    word = bitmap_word(b, w) ^ (set ? 0 : UINT64_MAX);
+    word &= UINT64_MAX << (start % 64);
+    while (word == 0) {
+        w++;
+        if (w >= prl_div_round_up(end, 64)) {
+            return end;
+        }
+        word = bitmap_word(b, w) ^ (set ? 0 : UINT64_MAX);
+    }
+    return PRL_MIN(w * 64 + (uint64_t)__builtin_ctzll(word), end);
 }
 
 uint64_t prl_dirty_bitmap_count(const struct prl_dirty_bitmap *b)
@@ -428,13 +468,13 @@ int prl_bitmap_status(struct prl_block *bs, const char *name, uint64_t offset,
                       "image was not closed cleanly); clear or remove it",
                       b->name, bs->filename);
     } else {
+        /* The run of bits equal to the first one, up to the bit that
+         * covers the last byte asked for. */
         bit = offset / b->granularity;
         *dirty = prl_dirty_bitmap_get(b, bit);
-        pos = (bit + 1) * b->granularity;
-        while (pos < end &&
-               prl_dirty_bitmap_get(b, pos / b->granularity) == *dirty) {
-            pos += b->granularity;
-        }
+        pos = prl_dirty_bitmap_find(
+                  b, bit + 1, prl_div_round_up(end, b->granularity), !*dirty) *
+              b->granularity;
         *pnum = PRL_MIN(pos, end) - offset;
     }
     pthread_rwlock_unlock(&bs->bitmap_lock);

@@ -36,6 +36,10 @@ uint64_t prl_dirty_bitmap_bytes(const struct prl_dirty_bitmap *b);
 void prl_dirty_bitmap_set(struct prl_dirty_bitmap *b, uint64_t offset,
                           uint64_t length);
 bool prl_dirty_bitmap_get(const struct prl_dirty_bitmap *b, uint64_t bit);
+/* The first bit in [start, end) whose value is |set|, or |end| when there
+ * is none; bits at and past nbits read as clear.  Scans 64 bits per step. */
+uint64_t prl_dirty_bitmap_find(const struct prl_dirty_bitmap *b, uint64_t start,
+                               uint64_t end, bool set);
 uint64_t prl_dirty_bitmap_count(const struct prl_dirty_bitmap *b);
 
 /* UUID bytes <-> canonical lower-case text.  parse returns false on bad
