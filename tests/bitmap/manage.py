@@ -54,8 +54,12 @@ def test_names():
     check("has no bitmap '%s'" % A in r.err, 'merge unknown source: %r' % r)
     r = bitmap(img, '--merge', n1, img, A, want=1)
     check("has no bitmap '%s'" % A in r.err, 'merge unknown dest: %r' % r)
-    r, _ = map_runs(img, A, want=1)
+    r, res = map_runs(img, A, want=1)
     check(r is None, 'map of an unknown bitmap')
+    check(res.out == '' and "has no bitmap '%s'" % A in res.err,
+          'map of an unknown bitmap printed more than its error: %r' % res)
+    res = prl_img('map', '--bitmap=' + A, img, want=1)
+    check(res.out == '', 'human map of an unknown bitmap: %r' % res)
     check(sha256(img) == before, 'failed commands changed the file')
 
 

@@ -127,43 +127,48 @@ static int map_image(struct prl_block *bs, uint64_t start, uint64_t end,
 }
 
 /* The dirty extents of a bitmap: JSON lists every extent with "dirty",
- * human output lists the dirty ones. */
+ * human output lists the dirty ones.  The first lookup comes before any
+ * output, so an unknown bitmap prints its error alone. */
 static int map_bitmap(struct prl_block *bs, const char *name, uint64_t start,
                       uint64_t end, bool json)
 {
-    uint64_t pos = start;
-    bool first = true;
+    uint64_t pos = start, n = 0;
+    bool dirty = false;
+    int r = 0;
 
+    if (pos < end) {
+        r = prl_bitmap_status(bs, name, pos, end - pos, &dirty, &n);
+        if (r < 0) {
+            img_lib_err();
+            return r;
+        }
+    }
     if (json) {
         printf("[");
     } else {
         printf("%-16s%s\n", "Offset", "Length");
     }
     while (pos < end) {
-        uint64_t n;
-        bool dirty;
-        int r = prl_bitmap_status(bs, name, pos, end - pos, &dirty, &n);
-        if (r < 0) {
-            img_lib_err();
-            if (json) {
-                printf("]\n");
-            }
-            return r;
-        }
         if (json) {
             printf("%s{ \"start\": %" PRIu64 ", \"length\": %" PRIu64
                    ", \"dirty\": %s}",
-                   first ? "" : ",\n", pos, n, dirty ? "true" : "false");
-            first = false;
+                   pos == start ? "" : ",\n", pos, n, dirty ? "true" : "false");
         } else if (dirty) {
             printf("%#-16" PRIx64 "%#" PRIx64 "\n", pos, n);
         }
         pos += n;
+        if (pos < end) {
+            r = prl_bitmap_status(bs, name, pos, end - pos, &dirty, &n);
+            if (r < 0) {
+                img_lib_err();
+                break;
+            }
+        }
     }
     if (json) {
         printf("]\n");
     }
-    return 0;
+    return r;
 }
 
 int cmd_map(int argc, char **argv)
