@@ -61,6 +61,8 @@ struct chk {
     size_t n_dropped;     /* bitmaps -r all drops from the extension */
     uint64_t *bat_sorted; /* host offsets of the BAT entries, sorted */
     size_t n_bat_sorted;
+    uint64_t *bat_map; /* or a bit per cluster they name (see bat_uses) */
+    uint64_t bat_map_n;
     struct ref *refs;
     size_t n_refs, cap_refs;
     uint8_t *misplaced;    /* per ents[]: check_entries found it invalid */
@@ -795,6 +797,20 @@ static int add_entry_refs(struct chk *k)
     return 0;
 }
 
+/* In *n, the bits of a map with one per cluster of the data area that
+ * starts inside the file; false when such a map would outweigh a
+ * reference per entry (a sparse file of small clusters), and the caller
+ * must sort references instead. */
+static bool map_bits(const struct chk *k, uint64_t *n)
+{
+    uint64_t cs = k->lay.cluster_size, d = k->lay.data_off;
+
+    *n = k->file_size > d ? prl_div_round_up(k->file_size - d, cs) : 0;
+    /* A struct ref is 24 bytes, and as many again while sorted. */
+    return *n / 8 <=
+           ((uint64_t)1 << 20) + 48 * ((uint64_t)k->n_ents + k->n_refs);
+}
+
 /* First index in [i, n) whose bit in |map| is |v|, else n. */
 static uint64_t map_find(const uint64_t *map, uint64_t n, uint64_t i, bool v)
 {
@@ -841,14 +857,12 @@ static int map_runs(struct chk *k, const uint64_t *map, uint64_t n,
  * file of small clusters), and check_overlaps must judge each entry. */
 static int map_refs(struct chk *k)
 {
-    uint64_t cs = k->lay.cluster_size, d = k->lay.data_off;
-    uint64_t n = k->file_size > d ? prl_div_round_up(k->file_size - d, cs) : 0;
-    uint64_t ext = UINT64_MAX, *map;
+    uint64_t d = k->lay.data_off;
+    uint64_t n, ext = UINT64_MAX, *map;
     bool ok = true;
     int r;
 
-    /* A struct ref is 24 bytes, and as many again while sorted. */
-    if (n / 8 > ((uint64_t)1 << 20) + 48 * ((uint64_t)k->n_ents + k->n_refs)) {
+    if (!map_bits(k, &n)) {
         return 0;
     }
     map = prl_calloc((size_t)PRL_MAX(prl_div_round_up(n, 64), 1), 8);
@@ -909,24 +923,69 @@ static int cmp_u64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* For bat_uses: when every BAT entry inside the file sits on the grid
+ * (any image prl or QEMU wrote), a bit per cluster they name; else their
+ * offsets, sorted, for partial overlaps. */
+static int bat_uses_init(struct chk *k)
+{
+    uint64_t n, *map;
+
+    if (map_bits(k, &n)) {
+        map = prl_calloc((size_t)PRL_MAX(prl_div_round_up(n, 64), 1), 8);
+        if (!map) {
+            return -ENOMEM;
+        }
+        size_t t = 0;
+        for (; t < k->n_ents; t++) {
+            uint64_t off = entry_off(k, k->ents[t].e), x;
+            if (k->ents[t].e == 0 || off >= k->file_size) {
+                continue;
+            }
+            if (off < k->lay.data_off || !on_grid(k, off)) {
+                break;
+            }
+            x = grid_index(k, off);
+            map[x / 64] |= (uint64_t)1 << (x % 64);
+        }
+        if (t == k->n_ents) {
+            k->bat_map = map;
+            k->bat_map_n = n;
+            return 0;
+        }
+        free(map);
+    }
+    k->bat_sorted = prl_malloc(PRL_MAX(k->n_ents, 1) * 8);
+    if (!k->bat_sorted) {
+        return -ENOMEM;
+    }
+    for (size_t t = 0; t < k->n_ents; t++) {
+        uint64_t e = entry_off(k, k->ents[t].e);
+        if (k->ents[t].e && e < k->file_size) {
+            k->bat_sorted[k->n_bat_sorted++] = e;
+        }
+    }
+    qsort(k->bat_sorted, k->n_bat_sorted, 8, cmp_u64);
+    return 0;
+}
+
 /* True when [off, off + cluster) shares bytes with a cluster a BAT entry
- * names (inside the file).  The sorted list is made on first use. */
+ * names (inside the file).  |off| is a cluster of the data area inside
+ * the file. */
 static int bat_uses(struct chk *k, uint64_t off, bool *used)
 {
     uint64_t cs = k->lay.cluster_size;
 
-    if (!k->bat_sorted) {
-        k->bat_sorted = prl_malloc((size_t)PRL_MAX(k->nbat, 1) * 8);
-        if (!k->bat_sorted) {
-            return -ENOMEM;
+    if (!k->bat_map && !k->bat_sorted) {
+        int r = bat_uses_init(k);
+        if (r < 0) {
+            return r;
         }
-        for (size_t t = 0; t < k->n_ents; t++) {
-            uint64_t e = entry_off(k, k->ents[t].e);
-            if (k->ents[t].e && e < k->file_size) {
-                k->bat_sorted[k->n_bat_sorted++] = e;
-            }
-        }
-        qsort(k->bat_sorted, k->n_bat_sorted, 8, cmp_u64);
+    }
+    if (k->bat_map) {
+        /* On the grid both: sharing bytes is being the same cluster. */
+        uint64_t x = grid_index(k, off);
+        *used = x < k->bat_map_n && (k->bat_map[x / 64] >> (x % 64)) & 1;
+        return 0;
     }
     /* The last entry below off + cs overlaps when it ends past off. */
     size_t lo = 0, hi = k->n_bat_sorted;
@@ -1876,6 +1935,7 @@ int parallels_check(const char *path, unsigned fix,
     free(k.ext_buf);
     free(k.ext_drop);
     free(k.bat_sorted);
+    free(k.bat_map);
     int r2 = prl_file_close(&k.f);
     return r < 0 ? r : r2;
 }
