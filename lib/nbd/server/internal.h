@@ -200,6 +200,7 @@ struct prl_nbd_slot {
 
 struct prl_nbd_worker {
     struct prl_nbd_conn *conn;
+    struct prl_nbd_pool *pool; /* the connection's workers (transmit.c) */
     pthread_t thread;
     uint8_t *buf; /* the current slot's buffer */
     size_t buf_size;

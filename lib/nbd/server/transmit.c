@@ -1029,6 +1029,11 @@ static bool batch_cheap(const struct prl_nbd_worker *w, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         const struct prl_nbd_req *r = &w->slots[i].req;
+        /* Block status moves no data: its length says nothing of its
+         * cost, which the batch timing judges. */
+        if (r->type == PRL_NBD_CMD_BLOCK_STATUS) {
+            continue;
+        }
         if ((r->type != PRL_NBD_CMD_READ && r->type != PRL_NBD_CMD_WRITE) ||
             r->length > INLINE_MAX_BYTES || (r->flags & PRL_NBD_CMD_FLAG_FUA)) {
             return false;
@@ -1047,6 +1052,39 @@ static void note_batch_time(struct prl_nbd_conn *conn, int64_t ns)
     }
 }
 
+/*
+ * Workers start as they are needed: a connection that is served inline
+ * (a short session such as nbdinfo's, a map of block status requests)
+ * never pays for creating and joining threads that would only wait.  The
+ * first hand-off of a batch starts one more worker, so that someone reads
+ * while the batch is served; each later one starts another, up to the
+ * configured count.
+ */
+struct prl_nbd_pool {
+    struct prl_nbd_worker *w;
+    unsigned n;       /* workers allowed */
+    unsigned started; /* w[0] (the connection's thread) counts; under
+                       * the connection's read_lock */
+};
+
+static void *worker_main(void *opaque);
+
+/* Start one more worker if the pool allows; read_lock held. */
+static void pool_grow_locked(struct prl_nbd_pool *pool)
+{
+    struct prl_nbd_worker *nw;
+
+    if (pool->started == pool->n) {
+        return;
+    }
+    nw = &pool->w[pool->started];
+    if (pthread_create(&nw->thread, NULL, worker_main, nw) != 0) {
+        pool->n = pool->started; /* serve with what we have */
+        return;
+    }
+    pool->started++;
+}
+
 static void *worker_main(void *opaque)
 {
     struct prl_nbd_worker *w = opaque;
@@ -1063,6 +1101,7 @@ static void *worker_main(void *opaque)
         }
         inl = atomic_load(&conn->inline_ok) && batch_cheap(w, n);
         if (!inl) {
+            pool_grow_locked(w->pool);
             pthread_mutex_unlock(&conn->read_lock);
         }
         t0 = mono_ns();
@@ -1098,7 +1137,7 @@ void prl_nbd_transmit(struct prl_nbd_conn *conn)
     const struct prl_nbd_server_config *cfg = prl_nbd_server_cfg(conn->srv);
     unsigned nw = cfg->workers ? cfg->workers : 8;
     struct prl_nbd_worker *w = calloc(nw, sizeof(*w));
-    unsigned started = 1;
+    struct prl_nbd_pool pool = {.w = w, .n = nw, .started = 1};
 
     conn->rbuf = malloc(PRL_NBD_RBUF_SIZE);
     if (!w || !conn->rbuf) {
@@ -1111,14 +1150,14 @@ void prl_nbd_transmit(struct prl_nbd_conn *conn)
     atomic_init(&conn->fast_batches, 0);
     for (unsigned i = 0; i < nw; i++) {
         w[i].conn = conn;
-    }
-    for (unsigned i = 1; i < nw; i++) {
-        if (pthread_create(&w[i].thread, NULL, worker_main, &w[i]) != 0) {
-            break;
-        }
-        started++;
+        w[i].pool = &pool;
     }
     worker_main(&w[0]);
+    /* No worker starts once the reading is done (the last one to read
+     * saw read_done), so pool.started is final; read_lock orders it. */
+    pthread_mutex_lock(&conn->read_lock);
+    unsigned started = pool.started;
+    pthread_mutex_unlock(&conn->read_lock);
     for (unsigned i = 1; i < started; i++) {
         pthread_join(w[i].thread, NULL);
     }
