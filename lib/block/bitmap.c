@@ -193,18 +193,23 @@ static struct prl_dirty_bitmap *find_locked(struct prl_block *bs,
     uint8_t id[16];
     char canon[PRL_BITMAP_NAME_SIZE];
 
-    /* Accept any case of the UUID text. */
-    if (prl_uuid_parse(name, id)) {
+    /* The canonical name as given (what the NBD server passes once per
+     * extent) needs no parsing; any other case of the UUID text is
+     * canonicalized first. */
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < bs->n_bitmaps; i++) {
+            if (strcmp(bs->bitmaps[i]->name, name) == 0) {
+                if (idx) {
+                    *idx = i;
+                }
+                return bs->bitmaps[i];
+            }
+        }
+        if (pass > 0 || !prl_uuid_parse(name, id)) {
+            break;
+        }
         prl_uuid_unparse(id, canon);
         name = canon;
-    }
-    for (size_t i = 0; i < bs->n_bitmaps; i++) {
-        if (strcmp(bs->bitmaps[i]->name, name) == 0) {
-            if (idx) {
-                *idx = i;
-            }
-            return bs->bitmaps[i];
-        }
     }
     return NULL;
 }
