@@ -2,6 +2,7 @@
 /* The raw driver: guest offset = file offset. */
 #include "block/driver.h"
 #include "common/util.h"
+#include "io/extent-map.h"
 #include "io/file.h"
 #include "prl/error.h"
 
@@ -11,6 +12,9 @@
 
 struct raw_state {
     struct prl_file file;
+    /* Block status from FIEMAP windows; every change of the file through
+     * this driver invalidates it once done. */
+    struct prl_extent_map map;
 };
 
 static int raw_open(struct prl_block *bs)
@@ -34,6 +38,7 @@ static int raw_open(struct prl_block *bs)
         free(s);
         return r;
     }
+    prl_extent_map_init(&s->map);
     bs->opaque = s;
     bs->caps = PRL_CAP_PARALLEL | PRL_CAP_ZERO | PRL_CAP_TRIM |
                (rw ? PRL_CAP_WRITE : 0);
@@ -51,6 +56,7 @@ static int raw_close(struct prl_block *bs)
         r = prl_file_sync(&s->file);
     }
     int r2 = prl_file_close(&s->file);
+    prl_extent_map_destroy(&s->map);
     free(s);
     return r < 0 ? r : r2;
 }
@@ -68,6 +74,7 @@ static int raw_pwrite(struct prl_block *bs, const void *buf, uint64_t length,
     struct raw_state *s = bs->opaque;
     int r = prl_file_pwrite(&s->file, buf, (size_t)length, offset);
 
+    prl_extent_map_invalidate(&s->map);
     if (r == 0 && (flags & PRL_REQ_FUA)) {
         r = prl_file_sync(&s->file);
     }
@@ -81,6 +88,7 @@ static int raw_zero(struct prl_block *bs, uint64_t length, uint64_t offset,
     int r = prl_file_zero(&s->file, offset, length, flags & PRL_REQ_NO_UNMAP,
                           flags & PRL_REQ_FAST_ZERO);
 
+    prl_extent_map_invalidate(&s->map);
     if (r == 0 && (flags & PRL_REQ_FUA)) {
         r = prl_file_sync(&s->file);
     }
@@ -93,6 +101,7 @@ static int raw_trim(struct prl_block *bs, uint64_t length, uint64_t offset,
     struct raw_state *s = bs->opaque;
     int r = prl_file_punch(&s->file, offset, length);
 
+    prl_extent_map_invalidate(&s->map);
     if (r == -ENOTSUP) {
         r = 0; /* trim is advisory */
     }
@@ -113,7 +122,8 @@ static int raw_block_status(struct prl_block *bs, uint64_t offset,
 {
     struct raw_state *s = bs->opaque;
     bool data;
-    int r = prl_file_extent(&s->file, offset, length, &data, &ext->length);
+    int r = prl_extent_map_extent(&s->map, &s->file, offset, length, &data,
+                                  &ext->length);
 
     if (r < 0) {
         return r;
@@ -156,6 +166,7 @@ static int raw_resize(struct prl_block *bs, uint64_t new_size, bool shrink)
                          bs->filename, bs->size, new_size);
     }
     r = prl_file_truncate(&s->file, new_size);
+    prl_extent_map_invalidate(&s->map);
     if (r == 0) {
         bs->size = new_size;
     }
