@@ -411,3 +411,69 @@ def file_bytes(p, off=0, n=None):
     with open(p, 'rb') as f:
         f.seek(off)
         return f.read() if n is None else f.read(n)
+
+
+class QemuNbd:
+    """qemu-nbd serving |image| with |args| on a Unix socket of its own,
+    as a peer to compare prl-nbd with; stop() ends only this process."""
+
+    def __init__(self, image, *args):
+        import shutil
+        if not shutil.which('qemu-nbd'):
+            skip('qemu-nbd is not installed')
+        self.sock = path('qemu-nbd-%d.sock' % id(self))
+        self.log = path('qemu-nbd-%d.log' % id(self))
+        self.errf = open(self.log, 'wb')
+        self.proc = subprocess.Popen(
+            ['qemu-nbd', '-t', '-k', self.sock] + [str(a) for a in args] +
+            [image], stdout=subprocess.DEVNULL, stderr=self.errf)
+        atexit.register(self.stop)
+        for _ in range(200):
+            if os.path.exists(self.sock):
+                return
+            if self.proc.poll() is not None:
+                self.errf.close()
+                with open(self.log, 'rb') as f:
+                    err = f.read().decode(errors='replace')
+                raise Failure('qemu-nbd exited %d: %s' %
+                              (self.proc.returncode, err))
+            time.sleep(0.05)
+        self.stop()
+        raise Failure('qemu-nbd did not create ' + self.sock)
+
+    @property
+    def uri(self):
+        return 'nbd+unix:///?socket=' + self.sock
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.errf.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def nbdinfo_map(uri, ctx='base:allocation'):
+    """nbdinfo --map=|ctx| of |uri| as [(offset, length, type)], adjacent
+    equal ranges merged, checked to cover the export from 0 without gaps."""
+    import json
+    r = run(['timeout', '60', 'nbdinfo', '--json', '--map=' + ctx, uri])
+    out = []
+    for e in json.loads(r.out):
+        off, n, t = e['offset'], e['length'], e['type']
+        end = out[-1][0] + out[-1][1] if out else 0
+        check(off == end and n > 0, '%s: extent %r after %d' % (ctx, e, end))
+        if out and out[-1][2] == t:
+            out[-1] = (out[-1][0], out[-1][1] + n, t)
+        else:
+            out.append((off, n, t))
+    return out
