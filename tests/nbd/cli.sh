@@ -12,7 +12,8 @@ nbd() { "$PRL_NBD_BIN" "$@"; }
 
 truncate -s 4M a.img
 expect_status 0 nbd --help
-out_contains "Usage: prl-nbd" "--export=NAME=FILE" "--discard"
+out_contains "Usage: prl-nbd" "--export=NAME=FILE" "--discard" \
+    "--allocation-depth"
 expect_status 0 nbd --version
 out_contains "prl-nbd "
 expect_fail nbd
@@ -26,6 +27,8 @@ expect_fail nbd --export noequals a.img
 err_contains "NAME=FILE"
 expect_fail nbd --export x=a.img,wat a.img
 err_contains "unknown key 'wat'"
+expect_fail nbd -A --export x=a.img
+err_contains "-A describe FILE"
 expect_fail nbd -k s.sock --export a=a.img --export a=a.img
 err_contains "used twice"
 expect_fail nbd -k s.sock missing.img
