@@ -78,7 +78,7 @@ static int refill_locked(struct prl_extent_map *m, struct prl_file *f,
     struct fiemap *fm = calloc(1, size);
     uint64_t gen = atomic_load(&m->gen);
     uint64_t want = PRL_MAX(len, MIN_WINDOW), end;
-    bool last = false;
+    bool last = false, cut = false;
 
     if (!fm) {
         return prl_error(ENOMEM, "out of memory");
@@ -110,14 +110,16 @@ static int refill_locked(struct prl_extent_map *m, struct prl_file *f,
             prev->unwritten == unwritten) {
             prev->len = hi - prev->off;
         } else if (prev && prev->off + prev->len > lo) {
-            break; /* overlapping extents: trust none of the rest */
+            cut = true; /* overlapping extents: trust none of the rest */
+            break;
         } else {
             m->runs[m->n++] = (struct prl_extent_run){lo, hi - lo, unwritten};
         }
     }
-    /* Extents past the last one returned are unknown when the array was
-     * full: the window ends with it. */
-    if (fm->fm_mapped_extents == PRL_EXTENT_MAP_RUNS && !last && m->n > 0) {
+    /* Extents past the last one kept are unknown when the array was full
+     * or the rest was not believable: the window ends with it. */
+    if (cut ||
+        (fm->fm_mapped_extents == PRL_EXTENT_MAP_RUNS && !last && m->n > 0)) {
         end = PRL_MIN(end, m->runs[m->n - 1].off + m->runs[m->n - 1].len);
     }
     free(fm);
