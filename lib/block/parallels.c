@@ -575,31 +575,37 @@ static int parallels_block_status(struct prl_block *bs, uint64_t offset,
     struct parallels_state *s = bs->opaque;
     uint64_t cs = s->lay.cluster_size;
     uint64_t c = offset / cs, in = offset % cs;
-    uint64_t n = PRL_MIN(length, cs - in);
+    /* Clusters the range touches end before c_end; the BAT ends at nb
+     * (clusters past it, and all of an Empty image, are unallocated). */
+    uint64_t c_end = (offset + length - 1) / cs + 1, j = c + 1, nb;
     uint64_t host;
 
     pthread_rwlock_rdlock(&s->lock);
+    nb = s->hdr.flags & PARALLELS_FLAG_EMPTY ? 0 : s->lay.bat_entries;
     host = cluster_host(s, c);
+    /* One pass over the BAT entries of the run, not a lookup each. */
     if (host == 0) {
-        while (n < length && cluster_host(s, c + 1) == 0) {
-            c++;
-            n += PRL_MIN(length - n, cs);
+        while (j < c_end && j < nb && s->bat[j] == 0) {
+            j++;
+        }
+        if (j >= nb) {
+            j = c_end;
         }
         ext->flags = PRL_EXT_ZERO;
         ext->depth = 0;
     } else {
         uint64_t next = host + cs;
-        while (n < length && cluster_host(s, c + 1) == next) {
-            c++;
+        while (j < c_end && j < nb && s->bat[j] != 0 &&
+               parallels_entry_offset(&s->lay, s->bat[j]) == next) {
+            j++;
             next += cs;
-            n += PRL_MIN(length - n, cs);
         }
         ext->flags = PRL_EXT_DATA | PRL_EXT_ALLOCATED | PRL_EXT_OFFSET;
         ext->depth = 1;
         ext->offset = host + in;
     }
     pthread_rwlock_unlock(&s->lock);
-    ext->length = n;
+    ext->length = PRL_MIN(length, (j - c) * cs - in);
     return 0;
 }
 
