@@ -5,9 +5,9 @@
 # Parallels image), over a Unix socket and TCP loopback; sequential 1 MiB
 # reads and writes at iodepth 16, 4 KiB random reads and writes at
 # iodepth 32 with 1 and 4 connections.  Each job runs REPS times, in
-# rounds that take the servers in a rotating order, and the median is
-# kept; prints the medians, the ratios measured in this run, how far the
-# repeats spread, and one verdict line per target.  Not a test: it asserts
+# rounds that run it on every server in turn (the first one rotating);
+# prints the median figures, the median of each round's ratios, how far
+# the repeats spread, and one verdict line per target.  Not a test: it asserts
 # nothing and exits 0 whatever the figures.
 #
 # Usage: bench/nbd.sh [BUILD_DIR]   (RUNTIME=seconds per job, default 5;
@@ -151,20 +151,19 @@ for j in "${all_jobs[@]}"; do
 done
 [ ${#jobs[@]} -gt 0 ] || { echo "bench: JOBS selects no job" >&2; exit 1; }
 
-# Every repeat's figures, space-separated, by server/format/transport/job.
+# Every repeat's figures, space-separated in round order, by
+# server/format/transport/job.
 declare -A iops cpu
-run_server()
+# run_one SERVER FORMAT FILE TRANSPORT JOB...: one job on a fresh server.
+run_one()
 {
-    local server=$1 fmt=$2 file=$3 tr=$4 j name res
+    local server=$1 fmt=$2 file=$3 tr=$4 res
+    shift 4
     start "$server" "$fmt" "$file" "$tr"
-    for j in "${jobs[@]}"; do
-        set -- $j
-        name=$1
-        res=$(job "$@")
-        iops[$server/$fmt/$tr/$name]+="${res% *} "
-        cpu[$server/$fmt/$tr/$name]+="${res#* } "
-    done
+    res=$(job "$@")
     stop
+    iops[$server/$fmt/$tr/$1]+="${res% *} "
+    cpu[$server/$fmt/$tr/$1]+="${res#* } "
 }
 
 median()
@@ -186,6 +185,19 @@ ratio()
 {
     awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b;
                                       else printf "-" }'
+}
+
+# Median of the per-round ratios of two lists of figures: both figures
+# of a round were measured within a minute of each other, so a change in
+# the machine's load between rounds cancels out.
+pratio()
+{
+    local a=($1) b=($2) i q=
+    for ((i = 0; i < ${#a[@]} && i < ${#b[@]}; i++)); do
+        q+="$(ratio "${a[i]}" "${b[i]}") "
+    done
+    q=${q//-/}
+    if [ -z "${q// /}" ]; then echo -; else median "$q" | xargs printf '%.2f'; fi
 }
 
 # The same page cache for both images, whatever wrote them.  ext4 caches
@@ -226,7 +238,8 @@ pid2=
 sync
 
 echo "fio nbd engine, ${runtime}s per job, ${size} MiB image, median of $reps"
-echo "IOPS, then server CPU per request (us; lower is better)"
+echo "IOPS (median), ratios (median of the rounds' ratios), server CPU per"
+echo "request (us, median; lower is better), spread of the repeats"
 servers=(
     "prl-nbd raw raw"
     "nbdkit raw raw"
@@ -247,12 +260,15 @@ verdict()
 }
 for tr in $transports; do
     for ((r = 0; r < reps; r++)); do
-        # A different server first in each round, so that none always
-        # meets the same moment of a drifting machine.
-        for ((s = 0; s < ${#servers[@]}; s++)); do
-            set -- ${servers[(s + r) % ${#servers[@]}]}
-            if [ "$3" = raw ]; then f=$raw; else f=$hdd; fi
-            run_server "$1" "$2" "$f" "$tr"
+        for j in "${jobs[@]}"; do
+            # Job by job, all servers one after the other, the first one
+            # changing from round to round: the figures a ratio compares
+            # are close in time, and none is always first.
+            for ((s = 0; s < ${#servers[@]}; s++)); do
+                set -- ${servers[(s + r) % ${#servers[@]}]}
+                if [ "$3" = raw ]; then f=$raw; else f=$hdd; fi
+                run_one "$1" "$2" "$f" "$tr" $j
+            done
         done
     done
     declare -A m=()
@@ -271,14 +287,18 @@ for tr in $transports; do
         q=${m[qemu-nbd/raw/$tr/$n]}
         ph=${m[prl-nbd/parallels/$tr/$n]}
         qh=${m[qemu-nbd/parallels/$tr/$n]}
+        P=${iops[prl-nbd/raw/$tr/$n]}
+        PH=${iops[prl-nbd/parallels/$tr/$n]}
+        xk=$(pratio "$P" "${iops[nbdkit/raw/$tr/$n]}")
+        xq=$(pratio "$P" "${iops[qemu-nbd/raw/$tr/$n]}")
+        xqh=$(pratio "$PH" "${iops[qemu-nbd/parallels/$tr/$n]}")
+        xh=$(pratio "$PH" "$P")
         printf '%-5s %-14s %9.0f %9.0f %9.0f %8s %8s | %9.0f %9.0f %8s %8s\n' \
-            "$tr" "$n" "$p" "$k" "$q" "$(ratio "$p" "$k")" \
-            "$(ratio "$p" "$q")" "$ph" "$qh" "$(ratio "$ph" "$qh")" \
-            "$(ratio "$ph" "$p")"
-        verdict "$tr" "$n" "prl/nbdkit" "$(ratio "$p" "$k")" 1.00
-        verdict "$tr" "$n" "prl/qemu-nbd" "$(ratio "$p" "$q")" 2.00
-        verdict "$tr" "$n" "prl-hdd/qemu-nbd-hdd" "$(ratio "$ph" "$qh")" 2.00
-        verdict "$tr" "$n" "prl-hdd/prl-raw" "$(ratio "$ph" "$p")" 0.90
+            "$tr" "$n" "$p" "$k" "$q" "$xk" "$xq" "$ph" "$qh" "$xqh" "$xh"
+        verdict "$tr" "$n" "prl/nbdkit" "$xk" 1.00
+        verdict "$tr" "$n" "prl/qemu-nbd" "$xq" 2.00
+        verdict "$tr" "$n" "prl-hdd/qemu-nbd-hdd" "$xqh" 2.00
+        verdict "$tr" "$n" "prl-hdd/prl-raw" "$xh" 0.90
     done
     printf '%-5s %-14s %9s %9s %9s %8s %8s | %9s %9s\n' "$tr" "cpu us/req" \
         prl nbdkit qemu-nbd knbd/prl qemu/prl prl-hdd qemu-hdd
