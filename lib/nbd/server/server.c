@@ -530,6 +530,9 @@ static int start_conn(struct prl_nbd_server *srv, int rfd, int wfd, bool owned)
     return 0;
 }
 
+/* Bytes asked for as the send buffer of an accepted Unix socket. */
+#define UNIX_SNDBUF (4 << 20)
+
 static void accept_one(struct prl_nbd_server *srv, int lfd)
 {
     struct sockaddr_storage ss;
@@ -547,6 +550,15 @@ static void accept_one(struct prl_nbd_server *srv, int lfd)
         int one = 1;
         /* Replies are written whole; never wait for an ACK to send. */
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    } else if (ss.ss_family == AF_UNIX) {
+        /* A Unix socket's send buffer (about 200 KiB by default, no
+         * autotuning) holds less than one 1 MiB read reply: each reply
+         * then waits for the client several times.  With room for a
+         * few, sequential reads ran 10-30% faster.  The kernel caps it
+         * at net.core.wmem_max; TCP tunes its own (setting it there was
+         * slower). */
+        int size = UNIX_SNDBUF;
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
     }
     pthread_mutex_lock(&srv->lock);
     n = srv->n_conns;
