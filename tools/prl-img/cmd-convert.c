@@ -12,14 +12,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <signal.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
-#include <unistd.h>
-
-#ifndef MADV_POPULATE_READ
-#define MADV_POPULATE_READ 22 /* Linux 5.14 */
-#endif
 
 #define CV_CHUNK ((uint64_t)4 << 20)      /* bytes per task */
 #define CV_CHUNK_MAX ((uint64_t)64 << 20) /* largest task buffer */
@@ -30,8 +23,6 @@
 #define CV_WORKERS_MAX 16
 /* Bytes written between background flushes (see flusher()). */
 #define CV_FLUSH_EVERY ((uint64_t)16 << 20)
-/* Source files mapped at most (layers of a bundle). */
-#define CV_MAPS_MAX 16
 
 /*
  * The plan: one cursor walks the source under s->lock and hands out tasks
@@ -45,11 +36,6 @@
  * time into a file anyway, so tasks carry a ticket and write in guest
  * order unless -W; reading still overlaps with writing.  A handle without
  * PRL_CAP_PARALLEL is used by one thread at a time (src_lock, dst_lock).
- *
- * Reading: when the source tells which file holds a task's data
- * (prl_block_data_fd), that file is mapped once, read-only, and the task
- * scans and writes straight from the mapping: one copy of the data
- * instead of two.  Otherwise, or when the mapping fails, pread.
  *
  * Lock order: s->lock, then src_lock; dst_lock alone.
  */
@@ -88,14 +74,6 @@ struct cv_state {
     struct img_progress progress;
 
     pthread_mutex_t src_lock, dst_lock;
-
-    pthread_mutex_t map_lock; /* maps, n_maps */
-    struct cv_map {
-        int fd;
-        const uint8_t *base; /* NULL: could not be mapped */
-        uint64_t len;
-    } maps[CV_MAPS_MAX];
-    size_t n_maps;
 };
 
 static void convert_help(void)
@@ -351,88 +329,6 @@ static int write_chunk(struct cv_state *s, const uint8_t *buf,
     return 0;
 }
 
-/* A mapped source file shrank under us: the kernel raises SIGBUS on the
- * next access.  Nothing sane remains to do but say so and stop. */
-static void cv_sigbus(int sig)
-{
-    static const char msg[] =
-        "prl-img: convert: the source file shrank while it was being read; "
-        "the target is incomplete\n";
-    ssize_t n = write(STDERR_FILENO, msg, sizeof(msg) - 1);
-    (void)n;
-    (void)sig;
-    _exit(IMG_EXIT_FAIL);
-}
-
-/* The read-only mapping of |fd|, made on first use; NULL when it cannot
- * be mapped (then the caller reads with pread). */
-static const struct cv_map *cv_map_fd(struct cv_state *s, int fd)
-{
-    struct cv_map *m = NULL;
-    struct stat st;
-
-    pthread_mutex_lock(&s->map_lock);
-    for (size_t i = 0; i < s->n_maps; i++) {
-        if (s->maps[i].fd == fd) {
-            m = &s->maps[i];
-            goto out;
-        }
-    }
-    if (s->n_maps == CV_MAPS_MAX) {
-        goto out;
-    }
-    m = &s->maps[s->n_maps++];
-    m->fd = fd;
-    m->base = NULL;
-    m->len = 0;
-    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0 &&
-        (uint64_t)st.st_size <= SIZE_MAX / 2) {
-        void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
-        if (p != MAP_FAILED) {
-            struct sigaction sa = {.sa_handler = cv_sigbus};
-            sigaction(SIGBUS, &sa, NULL);
-            m->base = p;
-            m->len = (uint64_t)st.st_size;
-        }
-    }
-out:
-    pthread_mutex_unlock(&s->map_lock);
-    return m;
-}
-
-/* The data of copy task |t| in place, when the source keeps all of it
- * contiguous in one file that can be mapped; else NULL. */
-static const uint8_t *src_ref(struct cv_state *s, const struct cv_task *t)
-{
-    struct prl_extent e;
-    const struct cv_map *m;
-    const uint8_t *p;
-    int fd;
-
-    if (src_status(s, t->offset, t->length, &e) < 0) {
-        prl_error_clear();
-        return NULL;
-    }
-    if (e.length != t->length || !(e.flags & PRL_EXT_DATA)) {
-        return NULL;
-    }
-    fd = prl_block_data_fd(s->src, &e);
-    if (fd < 0) {
-        return NULL;
-    }
-    m = cv_map_fd(s, fd);
-    if (!m || !m->base || e.offset > m->len || m->len - e.offset < t->length) {
-        return NULL;
-    }
-    p = m->base + e.offset;
-    /* Fill the page tables in one call rather than a fault per 64 KiB;
-     * an old kernel refuses, and faults do the same work. */
-    uintptr_t a = prl_round_down((uintptr_t)p, 4096);
-    madvise((void *)a, (size_t)((uintptr_t)p + t->length - a),
-            MADV_POPULATE_READ);
-    return p;
-}
-
 static void *worker(void *opaque)
 {
     struct cv_state *s = opaque;
@@ -452,22 +348,16 @@ static void *worker(void *opaque)
         if (r <= 0) {
             break;
         }
-        const uint8_t *data = buf;
         if (t.kind == CV_COPY) {
-            const uint8_t *ref = src_ref(s, &t);
-            if (ref) {
-                data = ref;
-            } else {
-                if (s->src_serial) {
-                    pthread_mutex_lock(&s->src_lock);
-                }
-                r = prl_block_pread(s->src, buf, t.length, t.offset, 0);
-                if (s->src_serial) {
-                    pthread_mutex_unlock(&s->src_lock);
-                }
-                if (r < 0) {
-                    break;
-                }
+            if (s->src_serial) {
+                pthread_mutex_lock(&s->src_lock);
+            }
+            r = prl_block_pread(s->src, buf, t.length, t.offset, 0);
+            if (s->src_serial) {
+                pthread_mutex_unlock(&s->src_lock);
+            }
+            if (r < 0) {
+                break;
             }
         }
         if (!wait_turn(s, &t)) {
@@ -476,7 +366,7 @@ static void *worker(void *opaque)
         }
         wrote = 0;
         if (t.kind == CV_COPY) {
-            r = write_chunk(s, data, &t, &wrote);
+            r = write_chunk(s, buf, &t, &wrote);
         } else {
             r = dst_write(s, NULL, t.length, t.offset);
         }
@@ -772,7 +662,6 @@ int cmd_convert(int argc, char **argv)
     pthread_cond_init(&s.flush_cond, NULL);
     pthread_mutex_init(&s.src_lock, NULL);
     pthread_mutex_init(&s.dst_lock, NULL);
-    pthread_mutex_init(&s.map_lock, NULL);
     if (img_open(argv[optind], a.src_fmt, 0, &s.src) < 0) {
         goto out;
     }
@@ -823,12 +712,6 @@ out:
     free(s.error_msg);
     free(a.opts);
     pthread_mutex_destroy(&s.dst_lock);
-    for (size_t i = 0; i < s.n_maps; i++) {
-        if (s.maps[i].base) {
-            munmap((void *)s.maps[i].base, (size_t)s.maps[i].len);
-        }
-    }
-    pthread_mutex_destroy(&s.map_lock);
     pthread_mutex_destroy(&s.src_lock);
     pthread_cond_destroy(&s.flush_cond);
     pthread_cond_destroy(&s.turn_cond);
