@@ -46,6 +46,14 @@ struct prl_nbd_export {
     uint32_t min_block;   /* bytes, power of two */
     uint32_t pref_block;  /* bytes, power of two >= 512 */
     bool alloc_depth;     /* offers qemu:allocation-depth (-A) */
+    /* Reads may be sent straight from the image's files (sendfile):
+     * the bytes that block status maps stay where it says while the send
+     * runs.  True for a read-only export (nothing moves) and for raw
+     * files (the data of a guest offset is always at that offset; a
+     * write or trim racing the read gives old or new bytes, which NBD
+     * allows), false for a writable Parallels image or bundle, where a
+     * trim may free and reuse a cluster under the send. */
+    bool zero_copy;
     /* qemu:dirty-bitmap:NAME contexts, one per bitmap given to
      * prl_nbd_server_add_bitmap, in that order. */
     struct prl_nbd_meta_def *bitmaps;
@@ -64,6 +72,15 @@ struct prl_nbd_sock_ops {
     ssize_t (*recv)(struct prl_nbd_sock *s, void *buf, size_t len, bool all);
     /* Send every byte of |iov| (modified).  0 or a negative errno. */
     int (*sendv)(struct prl_nbd_sock *s, struct iovec *iov, int iovcnt);
+    /* Zero-copy send, NULL where the layer must see the bytes (TLS):
+     * every byte of |iov| (modified), then |len| bytes of file |fd| from
+     * byte |off| without copying them to user space.  With |more|, the
+     * message goes on after this call (the stack may hold the tail back
+     * for a fuller segment).  0, -ENODATA when the file ends before
+     * |len| bytes, or a negative errno; on failure an unknown part of
+     * it went out. */
+    int (*sendfile)(struct prl_nbd_sock *s, struct iovec *iov, int iovcnt,
+                    int fd, uint64_t off, uint64_t len, bool more);
     /* Bytes already received and buffered by this layer (TLS records),
      * which poll() on the descriptor would not show. */
     size_t (*pending)(struct prl_nbd_sock *s);
@@ -253,6 +270,13 @@ void prl_nbd_transmit(struct prl_nbd_conn *conn);
 /* Map a negative errno from the block layer to an NBD error; |type| is
  * the command, as ENOTSUP is only meaningful for WRITE_ZEROES. */
 uint32_t prl_nbd_errno_to_wire(int err, uint16_t type);
+/* Take the connection's send lock for a reply sent in several calls
+ * of the socket ops: 0, or -EPIPE (unlocked) when the connection is
+ * already dead. */
+int prl_nbd_send_begin(struct prl_nbd_conn *conn);
+/* Release it; |r| < 0 (the reply could not be sent whole) marks the
+ * connection dead and shuts its socket down.  Returns |r|. */
+int prl_nbd_send_end(struct prl_nbd_conn *conn, int r);
 /* Send iovecs whole under the connection's send lock. */
 int prl_nbd_send_locked(struct prl_nbd_conn *conn, struct iovec *iov,
                         int iovcnt);

@@ -40,6 +40,25 @@ uint32_t prl_nbd_errno_to_wire(int err, uint16_t type)
     return wire;
 }
 
+int prl_nbd_send_begin(struct prl_nbd_conn *conn)
+{
+    if (atomic_load_explicit(&conn->dead, memory_order_relaxed)) {
+        return -EPIPE;
+    }
+    pthread_mutex_lock(&conn->send_lock);
+    return 0;
+}
+
+int prl_nbd_send_end(struct prl_nbd_conn *conn, int r)
+{
+    pthread_mutex_unlock(&conn->send_lock);
+    if (r < 0) {
+        atomic_store(&conn->dead, true);
+        conn->sock.ops->shutdown_all(&conn->sock);
+    }
+    return r;
+}
+
 int prl_nbd_send_locked(struct prl_nbd_conn *conn, struct iovec *iov,
                         int iovcnt)
 {

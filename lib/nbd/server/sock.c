@@ -1,11 +1,14 @@
 /* SPDX-License-Identifier: MIT */
-/* The plain socket layer: whole sends with writev semantics, receives
- * that a server stop can interrupt, for sockets and for pipes (-s). */
+/* The plain socket layer: whole sends with writev semantics (and from a
+ * file with sendfile), receives that a server stop can interrupt, for
+ * sockets and for pipes (-s). */
 #include "nbd/server/internal.h"
+#include "common/util.h"
 
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -47,14 +50,17 @@ static ssize_t plain_recv(struct prl_nbd_sock *s, void *buf, size_t len,
     }
 }
 
-static int plain_sendv(struct prl_nbd_sock *s, struct iovec *iov, int iovcnt)
+/* Send |iov| whole; |more|: MSG_MORE, more of the message follows. */
+static int plain_sendv_flags(struct prl_nbd_sock *s, struct iovec *iov,
+                             int iovcnt, bool more)
 {
     while (iovcnt > 0) {
         struct msghdr msg = {
             .msg_iov = iov,
             .msg_iovlen = (size_t)(iovcnt > IOV_MAX ? IOV_MAX : iovcnt),
         };
-        ssize_t n = s->w_socket ? sendmsg(s->wfd, &msg, MSG_NOSIGNAL)
+        ssize_t n = s->w_socket ? sendmsg(s->wfd, &msg,
+                                          MSG_NOSIGNAL | (more ? MSG_MORE : 0))
                                 : writev(s->wfd, iov, (int)msg.msg_iovlen);
         if (n < 0) {
             if (errno == EINTR) {
@@ -72,6 +78,40 @@ static int plain_sendv(struct prl_nbd_sock *s, struct iovec *iov, int iovcnt)
             iov->iov_base = (uint8_t *)iov->iov_base + n;
             iov->iov_len -= (size_t)n;
         }
+    }
+    return 0;
+}
+
+static int plain_sendv(struct prl_nbd_sock *s, struct iovec *iov, int iovcnt)
+{
+    return plain_sendv_flags(s, iov, iovcnt, false);
+}
+
+static int plain_sendfile(struct prl_nbd_sock *s, struct iovec *iov, int iovcnt,
+                          int fd, uint64_t off, uint64_t len, bool more)
+{
+    off_t pos = (off_t)off;
+    int r = plain_sendv_flags(s, iov, iovcnt, len > 0 || more);
+
+    if (r < 0) {
+        return r;
+    }
+    while (len > 0) {
+        /* sendfile(2) moves at most 0x7ffff000 bytes a call. */
+        size_t n = (size_t)PRL_MIN(len, (uint64_t)1 << 30);
+        ssize_t got;
+
+        got = sendfile(s->wfd, fd, &pos, n);
+        if (got < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return -errno;
+        }
+        if (got == 0) {
+            return -ENODATA; /* the file is shorter than block status said */
+        }
+        len -= (uint64_t)got;
     }
     return 0;
 }
@@ -118,6 +158,7 @@ static void plain_close(struct prl_nbd_sock *s)
 const struct prl_nbd_sock_ops prl_nbd_sock_plain_ops = {
     .recv = plain_recv,
     .sendv = plain_sendv,
+    .sendfile = plain_sendfile,
     .pending = plain_pending,
     .shutdown_read = plain_shutdown_read,
     .shutdown_all = plain_shutdown_all,

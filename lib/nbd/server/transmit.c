@@ -2,7 +2,8 @@
 /* The transmission phase: workers that take turns reading batches of
  * requests off the socket (leader/follower, so no request is handed
  * between threads), serve them on the export (inline while that is fast,
- * in parallel once it is not) and send each batch's replies together. */
+ * in parallel once it is not) and send each batch's replies together;
+ * large reads go from the image file to the socket with sendfile. */
 #include "nbd/server/internal.h"
 #include "common/util.h"
 #include "prl/error.h"
@@ -14,9 +15,19 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 /* Structured reads are split into data and hole chunks on this grid. */
 #define READ_GRANULE (64u << 10)
+/* Reads at least this long go straight from the image's file to the
+ * socket (sendfile) where the export and the socket layer allow it;
+ * shorter ones cost less copied, as their replies share one sendmsg per
+ * batch (fio sequential reads, iodepth 16, raw: 16 KiB 40% slower with
+ * sendfile, 64 KiB even, 128 KiB 5-25% faster). */
+#define ZC_MIN (128u << 10)
+/* Extents one zero-copy read may span; a more fragmented range is
+ * copied (and its zero granules found by scanning, as before). */
+#define ZC_MAX_EXTENTS 64
 /* Payloads this small are received through the connection buffer. */
 #define SMALL_PAYLOAD (16u << 10)
 /* CACHE reads ahead in pieces of this size, and at most this much of
@@ -489,6 +500,218 @@ static void read_failed_structured(struct prl_nbd_worker *w,
     }
 }
 
+/* A piece of a zero-copy read: |len| bytes of file |fd| from |foff|, or
+ * of zeroes when fd < 0. */
+struct zc_ext {
+    uint64_t len;
+    uint64_t foff;
+    int fd;
+};
+
+/* Zeroes for replies that must carry them as bytes (simple, DF). */
+static const uint8_t zero_bytes[64u << 10];
+
+/* Send |head| (nhead iovecs, may be 0) then |len| zero bytes. */
+static int send_zeroes(struct prl_nbd_sock *s, const struct iovec *head,
+                       int nhead, uint64_t len, bool more)
+{
+    struct iovec iov[18];
+    int r = 0;
+
+    do {
+        int n = 0;
+
+        for (; n < nhead; n++) {
+            iov[n] = head[n];
+        }
+        nhead = 0;
+        while (len > 0 && n < 18) {
+            size_t k = (size_t)PRL_MIN(len, (uint64_t)sizeof(zero_bytes));
+            iov[n].iov_base = (void *)zero_bytes;
+            iov[n++].iov_len = k;
+            len -= k;
+        }
+        r = s->ops->sendfile(s, iov, n, -1, 0, 0, more || len > 0);
+    } while (r == 0 && len > 0);
+    return r;
+}
+
+/* Append |len| bytes of file |fd| at |foff| (zeroes when fd < 0) to the
+ * pieces, merging with the last one when they continue it. */
+static int zc_add(struct zc_ext *ext, size_t *n, size_t cap, uint64_t len,
+                  uint64_t foff, int fd)
+{
+    struct zc_ext *last = *n ? &ext[*n - 1] : NULL;
+
+    if (last && last->fd == fd && (fd < 0 || last->foff + last->len == foff)) {
+        last->len += len;
+        return 0;
+    }
+    if (*n == cap) {
+        return -E2BIG;
+    }
+    ext[*n].len = len;
+    ext[*n].foff = foff;
+    ext[(*n)++].fd = fd;
+    return 0;
+}
+
+/* Whether |len| (<= READ_GRANULE) bytes of |fd| at |off| are all zero:
+ * a look at their first bytes settles it for almost all data, the rest is
+ * read into the worker's buffer.  False when unsure (read errors). */
+static bool granule_zero(struct prl_nbd_worker *w, int fd, uint64_t off,
+                         uint64_t len)
+{
+    uint8_t head[64];
+    size_t n = (size_t)PRL_MIN(len, (uint64_t)sizeof(head));
+
+    if (pread(fd, head, n, (off_t)off) != (ssize_t)n || !prl_is_zero(head, n)) {
+        return false;
+    }
+    if (prl_nbd_worker_buf(w, READ_GRANULE) < 0) {
+        return false;
+    }
+    return pread(fd, w->buf, (size_t)len, (off_t)off) == (ssize_t)len &&
+           prl_is_zero(w->buf, (size_t)len);
+}
+
+/* Serve a read by sending its data from the file that holds it: block
+ * status splits the range into data extents (sendfile from the file) and
+ * zero extents (hole chunks, or zero bytes where the reply must carry
+ * them), so the data never passes through user space.  Structured
+ * replies without DF also send all-zero granules of data extents as
+ * holes, as the copy path does (a cheap look at each granule's first
+ * bytes, which are rarely all zero).  Returns false, having sent nothing,
+ * when the read should be copied instead: the export or socket layer
+ * does not allow it (see prl_nbd_export.zero_copy), the read is short, or
+ * the range is too fragmented or not mapped to a file.  A send that fails
+ * once the reply has begun (the file shrank, an I/O error) cannot become
+ * an error reply: the connection is dropped. */
+static bool read_zero_copy(struct prl_nbd_worker *w,
+                           const struct prl_nbd_req *req)
+{
+    struct prl_nbd_conn *conn = w->conn;
+    struct prl_nbd_export *exp = conn->exp;
+    struct prl_nbd_sock *s = &conn->sock;
+    bool whole = !(conn->structured || conn->extended) ||
+                 (req->flags & PRL_NBD_CMD_FLAG_DF);
+    uint64_t len = req->length, pos = 0;
+    /* Each status extent adds a piece per granule it touches at most. */
+    size_t cap = (size_t)(len / READ_GRANULE) + 2 * ZC_MAX_EXTENTS + 2;
+    struct zc_ext *ext;
+    size_t n = 0, n_status = 0;
+    int r = 0;
+
+    if (!exp->zero_copy || !s->ops->sendfile || !s->w_socket || len < ZC_MIN) {
+        return false;
+    }
+    if (prl_nbd_worker_scratch(w, cap * sizeof(*ext)) < 0) {
+        return false;
+    }
+    ext = w->scratch;
+    EXPORT_LOCK(exp);
+    while (pos < len && r == 0) {
+        struct prl_extent e;
+        int fd = -1;
+
+        r = prl_block_status(exp->bs, req->offset + pos, len - pos, &e);
+        if (r < 0) {
+            break;
+        }
+        if (++n_status > ZC_MAX_EXTENTS) {
+            r = -E2BIG;
+            break;
+        }
+        if ((e.flags & (PRL_EXT_DATA | PRL_EXT_OFFSET)) ==
+            (PRL_EXT_DATA | PRL_EXT_OFFSET)) {
+            fd = prl_block_data_fd(exp->bs, &e);
+            if (fd < 0) {
+                r = fd;
+                break;
+            }
+        } else if (!(e.flags & PRL_EXT_ZERO)) {
+            r = -ENOTSUP; /* data, but the driver cannot say where */
+            break;
+        }
+        if (fd < 0 || whole) {
+            r = zc_add(ext, &n, cap, e.length, e.offset, fd);
+        } else {
+            for (uint64_t g = 0; g < e.length && r == 0;) {
+                uint64_t at = req->offset + pos + g;
+                uint64_t gl = PRL_MIN(e.length - g, (uint64_t)READ_GRANULE -
+                                                        at % READ_GRANULE);
+                bool zero = granule_zero(w, fd, e.offset + g, gl);
+
+                r = zc_add(ext, &n, cap, gl, e.offset + g, zero ? -1 : fd);
+                g += gl;
+            }
+        }
+        pos += e.length;
+    }
+    EXPORT_UNLOCK(exp);
+    if (r < 0) {
+        return false; /* the copy path answers, errors included */
+    }
+
+    if (prl_nbd_send_begin(conn) < 0) {
+        return true;
+    }
+    pos = 0;
+    if (whole) {
+        /* One message: the simple reply, or one data chunk (DF). */
+        uint8_t hdr[32 + 8]; /* chunk header, then the data's offset */
+        struct iovec head = {.iov_base = hdr};
+
+        if (conn->structured || conn->extended) {
+            size_t h =
+                prl_nbd_chunk_header(conn, hdr, req, PRL_NBD_REPLY_FLAG_DONE,
+                                     PRL_NBD_REPLY_TYPE_OFFSET_DATA, 8 + len);
+            prl_be64_store(hdr + h, req->offset);
+            head.iov_len = h + 8;
+        } else {
+            struct prl_nbd_simple_reply h = {
+                .magic = htobe32(PRL_NBD_MAGIC_SIMPLE_REPLY),
+                .error = 0,
+                .cookie = htobe64(req->cookie),
+            };
+            memcpy(hdr, &h, sizeof(h));
+            head.iov_len = sizeof(h);
+        }
+        for (size_t i = 0; i < n && r == 0; i++) {
+            bool more = i + 1 < n;
+            if (ext[i].fd >= 0) {
+                r = s->ops->sendfile(s, &head, i == 0, ext[i].fd, ext[i].foff,
+                                     ext[i].len, more);
+            } else {
+                r = send_zeroes(s, &head, i == 0, ext[i].len, more);
+            }
+            pos += r == 0 ? ext[i].len : 0;
+        }
+    } else {
+        /* A chunk per extent: data from the file, zeroes as holes. */
+        for (size_t i = 0; i < n && r == 0; i++) {
+            struct chunk c;
+            struct iovec head;
+
+            chunk_fill(conn, &c, req, i + 1 == n, ext[i].fd < 0,
+                       req->offset + pos, ext[i].len);
+            head.iov_base = c.bytes;
+            head.iov_len = c.len;
+            r = s->ops->sendfile(s, &head, 1, ext[i].fd, ext[i].foff,
+                                 ext[i].fd >= 0 ? ext[i].len : 0, i + 1 < n);
+            pos += r == 0 ? ext[i].len : 0;
+        }
+    }
+    if (r < 0) {
+        prl_warn("%s: read of %" PRIu64 " bytes at %" PRIu64
+                 " failed after %" PRIu64 " bytes of its data: %s; "
+                 "dropping the connection",
+                 conn->peer, len, req->offset, pos, strerror(-r));
+    }
+    prl_nbd_send_end(conn, r);
+    return true;
+}
+
 static void cmd_read(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
 {
     struct prl_nbd_conn *conn = w->conn;
@@ -507,6 +730,9 @@ static void cmd_read(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
         } else {
             prl_nbd_reply_ok(w, req);
         }
+        return;
+    }
+    if (read_zero_copy(w, req)) {
         return;
     }
     r = prl_nbd_worker_buf(w, (size_t)len);
