@@ -7,6 +7,7 @@
 #include "prl/error.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <inttypes.h>
 #include <string.h>
 
@@ -15,7 +16,15 @@ struct raw_state {
     /* Block status from FIEMAP windows; every change of the file through
      * this driver invalidates it once done. */
     struct prl_extent_map map;
+    /* Large writes at or past this offset reserve their blocks first (a
+     * file with no blocks at open, as a new convert target, fills in
+     * order; any other file is never assumed to be a hole).  A hint,
+     * raced on harmlessly. */
+    _Atomic uint64_t reserve_from;
 };
+
+/* Writes at least this large may reserve their blocks first. */
+#define RAW_RESERVE_MIN ((uint64_t)1 << 20)
 
 static int raw_open(struct prl_block *bs)
 {
@@ -39,6 +48,11 @@ static int raw_open(struct prl_block *bs)
         return r;
     }
     prl_extent_map_init(&s->map);
+    uint64_t blocks = 1;
+    atomic_init(&s->reserve_from,
+                rw && prl_file_allocated(&s->file, &blocks) == 0 && blocks == 0
+                    ? 0
+                    : UINT64_MAX);
     bs->opaque = s;
     bs->caps = PRL_CAP_PARALLEL | PRL_CAP_ZERO | PRL_CAP_TRIM |
                (rw ? PRL_CAP_WRITE : 0);
@@ -72,8 +86,15 @@ static int raw_pwrite(struct prl_block *bs, const void *buf, uint64_t length,
                       uint64_t offset, unsigned flags)
 {
     struct raw_state *s = bs->opaque;
-    int r = prl_file_pwrite(&s->file, buf, (size_t)length, offset);
+    int r;
 
+    if (length >= RAW_RESERVE_MIN && offset >= atomic_load(&s->reserve_from)) {
+        /* Into a hole: one fallocate costs less than the file system
+         * allocating page by page behind the page cache. */
+        prl_file_reserve(&s->file, offset, length);
+        atomic_store(&s->reserve_from, offset + length);
+    }
+    r = prl_file_pwrite(&s->file, buf, (size_t)length, offset);
     prl_extent_map_invalidate(&s->map);
     if (r == 0 && (flags & PRL_REQ_FUA)) {
         r = prl_file_sync(&s->file);
