@@ -118,7 +118,6 @@ pair() {
     local mpw mpd mqw mqd bpw bqw
     bpw=$(printf '%s\n' "${pw[@]}" | sort -n | head -n 1)
     bqw=$(printf '%s\n' "${qw[@]}" | sort -n | head -n 1)
-    QEMU_BEST=$bqw
     mpw=$(printf '%s\n' "${pw[@]}" | median)
     mpd=$(printf '%s\n' "${pd[@]}" | median)
     mqw=$(printf '%s\n' "${qw[@]}" | median)
@@ -146,7 +145,6 @@ echo "bench: raw -> parallels, $reps rounds"
 pair "raw -> parallels" "$dir/prl.hdd" "$dir/qemu.hdd" -- \
     "$prl_img" convert -f raw -O parallels "$raw" "$dir/prl.hdd" -- \
     qemu-img convert -f raw -O parallels "$raw" "$dir/qemu.hdd" || st=1
-Q1_BEST=$QEMU_BEST
 
 # Both tools read the same Parallels image for the other direction.
 cat "$dir/prl.hdd" >/dev/null
@@ -154,31 +152,6 @@ echo "bench: parallels -> raw, $reps rounds"
 pair "parallels -> raw" "$dir/prl.raw" "$dir/qemu.raw" -- \
     "$prl_img" convert -f parallels -O raw "$dir/prl.hdd" "$dir/prl.raw" -- \
     qemu-img convert -f parallels -O raw "$dir/prl.hdd" "$dir/qemu.raw" || st=1
-Q2_BEST=$QEMU_BEST
-
-# The floor: one thread writing the same 1 GiB from memory into a new
-# file (bench/write-floor.c).  Both tools write every data byte through
-# the page cache into one file, which takes one buffered write at a
-# time, so neither can beat this; floor/qemu is the best ratio any
-# converter could reach against this qemu-img here.
-floor_bin=$dir/write-floor
-cc -std=gnu11 -O2 -Wall -Wextra -Werror -o "$floor_bin" \
-    "$src/bench/write-floor.c"
-floors=()
-for ((r = 0; r < reps; r++)); do
-    sync
-    floors+=("$("$floor_bin" "$raw" "$dir/floor.out")")
-    rm -f "$dir/floor.out"
-done
-fmed=$(printf '%s\n' "${floors[@]}" | median)
-fbest=$(printf '%s\n' "${floors[@]}" | sort -n | head -n 1)
-echo "bench: write floor (one writer, data already in memory):" \
-    "${floors[*]}"
-awk -v m="$fmed" -v b="$fbest" -v q1="$Q1_BEST" -v q2="$Q2_BEST" 'BEGIN {
-    printf "floor: median %.3f s, best %.3f s; best floor / best qemu = " \
-        "%.2f (raw -> parallels), %.2f (parallels -> raw)\n", m, b,
-        b / q1, b / q2
-}'
 
 echo "bench: verifying outputs"
 qemu-img compare -q -f raw -F parallels "$raw" "$dir/prl.hdd"
