@@ -1011,7 +1011,7 @@ static int check_bitmap(struct chk *k, const struct parallels_feature *f,
                         size_t i, uint8_t (*ids)[16], size_t n_ids,
                         uint64_t ext, char *err, size_t errlen)
 {
-    uint64_t cs = k->lay.cluster_size, sectors, gran, bytes, want;
+    uint64_t cs = k->lay.cluster_size;
     struct parallels_bitmap_info b;
     size_t first = k->n_refs;
     int r;
@@ -1021,21 +1021,10 @@ static int check_bitmap(struct chk *k, const struct parallels_feature *f,
     if (r < 0) {
         return r;
     }
-    sectors = k->lay.virtual_size / PARALLELS_SECTOR;
-    if (b.size != sectors) {
-        snprintf(err, errlen,
-                 "size = %" PRIu64 " sectors, but the disk has "
-                 "%" PRIu64,
-                 b.size, sectors);
-        return -EINVAL;
-    }
-    if (b.granularity == 0 || !prl_is_power_of_2(b.granularity) ||
-        b.granularity > UINT32_MAX / PARALLELS_SECTOR) {
-        snprintf(err, errlen,
-                 "granularity = %" PRIu32 " sectors is not a "
-                 "power of two in 1..%u",
-                 b.granularity, UINT32_MAX / PARALLELS_SECTOR);
-        return -EINVAL;
+    r = parallels_bitmap_check_shape(&b, k->lay.virtual_size / PARALLELS_SECTOR,
+                                     cs, err, errlen);
+    if (r < 0) {
+        return r;
     }
     for (size_t j = 0; j < n_ids; j++) {
         if (memcmp(ids[j], b.id, 16) == 0) {
@@ -1045,16 +1034,6 @@ static int check_bitmap(struct chk *k, const struct parallels_feature *f,
                      name);
             return -EINVAL;
         }
-    }
-    gran = (uint64_t)b.granularity * PARALLELS_SECTOR;
-    bytes = prl_div_round_up(prl_div_round_up(k->lay.virtual_size, gran), 8);
-    want = prl_div_round_up(bytes, cs);
-    if (b.l1_size != want) {
-        snprintf(err, errlen,
-                 "l1_size = %" PRIu32 ", but %" PRIu64 " bytes "
-                 "of bitmap in clusters of %" PRIu64 " need %" PRIu64,
-                 b.l1_size, bytes, cs, want);
-        return -EINVAL;
     }
     for (uint32_t j = 0; j < b.l1_size; j++) {
         uint64_t e = parallels_get_le64(b.l1 + (size_t)j * 8), off;

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Format Extension parsing (see parallels-ext.h). */
 #include "block/parallels-ext.h"
+#include "block/parallels-format.h"
 #include "prl/error.h"
 
 #include <errno.h>
@@ -162,6 +163,41 @@ int parallels_bitmap_decode(const uint8_t *data, uint32_t data_size,
         return -EINVAL;
     }
     b->l1 = data + PARALLELS_BITMAP_FIXED;
+    return 0;
+}
+
+int parallels_bitmap_check_shape(const struct parallels_bitmap_info *b,
+                                 uint64_t nb_sectors, uint64_t cluster_size,
+                                 char *err, size_t errlen)
+{
+    uint64_t bits, bytes, want;
+
+    if (b->size != nb_sectors) {
+        snprintf(err, errlen,
+                 "size = %" PRIu64 " sectors, but the disk has %" PRIu64,
+                 b->size, nb_sectors);
+        return -EINVAL;
+    }
+    if (b->granularity == 0 || (b->granularity & (b->granularity - 1)) ||
+        b->granularity > UINT32_MAX / PARALLELS_SECTOR) {
+        snprintf(err, errlen,
+                 "granularity = %" PRIu32 " sectors is not a power of two "
+                 "in 1..%u",
+                 b->granularity, UINT32_MAX / PARALLELS_SECTOR);
+        return -EINVAL;
+    }
+    /* Bits per granule of sectors, rounded up: no overflow for any
+     * nb_sectors. */
+    bits = nb_sectors / b->granularity + (nb_sectors % b->granularity != 0);
+    bytes = bits / 8 + (bits % 8 != 0);
+    want = bytes / cluster_size + (bytes % cluster_size != 0);
+    if (b->l1_size != want) {
+        snprintf(err, errlen,
+                 "l1_size = %" PRIu32 ", but %" PRIu64 " bytes of bitmap in "
+                 "clusters of %" PRIu64 " need %" PRIu64,
+                 b->l1_size, bytes, cluster_size, want);
+        return -EINVAL;
+    }
     return 0;
 }
 

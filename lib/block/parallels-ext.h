@@ -80,6 +80,15 @@ int parallels_bitmap_decode(const uint8_t *data, uint32_t data_size,
                             struct parallels_bitmap_info *b, char *err,
                             size_t errlen);
 
+/* The rules on a decoded bitmap's shape, for a disk of |nb_sectors| in
+ * clusters of |cluster_size| bytes: size equals the disk, granularity a
+ * power of two whose bytes fit 32 bits, l1_size exactly the clusters its
+ * bits need.  -EINVAL with |err| naming the field and value.  Its id and
+ * its L1 entries are the caller's to judge. */
+int parallels_bitmap_check_shape(const struct parallels_bitmap_info *b,
+                                 uint64_t nb_sectors, uint64_t cluster_size,
+                                 char *err, size_t errlen);
+
 /* Building a Format Extension cluster. */
 struct parallels_ext_writer {
     uint8_t *buf; /* cluster_size bytes */

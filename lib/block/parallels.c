@@ -767,7 +767,7 @@ static int load_bitmap(struct prl_block *bs, struct parallels_state *s,
     uint64_t cs = s->lay.cluster_size;
     struct parallels_bitmap_info bi;
     struct prl_dirty_bitmap *b;
-    uint64_t bytes, want;
+    uint64_t bytes;
     uint8_t *buf = NULL;
     int r;
 
@@ -775,20 +775,9 @@ static int load_bitmap(struct prl_block *bs, struct parallels_state *s,
     if (r < 0) {
         return r;
     }
-    if (bi.size != s->hdr.nb_sectors) {
-        snprintf(err, errlen,
-                 "size = %" PRIu64 " sectors, but the disk has "
-                 "%" PRIu64,
-                 bi.size, s->hdr.nb_sectors);
-        return -EINVAL;
-    }
-    if (bi.granularity == 0 || !prl_is_power_of_2(bi.granularity) ||
-        bi.granularity > (UINT32_MAX / PARALLELS_SECTOR)) {
-        snprintf(err, errlen,
-                 "granularity = %" PRIu32 " sectors is not a "
-                 "power of two in 1..%u",
-                 bi.granularity, UINT32_MAX / PARALLELS_SECTOR);
-        return -EINVAL;
+    r = parallels_bitmap_check_shape(&bi, s->hdr.nb_sectors, cs, err, errlen);
+    if (r < 0) {
+        return r;
     }
     /* The id is the bitmap's name: one bitmap per name. */
     for (size_t i = 0; i < bs->n_bitmaps; i++) {
@@ -804,15 +793,6 @@ static int load_bitmap(struct prl_block *bs, struct parallels_state *s,
         return -ENOMEM;
     }
     bytes = prl_dirty_bitmap_bytes(b);
-    want = prl_div_round_up(bytes, cs);
-    if (bi.l1_size != want) {
-        snprintf(err, errlen,
-                 "l1_size = %" PRIu32 ", but %" PRIu64 " bytes "
-                 "of bitmap in clusters of %" PRIu64 " need %" PRIu64,
-                 bi.l1_size, bytes, cs, want);
-        prl_dirty_bitmap_free(b);
-        return -EINVAL;
-    }
     *clusters = prl_calloc(PRL_MAX(bi.l1_size, 1), sizeof(**clusters));
     *n_clusters = 0;
     if (!*clusters) {
