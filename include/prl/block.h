@@ -124,10 +124,11 @@ int prl_block_status(struct prl_block *bs, uint64_t offset, uint64_t length,
  * prl_block_status just returned with PRL_EXT_DATA and PRL_EXT_OFFSET:
  * a descriptor the handle owns (valid until prl_block_close; do not
  * close it), whose bytes ext->offset .. ext->offset + ext->length are
- * the guest data of that extent.  For readers that map or copy the data
- * themselves (convert); it stays right only while nobody writes through
- * the handle.  Returns the descriptor, or -ENOTSUP (no message set) when
- * the driver cannot say. */
+ * the guest data of that extent.  For readers that send the data
+ * themselves (prl-nbd's sendfile replies); it stays right only while
+ * nobody writes through the handle, or, for a raw file, where a write
+ * leaves old or new bytes.  Returns the descriptor, or -ENOTSUP (no message
+ * set) when the driver cannot say. */
 int prl_block_data_fd(struct prl_block *bs, const struct prl_extent *ext);
 
 /* Fill *info.  Returns 0 or a negative errno. */
