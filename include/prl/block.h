@@ -125,10 +125,11 @@ int prl_block_status(struct prl_block *bs, uint64_t offset, uint64_t length,
  * a descriptor the handle owns (valid until prl_block_close; do not
  * close it), whose bytes ext->offset .. ext->offset + ext->length are
  * the guest data of that extent.  For readers that send the data
- * themselves (prl-nbd's sendfile replies); it stays right only while
- * nobody writes through the handle, or, for a raw file, where a write
- * leaves old or new bytes.  Returns the descriptor, or -ENOTSUP (no message
- * set) when the driver cannot say. */
+ * themselves (prl-nbd's sendfile replies).  With writers on the handle, a
+ * write to the extent's range leaves old or new bytes there, and a trim
+ * or zeroing of the range may give its space to other data (a Parallels
+ * cluster freed and reused).  Returns the descriptor, or -ENOTSUP (no
+ * message set) when the driver cannot say. */
 int prl_block_data_fd(struct prl_block *bs, const struct prl_extent *ext);
 
 /* Fill *info.  Returns 0 or a negative errno. */

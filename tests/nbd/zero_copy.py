@@ -1,14 +1,14 @@
 # SPDX-License-Identifier: MIT
 """Zero-copy reads (sendfile from the image file to the socket): reads
-of 128 KiB and more on raw exports and on read-only Parallels and bundle
-exports, over a Unix socket and TCP, in simple, structured and extended
+of 128 KiB and more on raw, Parallels and bundle exports, read-only and
+writable, over a Unix socket and TCP, in simple, structured and extended
 mode, with and without DF, across data/hole/data and at the end of the
 export, all equal to the file's guest data; all-zero granules of data
 still come as holes.  Under strace, the server answers with sendfile(2)
-where zero copy applies and never for a writable Parallels image (a trim
-may move its clusters: the copy path).  Reads racing writes see every byte
-old or new; reads of a cluster racing its trim (and other clusters
-taking its place) never see another cluster's bytes; the server
+for each of them.  Reads racing writes see every byte old or new; reads
+of a cluster racing writes and trims of other clusters (whose freed
+space new clusters reuse) never see their bytes, on a Parallels image
+and on a bundle's top layer; reads after a trim read zeroes; the server
 survives and the image checks clean."""
 
 import os
@@ -183,7 +183,7 @@ def parallels_exports():
         check_reads(srv, want, 'parallels writable')
     if shutil.which('strace'):
         traced(('-r', hdd), want, True)
-        traced((hdd,), want, False)
+        traced((hdd,), want, True)
     run(['qemu-img', 'check', '-q', '-f', 'parallels', hdd])
 
 
@@ -201,7 +201,14 @@ def bundle_export():
     prl_img('convert', '-O', 'raw', b, out)
     want = file_bytes(out)
     check(len(want) == SIZE, 'bundle converted to %d bytes' % len(want))
-    with Server('-t', '-r', b) as srv:
+    for args in (('-r', b), (b,)):
+        check_bundle(args, want)
+    if shutil.which('strace'):
+        traced((b,), want, True)
+
+
+def check_bundle(args, want):
+    with Server('-t', *args) as srv:
         for mode in MODES:
             c = connect(srv, mode)
             for off, n in READS + ((MiB + 4096, 2 * MiB),):
@@ -293,27 +300,65 @@ def parallels_races():
     hdd = path('race.hdd')
     run(['qemu-img', 'create', '-q', '-f', 'parallels', '-o',
          'cluster_size=1M', hdd, str(32 * MiB)])
-    prl_io(hdd, ['write -P 1 0 2M', 'write -P 2 2M 1M'])
-    with Server('-t', '-e', '0', '--discard=unmap', hdd) as srv:
-        def trim_refill(c, i):
-            expect_ok(c.cmd(CMD_TRIM, 2 * MiB, MiB), 'trim')
+    prl_io(hdd, ['write -P 1 0 2M', 'write -P 2 2M 2M'])
+    cluster_races(hdd, 'parallels')
+    run(['qemu-img', 'check', '-q', '-f', 'parallels', hdd])
+    # Read-only (zero copy) after the race: the refilled cluster.
+    with Server('-t', '-r', hdd) as srv:
+        c = connect(srv, 'structured')
+        r = c.cmd(CMD_READ, 2 * MiB, MiB)
+        check(r.data == bytes([2]) * MiB, 'cluster 2 after the race %r' % r)
+        c.disconnect()
+
+
+def bundle_races():
+    """The same race on the top layer of a bundle with a snapshot."""
+    b = path('race-bundle.hdd')
+    prl_img('create', '-q', '-f', 'bundle', '-o', 'cluster_size=1M', b,
+            str(32 * MiB))
+    prl_io(b, ['write -P 1 0 2M'])
+    prl_img('snapshot', '-c', b)
+    prl_io(b, ['write -P 2 2M 2M'])
+    cluster_races(b, 'bundle')
+    prl_img('check', '-q', b)
+
+
+def cluster_races(img, what):
+    """Readers of cluster 2 while it is rewritten (2 or 5) and while
+    other clusters are written (0x99) and trimmed, freeing space that new
+    clusters reuse: a read of cluster 2 shows only 2 and 5.  Then trims
+    of cluster 2 that race reads and refills (a racing read may show any
+    bytes of the disk: NBD leaves trimmed contents unspecified), and
+    reads sent after a trim was answered read zeroes."""
+    with Server('-t', '-e', '0', '--discard=unmap', img) as srv:
+        def rewrite(c, i):
             expect_ok(c.cmd(CMD_WRITE, 2 * MiB, MiB,
-                            payload=bytes([2]) * MiB), 'refill')
+                            payload=bytes([(2, 5)[i % 2]]) * MiB), 'rewrite')
 
         def others(c, i):
             off = (4 + i % 28) * MiB
             expect_ok(c.cmd(CMD_WRITE, off, MiB,
                             payload=bytes([0x99]) * MiB), 'other write')
             expect_ok(c.cmd(CMD_TRIM, off, MiB), 'other trim')
-        race(srv, 'parallels', (2 * MiB, 3 * MiB), MiB, {0, 2},
-             (trim_refill, others))
-    run(['qemu-img', 'check', '-q', '-f', 'parallels', hdd])
-    # Read-only (zero copy) after the race: the refilled cluster.
-    with Server('-t', '-r', hdd) as srv:
+        race(srv, what, (2 * MiB, 3 * MiB), MiB, {2, 5}, (rewrite, others))
+
+        def trim_refill(c, i):
+            expect_ok(c.cmd(CMD_TRIM, 2 * MiB, MiB), 'trim')
+            expect_ok(c.cmd(CMD_WRITE, 2 * MiB, MiB,
+                            payload=bytes([2]) * MiB), 'refill')
+        race(srv, what, (2 * MiB, 3 * MiB), MiB, set(range(256)),
+             (trim_refill, others), seconds=1.0)
         c = connect(srv, 'structured')
-        r = c.cmd(CMD_READ, 2 * MiB, MiB)
-        check(r.data in (bytes([2]) * MiB, bytes(MiB)),
-              'cluster 2 after the race %r' % r)
+        for i in range(20):
+            expect_ok(c.cmd(CMD_TRIM, 2 * MiB, MiB), 'trim')
+            r = c.cmd(CMD_READ, 2 * MiB, MiB, F_DF)
+            check(r.error == 0 and r.data == bytes(MiB),
+                  '%s: read after trim %r' % (what, r))
+            expect_ok(c.cmd(CMD_WRITE, 2 * MiB, MiB,
+                            payload=bytes([2]) * MiB), 'refill')
+            r = c.cmd(CMD_READ, 2 * MiB, MiB)
+            check(r.error == 0 and r.data == bytes([2]) * MiB,
+                  '%s: read after refill %r' % (what, r))
         c.disconnect()
 
 
@@ -324,6 +369,7 @@ def test():
     bundle_export()
     raw_races()
     parallels_races()
+    bundle_races()
 
 
 main(test)

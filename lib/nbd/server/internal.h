@@ -46,14 +46,6 @@ struct prl_nbd_export {
     uint32_t min_block;   /* bytes, power of two */
     uint32_t pref_block;  /* bytes, power of two >= 512 */
     bool alloc_depth;     /* offers qemu:allocation-depth (-A) */
-    /* Reads may be sent straight from the image's files (sendfile):
-     * the bytes that block status maps stay where it says while the send
-     * runs.  True for a read-only export (nothing moves) and for raw
-     * files (the data of a guest offset is always at that offset; a
-     * write or trim racing the read gives old or new bytes, which NBD
-     * allows), false for a writable Parallels image or bundle, where a
-     * trim may free and reuse a cluster under the send. */
-    bool zero_copy;
     /* qemu:dirty-bitmap:NAME contexts, one per bitmap given to
      * prl_nbd_server_add_bitmap, in that order. */
     struct prl_nbd_meta_def *bitmaps;

@@ -197,7 +197,6 @@ int prl_nbd_server_add_export(struct prl_nbd_server *srv, const char *name,
     exp->caps = prl_block_caps(bs);
     exp->read_only = !(exp->caps & PRL_CAP_WRITE);
     exp->serialize = !(exp->caps & PRL_CAP_PARALLEL);
-    exp->zero_copy = exp->read_only || strcmp(prl_block_format(bs), "raw") == 0;
     /* Every driver so far takes byte-granular requests. */
     exp->min_block = srv->cfg.min_block_size ? srv->cfg.min_block_size : 1;
     /* Preferred: the driver's size as a power of two, 512 .. max. */

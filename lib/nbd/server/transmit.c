@@ -582,11 +582,22 @@ static bool granule_zero(struct prl_nbd_worker *w, int fd, uint64_t off,
  * replies without DF also send all-zero granules of data extents as
  * holes, as the copy path does (a cheap look at each granule's first
  * bytes, which are rarely all zero).  Returns false, having sent nothing,
- * when the read should be copied instead: the export or socket layer
- * does not allow it (see prl_nbd_export.zero_copy), the read is short, or
- * the range is too fragmented or not mapped to a file.  A send that fails
- * once the reply has begun (the file shrank, an I/O error) cannot become
- * an error reply: the connection is dropped. */
+ * when the read should be copied instead: the socket layer does not
+ * allow it (TLS), the read is short, or the range is too fragmented or
+ * not mapped to a file.  A send that fails once the reply has begun (the
+ * file shrank, an I/O error) cannot become an error reply: the
+ * connection is dropped.
+ *
+ * What a client can see: a write racing the read gives old or new bytes
+ * of the range, as with a copy.  The data leaves the file only when the
+ * client reads it off the socket (sendfile queues page references), so
+ * a trim or zeroing of the range that overlaps the read (before the
+ * client has the whole reply) may free a Parallels cluster that another
+ * write then fills: the read may then carry bytes written to another
+ * part of the same disk.  The NBD spec leaves the contents of a trimmed
+ * range unspecified until rewritten and orders no read against the
+ * commands it overlaps.  A read sent after the trim or zeroing was
+ * answered reads zeroes, and nothing outside the export is ever sent. */
 static bool read_zero_copy(struct prl_nbd_worker *w,
                            const struct prl_nbd_req *req)
 {
@@ -602,7 +613,7 @@ static bool read_zero_copy(struct prl_nbd_worker *w,
     size_t n = 0, n_status = 0;
     int r = 0;
 
-    if (!exp->zero_copy || !s->ops->sendfile || !s->w_socket || len < ZC_MIN) {
+    if (!s->ops->sendfile || !s->w_socket || len < ZC_MIN) {
         return false;
     }
     if (prl_nbd_worker_scratch(w, cap * sizeof(*ext)) < 0) {
