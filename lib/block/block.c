@@ -6,6 +6,7 @@
 #include "common/opts.h"
 #include "common/util.h"
 #include "io/file.h"
+#include "nbd/uri.h"
 #include "prl/error.h"
 
 #include <errno.h>
@@ -23,9 +24,11 @@ static const struct prl_driver *const drivers[] = {
     &prl_driver_parallels,
     &prl_driver_raw,
     &prl_driver_bundle,
+    &prl_driver_nbd,
 };
 
-static const char *const driver_names[] = {"parallels", "raw", "bundle", NULL};
+static const char *const driver_names[] = {"parallels", "raw", "bundle", "nbd",
+                                           NULL};
 
 const char *const *prl_block_formats(void)
 {
@@ -46,7 +49,7 @@ static int unknown_format(const char *name)
 {
     return prl_error(EINVAL,
                      "unknown format '%s' (known: parallels, raw, "
-                     "bundle)",
+                     "bundle, nbd)",
                      name);
 }
 
@@ -159,7 +162,20 @@ int prl_block_open(const char *path, const char *format, unsigned flags,
     int r;
 
     *out = NULL;
-    if (format) {
+    if (prl_nbd_uri_is_nbd(path)) {
+        /* An NBD URI: the server presents the guest data, so the only
+         * format that fits is the export's own bytes. */
+        if (format && strcmp(format, "nbd") != 0 &&
+            strcmp(format, "raw") != 0) {
+            return prl_error(EINVAL,
+                             "'%s' is an NBD URI: format '%s' cannot be "
+                             "read over NBD (serve the image with its "
+                             "format, e.g. qemu-nbd -f %s, and open it "
+                             "without -f)",
+                             path, format, format);
+        }
+        drv = &prl_driver_nbd;
+    } else if (format) {
         drv = find_driver(format);
         if (!drv) {
             return unknown_format(format);
@@ -465,6 +481,13 @@ int prl_block_check(const char *path, const char *format, unsigned fix,
     if (!res->filename) {
         return prl_error(ENOMEM, "out of memory");
     }
+    if (prl_nbd_uri_is_nbd(path)) {
+        res->format = prl_driver_nbd.name;
+        return prl_error(ENOTSUP,
+                         "'%s': check is not supported for nbd (check the "
+                         "image where the server reads it)",
+                         path);
+    }
     if (format) {
         drv = find_driver(format);
         if (!drv) {
@@ -508,6 +531,12 @@ int prl_block_create(const char *path, const char *format, uint64_t size,
 
     if (!drv) {
         return unknown_format(format);
+    }
+    if (prl_nbd_uri_is_nbd(path)) {
+        return prl_error(ENOTSUP,
+                         "'%s': cannot create an NBD export; to write into "
+                         "an existing one, skip creation (convert -n)",
+                         path);
     }
     if (!drv->create) {
         return prl_error(ENOTSUP, "format %s cannot create images", drv->name);

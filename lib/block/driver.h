@@ -114,5 +114,6 @@ struct prl_driver {
 extern const struct prl_driver prl_driver_raw;
 extern const struct prl_driver prl_driver_parallels;
 extern const struct prl_driver prl_driver_bundle;
+extern const struct prl_driver prl_driver_nbd;
 
 #endif

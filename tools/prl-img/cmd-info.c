@@ -145,6 +145,9 @@ static void print_human(const struct prl_image_info *in,
 
     img_human_size(in->virtual_size, vs, sizeof(vs));
     img_human_size(in->actual_size, ds, sizeof(ds));
+    if (strcmp(in->format, "nbd") == 0) {
+        snprintf(ds, sizeof(ds), "unavailable"); /* a server's, not ours */
+    }
     printf("image: %s\n"
            "file format: %s\n"
            "virtual size: %s (%" PRIu64 " bytes)\n"
@@ -190,7 +193,10 @@ static void print_json(const struct prl_image_info *in,
     }
     printf("    \"format\": ");
     img_json_string(stdout, in->format);
-    printf(",\n    \"actual-size\": %" PRIu64 ",\n", in->actual_size);
+    printf(",\n");
+    if (strcmp(in->format, "nbd") != 0) {
+        printf("    \"actual-size\": %" PRIu64 ",\n", in->actual_size);
+    }
     if (in->has_parallels) {
         printf("    \"format-specific\": {\n"
                "        \"type\": \"parallels\",\n"

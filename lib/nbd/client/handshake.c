@@ -1,0 +1,551 @@
+/* SPDX-License-Identifier: MIT */
+/* The client side of the fixed-newstyle handshake: greeting, STARTTLS,
+ * extended headers or structured replies, metadata contexts, NBD_OPT_GO
+ * with block sizes (NBD_OPT_EXPORT_NAME when GO is unknown). */
+#include "nbd/client/internal.h"
+#include "nbd/wire.h"
+#include "common/util.h"
+#include "prl/error.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The oldstyle greeting's second magic. */
+#define MAGIC_OLDSTYLE 0x00420281861253ull
+/* Option replies longer than this are refused (names and messages are
+ * at most 4096 bytes, plus a few fixed fields). */
+#define OPT_REPLY_MAX (PRL_NBD_MAX_STRING + 64)
+/* Largest READ/WRITE sent, whatever the server allows. */
+#define CLIENT_MAX_PAYLOAD (32u << 20)
+
+static const char *opt_name(uint32_t opt)
+{
+    switch (opt) {
+    case PRL_NBD_OPT_EXPORT_NAME:
+        return "NBD_OPT_EXPORT_NAME";
+    case PRL_NBD_OPT_STARTTLS:
+        return "NBD_OPT_STARTTLS";
+    case PRL_NBD_OPT_GO:
+        return "NBD_OPT_GO";
+    case PRL_NBD_OPT_STRUCTURED_REPLY:
+        return "NBD_OPT_STRUCTURED_REPLY";
+    case PRL_NBD_OPT_SET_META_CONTEXT:
+        return "NBD_OPT_SET_META_CONTEXT";
+    case PRL_NBD_OPT_EXTENDED_HEADERS:
+        return "NBD_OPT_EXTENDED_HEADERS";
+    default:
+        return "option";
+    }
+}
+
+static const char *rep_err_name(uint32_t type)
+{
+    switch (type) {
+    case PRL_NBD_REP_ERR_UNSUP:
+        return "NBD_REP_ERR_UNSUP";
+    case PRL_NBD_REP_ERR_POLICY:
+        return "NBD_REP_ERR_POLICY";
+    case PRL_NBD_REP_ERR_INVALID:
+        return "NBD_REP_ERR_INVALID";
+    case PRL_NBD_REP_ERR_PLATFORM:
+        return "NBD_REP_ERR_PLATFORM";
+    case PRL_NBD_REP_ERR_TLS_REQD:
+        return "NBD_REP_ERR_TLS_REQD";
+    case PRL_NBD_REP_ERR_UNKNOWN:
+        return "NBD_REP_ERR_UNKNOWN";
+    case PRL_NBD_REP_ERR_SHUTDOWN:
+        return "NBD_REP_ERR_SHUTDOWN";
+    case PRL_NBD_REP_ERR_BLOCK_SIZE_REQD:
+        return "NBD_REP_ERR_BLOCK_SIZE_REQD";
+    case PRL_NBD_REP_ERR_TOO_BIG:
+        return "NBD_REP_ERR_TOO_BIG";
+    case PRL_NBD_REP_ERR_EXT_HEADER_REQD:
+        return "NBD_REP_ERR_EXT_HEADER_REQD";
+    default:
+        return "error";
+    }
+}
+
+static int send_opt(struct prl_nbd_client *c, uint32_t opt, const void *data,
+                    uint32_t len)
+{
+    uint8_t h[sizeof(struct prl_nbd_opt_hdr)];
+    int r;
+
+    prl_be64_store(h, PRL_NBD_MAGIC_OPTS);
+    prl_be32_store(h + 8, opt);
+    prl_be32_store(h + 12, len);
+    r = prl_nbd_cl_send(c, h, sizeof(h));
+    if (r == 0 && len > 0) {
+        r = prl_nbd_cl_send(c, data, len);
+    }
+    return r;
+}
+
+/* One reply to |opt|: its type, and its payload (NUL-terminated for
+ * convenience) in |buf| of OPT_REPLY_MAX + 1 bytes. */
+static int recv_opt_reply(struct prl_nbd_client *c, uint32_t opt,
+                          uint32_t *type, uint32_t *len, uint8_t *buf)
+{
+    uint8_t h[sizeof(struct prl_nbd_opt_reply)];
+    uint64_t magic;
+    uint32_t ropt;
+    int r = prl_nbd_cl_recv(c, h, sizeof(h));
+
+    if (r < 0) {
+        return r;
+    }
+    magic = prl_be64_load(h);
+    ropt = prl_be32_load(h + 8);
+    *type = prl_be32_load(h + 12);
+    *len = prl_be32_load(h + 16);
+    if (magic != PRL_NBD_MAGIC_REP) {
+        return prl_nbd_cl_proto(
+            c, "option reply magic 0x%016" PRIx64 " is not 0x%016llx", magic,
+            PRL_NBD_MAGIC_REP);
+    }
+    if (ropt != opt) {
+        return prl_nbd_cl_proto(c,
+                                "reply to option %" PRIu32 " when %s (%u) "
+                                "was sent",
+                                ropt, opt_name(opt), opt);
+    }
+    if (*len > OPT_REPLY_MAX) {
+        return prl_nbd_cl_proto(
+            c, "reply to %s has length %" PRIu32 " (at most %u)", opt_name(opt),
+            *len, OPT_REPLY_MAX);
+    }
+    r = prl_nbd_cl_recv(c, buf, *len);
+    buf[*len] = '\0';
+    return r;
+}
+
+/* The message for an error reply |type| to |opt|, with the server's own
+ * text; returns the errno to report. */
+static int opt_error(struct prl_nbd_client *c, uint32_t opt, uint32_t type,
+                     const uint8_t *msg, uint32_t len)
+{
+    char text[256];
+    int err = EIO;
+
+    prl_nbd_cl_printable(text, sizeof(text), (const char *)msg, len);
+    if (type == PRL_NBD_REP_ERR_TLS_REQD) {
+        return prl_error(EACCES,
+                         "nbd server %s requires TLS: use an nbds:// or "
+                         "nbds+unix:// URI (%s: %s)",
+                         c->name, opt_name(opt), text);
+    }
+    if (type == PRL_NBD_REP_ERR_UNKNOWN) {
+        return prl_error(ENOENT, "nbd server %s has no export '%s'%s%s",
+                         c->name, c->export_name, len ? ": " : "", text);
+    }
+    if (type == PRL_NBD_REP_ERR_POLICY) {
+        err = EACCES;
+    } else if (type == PRL_NBD_REP_ERR_UNSUP) {
+        err = ENOTSUP;
+    }
+    return prl_error(err, "nbd server %s refused %s: %s (0x%08" PRIx32 ")%s%s",
+                     c->name, opt_name(opt), rep_err_name(type), type,
+                     len ? ": " : "", text);
+}
+
+/* A reply type that is neither ACK nor an error where one of them was
+ * due. */
+static int unexpected(struct prl_nbd_client *c, uint32_t opt, uint32_t type,
+                      uint32_t len)
+{
+    return prl_nbd_cl_proto(
+        c, "reply type 0x%08" PRIx32 " (length %" PRIu32 ") to %s", type, len,
+        opt_name(opt));
+}
+
+/* An option with no data that wants a bare ACK: 1 when acknowledged, 0
+ * when refused (message set with the refusal), or a negative errno for
+ * a broken reply or ERR_TLS_REQD. */
+static int simple_opt(struct prl_nbd_client *c, uint32_t opt, uint8_t *buf)
+{
+    uint32_t type, len;
+    int r = send_opt(c, opt, NULL, 0);
+
+    if (r == 0) {
+        r = recv_opt_reply(c, opt, &type, &len, buf);
+    }
+    if (r < 0) {
+        return r;
+    }
+    if (type == PRL_NBD_REP_ACK) {
+        if (len != 0) {
+            return prl_nbd_cl_proto(c, "ACK to %s has length %" PRIu32,
+                                    opt_name(opt), len);
+        }
+        return 1;
+    }
+    if (!(type & (1u << 31))) {
+        return unexpected(c, opt, type, len);
+    }
+    r = opt_error(c, opt, type, buf, len);
+    return type == PRL_NBD_REP_ERR_TLS_REQD ? r : 0;
+}
+
+/* Ask for the metadata contexts; record the ids the server gives. */
+static int set_meta(struct prl_nbd_client *c,
+                    const struct prl_nbd_client_opts *opts, uint8_t *buf)
+{
+    const char *want[3];
+    size_t n_want = 0, nl = strlen(c->export_name), total;
+    uint8_t *data, *p;
+    uint32_t type, len;
+    int r;
+
+    want[n_want++] = "base:allocation";
+    if (opts && opts->want_depth) {
+        want[n_want++] = "qemu:allocation-depth";
+    }
+    char bm[PRL_NBD_MAX_STRING + 1];
+    if (opts && opts->bitmap) {
+        if (strlen(opts->bitmap) + 18 > PRL_NBD_MAX_STRING) {
+            return prl_error(EINVAL, "bitmap name '%.64s...' is too long",
+                             opts->bitmap);
+        }
+        snprintf(bm, sizeof(bm), "qemu:dirty-bitmap:%s", opts->bitmap);
+        want[n_want++] = bm;
+    }
+    total = 4 + nl + 4;
+    for (size_t i = 0; i < n_want; i++) {
+        total += 4 + strlen(want[i]);
+    }
+    data = malloc(total);
+    if (!data) {
+        return prl_error(ENOMEM, "out of memory");
+    }
+    p = data;
+    prl_be32_store(p, (uint32_t)nl);
+    memcpy(p + 4, c->export_name, nl);
+    p += 4 + nl;
+    prl_be32_store(p, (uint32_t)n_want);
+    p += 4;
+    for (size_t i = 0; i < n_want; i++) {
+        size_t l = strlen(want[i]);
+        prl_be32_store(p, (uint32_t)l);
+        memcpy(p + 4, want[i], l);
+        p += 4 + l;
+    }
+    r = send_opt(c, PRL_NBD_OPT_SET_META_CONTEXT, data, (uint32_t)total);
+    free(data);
+    if (r < 0) {
+        return r;
+    }
+    for (;;) {
+        r = recv_opt_reply(c, PRL_NBD_OPT_SET_META_CONTEXT, &type, &len, buf);
+        if (r < 0) {
+            return r;
+        }
+        if (type == PRL_NBD_REP_ACK) {
+            if (len != 0) {
+                return prl_nbd_cl_proto(c, "ACK to %s has length %" PRIu32,
+                                        opt_name(PRL_NBD_OPT_SET_META_CONTEXT),
+                                        len);
+            }
+            return 0;
+        }
+        if (type & (1u << 31)) {
+            /* No contexts: block status reads everything as data. */
+            r = opt_error(c, PRL_NBD_OPT_SET_META_CONTEXT, type, buf, len);
+            if (type == PRL_NBD_REP_ERR_TLS_REQD) {
+                return r;
+            }
+            c->exp.has_alloc = c->exp.has_depth = c->exp.has_bitmap = false;
+            prl_error_clear();
+            return 0;
+        }
+        if (type != PRL_NBD_REP_META_CONTEXT) {
+            return unexpected(c, PRL_NBD_OPT_SET_META_CONTEXT, type, len);
+        }
+        if (len < 5) {
+            return prl_nbd_cl_proto(
+                c, "NBD_REP_META_CONTEXT has length %" PRIu32 " (at least 5)",
+                len);
+        }
+        uint32_t id = prl_be32_load(buf);
+        const char *name = (const char *)buf + 4;
+        bool *has = NULL;
+        uint32_t *slot = NULL;
+        if (strlen(name) != len - 4) {
+            return prl_nbd_cl_proto(c, "context name has a NUL byte");
+        }
+        if (strcmp(name, "base:allocation") == 0) {
+            has = &c->exp.has_alloc;
+            slot = &c->ctx_alloc;
+        } else if (n_want > 1 && strcmp(name, "qemu:allocation-depth") == 0 &&
+                   opts && opts->want_depth) {
+            has = &c->exp.has_depth;
+            slot = &c->ctx_depth;
+        } else if (opts && opts->bitmap && strcmp(name, bm) == 0) {
+            has = &c->exp.has_bitmap;
+            slot = &c->ctx_bitmap;
+        } else {
+            char text[128];
+            prl_nbd_cl_printable(text, sizeof(text), name, len - 4);
+            return prl_nbd_cl_proto(c,
+                                    "NBD_REP_META_CONTEXT names context "
+                                    "'%s', which was not asked for",
+                                    text);
+        }
+        if (*has) {
+            return prl_nbd_cl_proto(c, "context '%s' was given twice", name);
+        }
+        *has = true;
+        *slot = id;
+    }
+}
+
+/* Check and keep the block sizes of NBD_INFO_BLOCK_SIZE. */
+static int block_sizes(struct prl_nbd_client *c, const uint8_t *p)
+{
+    uint32_t min = prl_be32_load(p), pref = prl_be32_load(p + 4),
+             max = prl_be32_load(p + 8);
+
+    if (!prl_is_power_of_2(min) || min > 65536) {
+        return prl_nbd_cl_proto(c,
+                                "minimum block size %" PRIu32
+                                " is not a power of two up to 64 KiB",
+                                min);
+    }
+    if (!prl_is_power_of_2(pref) || pref < min) {
+        return prl_nbd_cl_proto(c,
+                                "preferred block size %" PRIu32
+                                " is not a power of two of at least the "
+                                "minimum %" PRIu32,
+                                pref, min);
+    }
+    if (max < min || (max != UINT32_MAX && max % min != 0)) {
+        return prl_nbd_cl_proto(c,
+                                "maximum block size %" PRIu32
+                                " is not a multiple of the minimum %" PRIu32,
+                                max, min);
+    }
+    c->exp.min_block = min;
+    c->exp.pref_block = pref;
+    c->exp.max_block = max;
+    return 0;
+}
+
+/* NBD_OPT_GO: 1 done, 0 when the server does not know GO (fall back to
+ * EXPORT_NAME), or a negative errno. */
+static int opt_go(struct prl_nbd_client *c, uint8_t *buf)
+{
+    size_t nl = strlen(c->export_name);
+    uint8_t *data = malloc(4 + nl + 4);
+    uint32_t type, len;
+    bool have_export = false;
+    int r;
+
+    if (!data) {
+        return prl_error(ENOMEM, "out of memory");
+    }
+    prl_be32_store(data, (uint32_t)nl);
+    memcpy(data + 4, c->export_name, nl);
+    prl_be16_store(data + 4 + nl, 1);
+    prl_be16_store(data + 6 + nl, PRL_NBD_INFO_BLOCK_SIZE);
+    r = send_opt(c, PRL_NBD_OPT_GO, data, (uint32_t)(nl + 8));
+    free(data);
+    while (r == 0) {
+        r = recv_opt_reply(c, PRL_NBD_OPT_GO, &type, &len, buf);
+        if (r < 0) {
+            break;
+        }
+        if (type == PRL_NBD_REP_ACK) {
+            if (len != 0) {
+                return prl_nbd_cl_proto(
+                    c, "ACK to NBD_OPT_GO has length %" PRIu32, len);
+            }
+            if (!have_export) {
+                return prl_nbd_cl_proto(c, "NBD_OPT_GO acknowledged without "
+                                           "NBD_INFO_EXPORT");
+            }
+            return 1;
+        }
+        if (type == PRL_NBD_REP_ERR_UNSUP) {
+            return 0;
+        }
+        if (type & (1u << 31)) {
+            return opt_error(c, PRL_NBD_OPT_GO, type, buf, len);
+        }
+        if (type != PRL_NBD_REP_INFO) {
+            return unexpected(c, PRL_NBD_OPT_GO, type, len);
+        }
+        if (len < 2) {
+            return prl_nbd_cl_proto(c, "NBD_REP_INFO has length %" PRIu32, len);
+        }
+        uint16_t info = prl_be16_load(buf);
+        if (info == PRL_NBD_INFO_EXPORT) {
+            if (len != 12) {
+                return prl_nbd_cl_proto(
+                    c, "NBD_INFO_EXPORT has length %" PRIu32 " (want 12)", len);
+            }
+            c->exp.size = prl_be64_load(buf + 2);
+            c->exp.tflags = prl_be16_load(buf + 10);
+            have_export = true;
+        } else if (info == PRL_NBD_INFO_BLOCK_SIZE) {
+            if (len != 14) {
+                return prl_nbd_cl_proto(
+                    c, "NBD_INFO_BLOCK_SIZE has length %" PRIu32 " (want 14)",
+                    len);
+            }
+            r = block_sizes(c, buf + 2);
+        }
+        /* NAME, DESCRIPTION and unknown types: nothing to keep. */
+    }
+    return r;
+}
+
+/* The old way in: NBD_OPT_EXPORT_NAME, answered by size and flags. */
+static int opt_export_name(struct prl_nbd_client *c, bool no_zeroes)
+{
+    uint8_t rep[sizeof(struct prl_nbd_export_name_reply)];
+    size_t n = no_zeroes ? 10 : sizeof(rep);
+    int r = send_opt(c, PRL_NBD_OPT_EXPORT_NAME, c->export_name,
+                     (uint32_t)strlen(c->export_name));
+
+    if (r < 0) {
+        return r;
+    }
+    r = prl_nbd_cl_recv(c, rep, n);
+    if (r < 0) {
+        return prl_error(ENOENT,
+                         "nbd server %s refused export '%s' (it closed the "
+                         "connection after NBD_OPT_EXPORT_NAME)",
+                         c->name, c->export_name);
+    }
+    c->exp.size = prl_be64_load(rep);
+    c->exp.tflags = prl_be16_load(rep + 8);
+    return 0;
+}
+
+int prl_nbd_cl_handshake(struct prl_nbd_client *c,
+                         const struct prl_nbd_uri *tls,
+                         const struct prl_nbd_client_opts *opts)
+{
+    uint8_t greet[18], cflags[4];
+    uint8_t *buf = malloc(OPT_REPLY_MAX + 1);
+    uint16_t hflags;
+    uint64_t magic;
+    int r;
+
+    if (!buf) {
+        return prl_error(ENOMEM, "out of memory");
+    }
+    r = prl_nbd_cl_recv(c, greet, sizeof(greet));
+    if (r < 0) {
+        goto out;
+    }
+    magic = prl_be64_load(greet);
+    if (magic != PRL_NBD_MAGIC_INIT) {
+        r = prl_nbd_cl_proto(c,
+                             "greeting magic 0x%016" PRIx64
+                             " is not NBDMAGIC (is it an NBD server?)",
+                             magic);
+        goto out;
+    }
+    magic = prl_be64_load(greet + 8);
+    if (magic == MAGIC_OLDSTYLE) {
+        r = prl_error(EPROTO,
+                      "nbd server %s speaks the oldstyle handshake, which "
+                      "prl does not support",
+                      c->name);
+        c->dead = true;
+        goto out;
+    }
+    if (magic != PRL_NBD_MAGIC_OPTS) {
+        r = prl_nbd_cl_proto(
+            c, "second greeting magic 0x%016" PRIx64 " is not IHAVEOPT", magic);
+        goto out;
+    }
+    hflags = prl_be16_load(greet + 16);
+    bool fixed = hflags & PRL_NBD_FLAG_FIXED_NEWSTYLE;
+    bool no_zeroes = hflags & PRL_NBD_FLAG_NO_ZEROES;
+    prl_be32_store(cflags, (fixed ? PRL_NBD_FLAG_C_FIXED_NEWSTYLE : 0) |
+                               (no_zeroes ? PRL_NBD_FLAG_C_NO_ZEROES : 0));
+    r = prl_nbd_cl_send(c, cflags, sizeof(cflags));
+    if (r < 0) {
+        goto out;
+    }
+    c->exp.min_block = 1;
+    c->exp.pref_block = 4096;
+    c->exp.max_block = CLIENT_MAX_PAYLOAD;
+    if (!fixed) {
+        /* Plain newstyle: options are not safe; only EXPORT_NAME. */
+        if (tls) {
+            r = prl_error(EPROTO,
+                          "nbd server %s does not do fixed newstyle "
+                          "negotiation, so it cannot do TLS",
+                          c->name);
+            goto out;
+        }
+        r = opt_export_name(c, no_zeroes);
+        goto done;
+    }
+    if (tls) {
+        r = simple_opt(c, PRL_NBD_OPT_STARTTLS, buf);
+        if (r == 0) {
+            r = prl_error_context(-EACCES, "TLS is required by the URI, and ");
+        }
+        if (r < 0) {
+            goto out;
+        }
+        r = prl_nbd_cl_start_tls(c, tls);
+        if (r < 0) {
+            goto out;
+        }
+    }
+    r = simple_opt(c, PRL_NBD_OPT_EXTENDED_HEADERS, buf);
+    if (r == -EIO && tls && tls->tls_type != PRL_NBD_URI_TLS_PSK) {
+        /* With TLS 1.3 a server that wanted our certificate says so
+         * only by dropping the session after the handshake. */
+        r = prl_error_context(-EACCES,
+                              "TLS: the server ended the session after the "
+                              "handshake (does it require a client "
+                              "certificate? tls-certificates needs "
+                              "client-cert.pem and client-key.pem): ");
+    }
+    if (r < 0) {
+        goto out;
+    }
+    if (r == 1) {
+        c->exp.extended = c->exp.structured = true;
+    } else {
+        r = simple_opt(c, PRL_NBD_OPT_STRUCTURED_REPLY, buf);
+        if (r < 0) {
+            goto out;
+        }
+        c->exp.structured = r == 1;
+    }
+    prl_error_clear();
+    if (c->exp.structured) {
+        r = set_meta(c, opts, buf);
+        if (r < 0) {
+            goto out;
+        }
+    }
+    r = opt_go(c, buf);
+    if (r == 0) {
+        prl_error_clear();
+        r = opt_export_name(c, no_zeroes);
+    } else if (r == 1) {
+        r = 0;
+    }
+done:
+    if (r == 0) {
+        /* Only what we can use: a READ/WRITE never exceeds our cap. */
+        uint32_t max = PRL_MIN(c->exp.max_block, CLIENT_MAX_PAYLOAD);
+        c->exp.max_block = (uint32_t)PRL_MAX(
+            prl_round_down(max, c->exp.min_block), c->exp.min_block);
+        c->transmission = true;
+    }
+out:
+    free(buf);
+    return r;
+}

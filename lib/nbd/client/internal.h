@@ -1,0 +1,62 @@
+/* SPDX-License-Identifier: MIT */
+/* Client internals shared by the connection, handshake and transmission
+ * files: the client state and its byte I/O (plain or TLS). */
+#ifndef PRL_NBD_CLIENT_INTERNAL_H
+#define PRL_NBD_CLIENT_INTERNAL_H
+
+#include "nbd/client/client.h"
+
+#include <gnutls/gnutls.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+struct prl_nbd_client {
+    int fd;
+    gnutls_session_t gs; /* NULL until STARTTLS succeeded */
+    gnutls_certificate_credentials_t x509;
+    gnutls_psk_client_credentials_t psk;
+    char *name;        /* the URI (or fd name), for messages */
+    char *export_name; /* as sent to the server */
+    struct prl_nbd_export exp;
+    /* Metadata context ids the server gave (valid when has_*). */
+    uint32_t ctx_alloc, ctx_depth, ctx_bitmap;
+    /* Guards everything below and the socket: one request at a time. */
+    pthread_mutex_t lock;
+    uint64_t next_cookie;
+    /* A protocol or I/O error left the stream at an unknown place: no
+     * more requests, no NBD_CMD_DISC. */
+    bool dead;
+    bool transmission; /* the handshake is done */
+};
+
+/* Exactly |n| bytes to or from the server (through TLS once started).
+ * 0, or a negative errno with a message naming the peer; the client is
+ * marked dead on failure. */
+int prl_nbd_cl_send(struct prl_nbd_client *c, const void *buf, size_t n);
+int prl_nbd_cl_recv(struct prl_nbd_client *c, void *buf, size_t n);
+
+/* Read and drop |n| bytes. */
+int prl_nbd_cl_skip(struct prl_nbd_client *c, uint64_t n);
+
+/* Start TLS on the connected socket, with the credentials |uri| names.
+ * 0 or a negative errno with a message (certificate not trusted, PSK
+ * refused...). */
+int prl_nbd_cl_start_tls(struct prl_nbd_client *c,
+                         const struct prl_nbd_uri *uri);
+
+/* Mark the client dead and record a protocol violation: -EIO with
+ * "nbd server NAME: " + the message. */
+int prl_nbd_cl_proto(struct prl_nbd_client *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* The fixed-newstyle handshake up to transmission (handshake.c).  |tls|
+ * non-NULL: STARTTLS first with the credentials it names. */
+int prl_nbd_cl_handshake(struct prl_nbd_client *c,
+                         const struct prl_nbd_uri *tls,
+                         const struct prl_nbd_client_opts *opts);
+
+/* Make |s| printable in |out| (|size| bytes), cutting it. */
+void prl_nbd_cl_printable(char *out, size_t size, const char *s, size_t len);
+
+#endif

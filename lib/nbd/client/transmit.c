@@ -1,0 +1,722 @@
+/* SPDX-License-Identifier: MIT */
+/* The client's transmission phase: requests (compact or extended
+ * headers), and replies (simple, structured or extended) read and checked
+ * against the request they answer before a byte lands in the caller's
+ * buffer.  One request is in flight at a time, under the client lock. */
+#include "nbd/client/internal.h"
+#include "nbd/wire.h"
+#include "common/util.h"
+#include "prl/error.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Largest status chunk taken: the spec's 2^20 extents, plus the header. */
+#define STATUS_CHUNK_MAX (8 + 16 * ((uint64_t)1 << 20))
+/* Largest error chunk: message plus fixed fields. */
+#define ERROR_CHUNK_MAX (6 + 65535 + 8)
+
+/* A byte range of a read reply already filled. */
+struct span {
+    uint64_t start, end;
+};
+
+/* What one request expects and what its reply gave. */
+struct req {
+    uint16_t type;
+    uint64_t cookie, off, len;
+    uint8_t *buf; /* READ: len bytes */
+    /* READ: ranges covered so far, sorted, never overlapping. */
+    struct span *spans;
+    size_t n_spans, cap_spans;
+    uint64_t covered;
+    /* BLOCK_STATUS: the first extent of each context. */
+    struct prl_nbd_extent *alloc, *depth, *bitmap;
+    bool seen_alloc, seen_depth, seen_bitmap;
+    /* The first error chunk (or simple error): errno and message. */
+    int err;
+};
+
+static const char *cmd_name(uint16_t type)
+{
+    switch (type) {
+    case PRL_NBD_CMD_READ:
+        return "read";
+    case PRL_NBD_CMD_WRITE:
+        return "write";
+    case PRL_NBD_CMD_FLUSH:
+        return "flush";
+    case PRL_NBD_CMD_TRIM:
+        return "trim";
+    case PRL_NBD_CMD_CACHE:
+        return "cache";
+    case PRL_NBD_CMD_WRITE_ZEROES:
+        return "write zeroes";
+    case PRL_NBD_CMD_BLOCK_STATUS:
+        return "block status";
+    default:
+        return "request";
+    }
+}
+
+/* The errno for an NBD error value. */
+static int nbd_errno(uint32_t e)
+{
+    switch (e) {
+    case PRL_NBD_EPERM:
+        return EPERM;
+    case PRL_NBD_EIO:
+        return EIO;
+    case PRL_NBD_ENOMEM:
+        return ENOMEM;
+    case PRL_NBD_EINVAL:
+        return EINVAL;
+    case PRL_NBD_ENOSPC:
+        return ENOSPC;
+    case PRL_NBD_EOVERFLOW:
+        return EOVERFLOW;
+    case PRL_NBD_ENOTSUP:
+        return ENOTSUP;
+    case PRL_NBD_ESHUTDOWN:
+        return ESHUTDOWN;
+    default:
+        return EIO;
+    }
+}
+
+/* Record the server's error |e| for |rq| (the first one wins). */
+static void server_error(struct prl_nbd_client *c, struct req *rq, uint32_t e,
+                         const char *msg)
+{
+    if (rq->err) {
+        return;
+    }
+    rq->err = nbd_errno(e);
+    prl_error(rq->err,
+              "nbd server %s: %s of %" PRIu64 " bytes at offset %" PRIu64
+              " failed: error %" PRIu32 " (%s)%s%s",
+              c->name, cmd_name(rq->type), rq->len, rq->off, e,
+              strerror(rq->err), msg && msg[0] ? ": " : "", msg ? msg : "");
+}
+
+static int send_request(struct prl_nbd_client *c, struct req *rq,
+                        uint16_t flags, const void *payload)
+{
+    uint8_t h[sizeof(struct prl_nbd_ext_request)];
+    size_t n;
+    int r;
+
+    rq->cookie = c->next_cookie++;
+    if (payload && c->exp.extended) {
+        /* Extended headers: a WRITE says its length is a payload. */
+        flags |= PRL_NBD_CMD_FLAG_PAYLOAD_LEN;
+    }
+    prl_be16_store(h + 4, flags);
+    prl_be16_store(h + 6, rq->type);
+    prl_be64_store(h + 8, rq->cookie);
+    prl_be64_store(h + 16, rq->off);
+    if (c->exp.extended) {
+        prl_be32_store(h, PRL_NBD_MAGIC_EXT_REQUEST);
+        prl_be64_store(h + 24, rq->len);
+        n = sizeof(struct prl_nbd_ext_request);
+    } else {
+        prl_be32_store(h, PRL_NBD_MAGIC_REQUEST);
+        prl_be32_store(h + 24, (uint32_t)rq->len);
+        n = sizeof(struct prl_nbd_request);
+    }
+    r = prl_nbd_cl_send(c, h, n);
+    if (r == 0 && payload) {
+        r = prl_nbd_cl_send(c, payload, (size_t)rq->len);
+    }
+    return r;
+}
+
+/* Note [start, start+len) of a read as covered: it must lie inside the
+ * request and overlap nothing covered before. */
+static int cover(struct prl_nbd_client *c, struct req *rq, const char *what,
+                 uint64_t start, uint64_t len)
+{
+    uint64_t end;
+    size_t lo = 0, hi = rq->n_spans;
+
+    if (len == 0) {
+        return prl_nbd_cl_proto(c, "%s chunk of length 0", what);
+    }
+    if (start < rq->off || prl_add_overflow(start, len, &end) ||
+        end > rq->off + rq->len) {
+        return prl_nbd_cl_proto(c,
+                                "%s chunk at offset %" PRIu64 " length %" PRIu64
+                                " lies outside the read of %" PRIu64
+                                " bytes at %" PRIu64,
+                                what, start, len, rq->len, rq->off);
+    }
+    /* First span ending after start. */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (rq->spans[mid].end <= start) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    if (lo < rq->n_spans && rq->spans[lo].start < end) {
+        return prl_nbd_cl_proto(
+            c,
+            "%s chunk at offset %" PRIu64 " length %" PRIu64
+            " overlaps an earlier chunk (%" PRIu64 "..%" PRIu64 ")",
+            what, start, len, rq->spans[lo].start, rq->spans[lo].end);
+    }
+    if (rq->n_spans == rq->cap_spans) {
+        size_t cap = rq->cap_spans ? rq->cap_spans * 2 : 16;
+        struct span *v = realloc(rq->spans, cap * sizeof(*v));
+        if (!v) {
+            c->dead = true;
+            return prl_error(ENOMEM, "out of memory");
+        }
+        rq->spans = v;
+        rq->cap_spans = cap;
+    }
+    memmove(&rq->spans[lo + 1], &rq->spans[lo],
+            (rq->n_spans - lo) * sizeof(*rq->spans));
+    rq->spans[lo].start = start;
+    rq->spans[lo].end = end;
+    rq->n_spans++;
+    rq->covered += len;
+    return 0;
+}
+
+/* An error chunk of |len| bytes (type |type|): record it. */
+static int error_chunk(struct prl_nbd_client *c, struct req *rq, uint16_t type,
+                       uint64_t len)
+{
+    uint8_t h[6];
+    char msg[256], *raw;
+    uint32_t e;
+    uint16_t ml;
+    int r;
+
+    if (len < 6 || len > ERROR_CHUNK_MAX) {
+        return prl_nbd_cl_proto(
+            c, "error chunk (type 0x%04x) has length %" PRIu64, type, len);
+    }
+    r = prl_nbd_cl_recv(c, h, sizeof(h));
+    if (r < 0) {
+        return r;
+    }
+    e = prl_be32_load(h);
+    ml = prl_be16_load(h + 4);
+    if (ml > len - 6) {
+        return prl_nbd_cl_proto(c,
+                                "error chunk message length %u exceeds the "
+                                "chunk's %" PRIu64 " bytes",
+                                ml, len - 6);
+    }
+    if (type == PRL_NBD_REPLY_TYPE_ERROR && len != 6u + ml) {
+        return prl_nbd_cl_proto(c,
+                                "NBD_REPLY_TYPE_ERROR has length %" PRIu64
+                                ", want %u for a %u byte message",
+                                len, 6u + ml, ml);
+    }
+    if (type == PRL_NBD_REPLY_TYPE_ERROR_OFFSET && len != 14u + ml) {
+        return prl_nbd_cl_proto(
+            c,
+            "NBD_REPLY_TYPE_ERROR_OFFSET has length %" PRIu64
+            ", want %u for a %u byte message",
+            len, 14u + ml, ml);
+    }
+    raw = malloc((size_t)ml + 1);
+    if (!raw) {
+        c->dead = true;
+        return prl_error(ENOMEM, "out of memory");
+    }
+    r = prl_nbd_cl_recv(c, raw, ml);
+    if (r < 0) {
+        free(raw);
+        return r;
+    }
+    prl_nbd_cl_printable(msg, sizeof(msg), raw, ml);
+    free(raw);
+    if (e == 0) {
+        return prl_nbd_cl_proto(c, "error chunk with error value 0");
+    }
+    if (type == PRL_NBD_REPLY_TYPE_ERROR_OFFSET) {
+        uint8_t o[8];
+        r = prl_nbd_cl_recv(c, o, sizeof(o));
+        if (r < 0) {
+            return r;
+        }
+        uint64_t at = prl_be64_load(o);
+        if (rq->type == PRL_NBD_CMD_READ &&
+            (at < rq->off || at - rq->off >= rq->len)) {
+            return prl_nbd_cl_proto(c,
+                                    "error offset %" PRIu64
+                                    " lies outside the read of %" PRIu64
+                                    " bytes at %" PRIu64,
+                                    at, rq->len, rq->off);
+        }
+    } else if (type != PRL_NBD_REPLY_TYPE_ERROR) {
+        r = prl_nbd_cl_skip(c, len - 6 - ml);
+        if (r < 0) {
+            return r;
+        }
+    }
+    server_error(c, rq, e, msg);
+    return 0;
+}
+
+/* A block status chunk; keeps the first extent, clamped to the request. */
+static int status_chunk(struct prl_nbd_client *c, struct req *rq, bool ext,
+                        uint64_t len)
+{
+    uint8_t h[8], d[16];
+    size_t hl = ext ? 8 : 4, dl = ext ? 16 : 8;
+    uint64_t count, sum = 0;
+    struct prl_nbd_extent first = {0, 0}, *dst;
+    bool *seen;
+    int r;
+
+    if (rq->type != PRL_NBD_CMD_BLOCK_STATUS) {
+        return prl_nbd_cl_proto(c, "block status chunk in reply to a %s",
+                                cmd_name(rq->type));
+    }
+    if (len < hl + dl || (len - hl) % dl != 0 || len > STATUS_CHUNK_MAX) {
+        return prl_nbd_cl_proto(c,
+                                "block status chunk has length %" PRIu64
+                                " (want %zu + a multiple of %zu)",
+                                len, hl, dl);
+    }
+    count = (len - hl) / dl;
+    r = prl_nbd_cl_recv(c, h, hl);
+    if (r < 0) {
+        return r;
+    }
+    uint32_t id = prl_be32_load(h);
+    if (ext && prl_be32_load(h + 4) != count) {
+        return prl_nbd_cl_proto(c,
+                                "block status descriptor count %" PRIu32
+                                " does not match the chunk length %" PRIu64,
+                                prl_be32_load(h + 4), len);
+    }
+    if (c->exp.has_alloc && id == c->ctx_alloc) {
+        dst = rq->alloc;
+        seen = &rq->seen_alloc;
+    } else if (c->exp.has_depth && id == c->ctx_depth) {
+        dst = rq->depth;
+        seen = &rq->seen_depth;
+    } else if (c->exp.has_bitmap && id == c->ctx_bitmap) {
+        dst = rq->bitmap;
+        seen = &rq->seen_bitmap;
+    } else {
+        return prl_nbd_cl_proto(
+            c, "block status for unknown context id %" PRIu32, id);
+    }
+    if (*seen) {
+        return prl_nbd_cl_proto(
+            c, "two block status chunks for context id %" PRIu32, id);
+    }
+    *seen = true;
+    for (uint64_t i = 0; i < count; i++) {
+        uint64_t l, f;
+        r = prl_nbd_cl_recv(c, d, dl);
+        if (r < 0) {
+            return r;
+        }
+        l = ext ? prl_be64_load(d) : prl_be32_load(d);
+        f = ext ? prl_be64_load(d + 8) : prl_be32_load(d + 4);
+        if (l == 0) {
+            return prl_nbd_cl_proto(
+                c, "block status descriptor %" PRIu64 " has length 0", i);
+        }
+        if (sum >= rq->len) {
+            return prl_nbd_cl_proto(c,
+                                    "block status descriptor %" PRIu64
+                                    " starts past the %" PRIu64
+                                    " bytes asked for",
+                                    i, rq->len);
+        }
+        if (i == 0) {
+            first.length = PRL_MIN(l, rq->len);
+            first.flags = f;
+        }
+        sum = prl_add_overflow(sum, l, &sum) ? UINT64_MAX : sum;
+    }
+    if (dst) {
+        *dst = first;
+    }
+    return 0;
+}
+
+/* Read the whole reply to |rq|.  0 when the server reported success,
+ * the server's error (message set) when it reported one, or -EIO for a
+ * protocol violation (the client is then dead). */
+static int read_reply(struct prl_nbd_client *c, struct req *rq)
+{
+    uint8_t h[sizeof(struct prl_nbd_ext_reply)];
+    int r;
+
+    for (;;) {
+        uint32_t magic;
+        uint16_t flags, type;
+        uint64_t cookie, len;
+
+        r = prl_nbd_cl_recv(c, h, 4);
+        if (r < 0) {
+            return r;
+        }
+        magic = prl_be32_load(h);
+        if (magic == PRL_NBD_MAGIC_SIMPLE_REPLY && !c->exp.extended) {
+            r = prl_nbd_cl_recv(c, h + 4, 12);
+            if (r < 0) {
+                return r;
+            }
+            uint32_t e = prl_be32_load(h + 4);
+            cookie = prl_be64_load(h + 8);
+            if (cookie != rq->cookie) {
+                return prl_nbd_cl_proto(
+                    c, "reply cookie %" PRIu64 " is not the request's %" PRIu64,
+                    cookie, rq->cookie);
+            }
+            if (rq->type == PRL_NBD_CMD_READ && c->exp.structured) {
+                return prl_nbd_cl_proto(c, "simple reply to a read after "
+                                           "structured replies were "
+                                           "negotiated");
+            }
+            if (rq->n_spans > 0 || rq->seen_alloc || rq->err) {
+                return prl_nbd_cl_proto(c, "simple reply after structured "
+                                           "chunks of the same request");
+            }
+            if (rq->type == PRL_NBD_CMD_BLOCK_STATUS && e == 0) {
+                return prl_nbd_cl_proto(c, "simple reply without error to "
+                                           "block status");
+            }
+            if (e != 0) {
+                server_error(c, rq, e, NULL);
+                return -rq->err;
+            }
+            if (rq->type == PRL_NBD_CMD_READ) {
+                r = prl_nbd_cl_recv(c, rq->buf, (size_t)rq->len);
+                if (r < 0) {
+                    return r;
+                }
+                rq->covered = rq->len;
+            }
+            return 0;
+        }
+        if (magic == PRL_NBD_MAGIC_STRUCT_REPLY && c->exp.structured &&
+            !c->exp.extended) {
+            r = prl_nbd_cl_recv(c, h + 4, 16);
+            if (r < 0) {
+                return r;
+            }
+            len = prl_be32_load(h + 16);
+        } else if (magic == PRL_NBD_MAGIC_EXT_REPLY && c->exp.extended) {
+            r = prl_nbd_cl_recv(c, h + 4, 28);
+            if (r < 0) {
+                return r;
+            }
+            uint64_t off = prl_be64_load(h + 16);
+            len = prl_be64_load(h + 24);
+            if (off != rq->off) {
+                return prl_nbd_cl_proto(c,
+                                        "extended reply offset %" PRIu64
+                                        " is not the request's %" PRIu64,
+                                        off, rq->off);
+            }
+        } else {
+            return prl_nbd_cl_proto(
+                c, "reply magic 0x%08" PRIx32 " is not valid with %s", magic,
+                c->exp.extended     ? "extended headers"
+                : c->exp.structured ? "structured replies"
+                                    : "simple replies");
+        }
+        flags = prl_be16_load(h + 4);
+        type = prl_be16_load(h + 6);
+        cookie = prl_be64_load(h + 8);
+        if (cookie != rq->cookie) {
+            return prl_nbd_cl_proto(
+                c, "reply cookie %" PRIu64 " is not the request's %" PRIu64,
+                cookie, rq->cookie);
+        }
+        switch (type) {
+        case PRL_NBD_REPLY_TYPE_NONE:
+            if (len != 0 || !(flags & PRL_NBD_REPLY_FLAG_DONE)) {
+                return prl_nbd_cl_proto(c,
+                                        "NBD_REPLY_TYPE_NONE with length "
+                                        "%" PRIu64 " and flags 0x%x (want 0 "
+                                        "and DONE)",
+                                        len, flags);
+            }
+            break;
+        case PRL_NBD_REPLY_TYPE_OFFSET_DATA: {
+            uint8_t o[8];
+            if (rq->type != PRL_NBD_CMD_READ) {
+                return prl_nbd_cl_proto(c, "data chunk in reply to a %s",
+                                        cmd_name(rq->type));
+            }
+            if (len < 9) {
+                return prl_nbd_cl_proto(
+                    c, "data chunk has length %" PRIu64 " (at least 9)", len);
+            }
+            r = prl_nbd_cl_recv(c, o, 8);
+            if (r < 0) {
+                return r;
+            }
+            uint64_t at = prl_be64_load(o);
+            r = cover(c, rq, "data", at, len - 8);
+            if (r == 0) {
+                r = prl_nbd_cl_recv(c, rq->buf + (at - rq->off),
+                                    (size_t)(len - 8));
+            }
+            if (r < 0) {
+                return r;
+            }
+            break;
+        }
+        case PRL_NBD_REPLY_TYPE_OFFSET_HOLE: {
+            uint8_t o[12];
+            if (rq->type != PRL_NBD_CMD_READ) {
+                return prl_nbd_cl_proto(c, "hole chunk in reply to a %s",
+                                        cmd_name(rq->type));
+            }
+            if (len != 12) {
+                return prl_nbd_cl_proto(
+                    c, "hole chunk has length %" PRIu64 " (want 12)", len);
+            }
+            r = prl_nbd_cl_recv(c, o, 12);
+            if (r < 0) {
+                return r;
+            }
+            uint64_t at = prl_be64_load(o);
+            uint32_t hl = prl_be32_load(o + 8);
+            r = cover(c, rq, "hole", at, hl);
+            if (r < 0) {
+                return r;
+            }
+            memset(rq->buf + (at - rq->off), 0, hl);
+            break;
+        }
+        case PRL_NBD_REPLY_TYPE_BLOCK_STATUS:
+        case PRL_NBD_REPLY_TYPE_BLOCK_STATUS_EXT:
+            if ((type == PRL_NBD_REPLY_TYPE_BLOCK_STATUS_EXT) !=
+                c->exp.extended) {
+                return prl_nbd_cl_proto(c,
+                                        "block status chunk type %u with%s "
+                                        "extended headers",
+                                        type, c->exp.extended ? "" : "out");
+            }
+            r = status_chunk(c, rq, c->exp.extended, len);
+            if (r < 0) {
+                return r;
+            }
+            break;
+        default:
+            if (!(type & (1u << 15))) {
+                return prl_nbd_cl_proto(c,
+                                        "unknown reply chunk type %u "
+                                        "(length %" PRIu64 ")",
+                                        type, len);
+            }
+            r = error_chunk(c, rq, type, len);
+            if (r < 0) {
+                return r;
+            }
+            break;
+        }
+        if (flags & PRL_NBD_REPLY_FLAG_DONE) {
+            break;
+        }
+    }
+    if (rq->err) {
+        /* The message was recorded when the chunk came. */
+        return -rq->err;
+    }
+    if (rq->type == PRL_NBD_CMD_READ && rq->covered != rq->len) {
+        return prl_nbd_cl_proto(c,
+                                "read reply covered %" PRIu64 " of %" PRIu64
+                                " bytes at offset %" PRIu64,
+                                rq->covered, rq->len, rq->off);
+    }
+    if (rq->type == PRL_NBD_CMD_BLOCK_STATUS &&
+        ((c->exp.has_alloc && !rq->seen_alloc) ||
+         (c->exp.has_depth && !rq->seen_depth) ||
+         (c->exp.has_bitmap && !rq->seen_bitmap))) {
+        return prl_nbd_cl_proto(c, "block status reply lacks a context "
+                                   "that was negotiated");
+    }
+    return 0;
+}
+
+/* One request and its reply, under the lock the caller holds. */
+static int exchange_locked(struct prl_nbd_client *c, struct req *rq,
+                           uint16_t flags, const void *payload)
+{
+    int r;
+
+    if (c->dead) {
+        return prl_error(EIO,
+                         "nbd server %s: the connection is unusable after "
+                         "an earlier error",
+                         c->name);
+    }
+    r = send_request(c, rq, flags, payload);
+    if (r == 0) {
+        r = read_reply(c, rq);
+    }
+    free(rq->spans);
+    rq->spans = NULL;
+    rq->n_spans = rq->cap_spans = 0;
+    if (r == -ESHUTDOWN) {
+        /* The server is going away: no new requests. */
+        c->dead = true;
+    }
+    return r;
+}
+
+/* Split [off, off+len) into requests of at most |max| bytes. */
+static int split(struct prl_nbd_client *c, uint16_t type, uint16_t flags,
+                 uint8_t *buf, const uint8_t *payload, uint64_t len,
+                 uint64_t off, uint64_t max)
+{
+    int r = 0;
+
+    pthread_mutex_lock(&c->lock);
+    while (len > 0 && r == 0) {
+        struct req rq;
+        memset(&rq, 0, sizeof(rq));
+        rq.type = type;
+        rq.off = off;
+        rq.len = PRL_MIN(len, max);
+        rq.buf = buf;
+        r = exchange_locked(c, &rq, flags, payload);
+        off += rq.len;
+        len -= rq.len;
+        if (buf) {
+            buf += rq.len;
+        }
+        if (payload) {
+            payload += rq.len;
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+    return r;
+}
+
+/* Largest length of a request without payload: a 32-bit field, kept a
+ * multiple of the minimum block size. */
+static uint64_t max_effect(const struct prl_nbd_client *c)
+{
+    return prl_round_down(UINT32_MAX, c->exp.min_block);
+}
+
+int prl_nbd_client_read(struct prl_nbd_client *c, void *buf, uint64_t len,
+                        uint64_t off)
+{
+    return split(c, PRL_NBD_CMD_READ, 0, buf, NULL, len, off, c->exp.max_block);
+}
+
+int prl_nbd_client_write(struct prl_nbd_client *c, const void *buf,
+                         uint64_t len, uint64_t off, bool fua)
+{
+    bool send_fua = fua && (c->exp.tflags & PRL_NBD_FLAG_SEND_FUA);
+    int r = split(c, PRL_NBD_CMD_WRITE, send_fua ? PRL_NBD_CMD_FLAG_FUA : 0,
+                  NULL, buf, len, off, c->exp.max_block);
+
+    if (r == 0 && fua && !send_fua) {
+        r = prl_nbd_client_flush(c);
+    }
+    return r;
+}
+
+int prl_nbd_client_zero(struct prl_nbd_client *c, uint64_t len, uint64_t off,
+                        unsigned flags)
+{
+    uint16_t tf = c->exp.tflags;
+    int r;
+
+    if (!(tf & PRL_NBD_FLAG_SEND_WRITE_ZEROES)) {
+        return prl_error(ENOTSUP, "nbd server %s has no WRITE_ZEROES", c->name);
+    }
+    if ((flags & PRL_NBD_CMD_FLAG_FAST_ZERO) &&
+        !(tf & PRL_NBD_FLAG_SEND_FAST_ZERO)) {
+        return prl_error(ENOTSUP, "nbd server %s cannot zero fast", c->name);
+    }
+    bool fua = flags & PRL_NBD_CMD_FLAG_FUA;
+    if (!(tf & PRL_NBD_FLAG_SEND_FUA)) {
+        flags &= ~PRL_NBD_CMD_FLAG_FUA;
+    }
+    r = split(c, PRL_NBD_CMD_WRITE_ZEROES, (uint16_t)flags, NULL, NULL, len,
+              off, max_effect(c));
+    if (r == 0 && fua && !(flags & PRL_NBD_CMD_FLAG_FUA)) {
+        r = prl_nbd_client_flush(c);
+    }
+    return r;
+}
+
+int prl_nbd_client_trim(struct prl_nbd_client *c, uint64_t len, uint64_t off,
+                        bool fua)
+{
+    int r = 0;
+
+    if (c->exp.tflags & PRL_NBD_FLAG_SEND_TRIM) {
+        bool send_fua = fua && (c->exp.tflags & PRL_NBD_FLAG_SEND_FUA);
+        r = split(c, PRL_NBD_CMD_TRIM, send_fua ? PRL_NBD_CMD_FLAG_FUA : 0,
+                  NULL, NULL, len, off, max_effect(c));
+        fua = fua && !send_fua;
+    }
+    if (r == 0 && fua) {
+        r = prl_nbd_client_flush(c);
+    }
+    return r;
+}
+
+int prl_nbd_client_flush(struct prl_nbd_client *c)
+{
+    struct req rq;
+    int r;
+
+    if (!(c->exp.tflags & PRL_NBD_FLAG_SEND_FLUSH)) {
+        return 0;
+    }
+    memset(&rq, 0, sizeof(rq));
+    rq.type = PRL_NBD_CMD_FLUSH;
+    pthread_mutex_lock(&c->lock);
+    r = exchange_locked(c, &rq, 0, NULL);
+    pthread_mutex_unlock(&c->lock);
+    return r;
+}
+
+int prl_nbd_client_cache(struct prl_nbd_client *c, uint64_t len, uint64_t off)
+{
+    if (!(c->exp.tflags & PRL_NBD_FLAG_SEND_CACHE)) {
+        return 0; /* a hint */
+    }
+    return split(c, PRL_NBD_CMD_CACHE, 0, NULL, NULL, len, off,
+                 c->exp.max_block);
+}
+
+int prl_nbd_client_block_status(struct prl_nbd_client *c, uint64_t len,
+                                uint64_t off, struct prl_nbd_extent *alloc,
+                                struct prl_nbd_extent *depth,
+                                struct prl_nbd_extent *bitmap)
+{
+    struct req rq;
+    int r;
+
+    if (!c->exp.has_alloc) {
+        return prl_error(ENOTSUP, "nbd server %s gave no base:allocation",
+                         c->name);
+    }
+    memset(&rq, 0, sizeof(rq));
+    rq.type = PRL_NBD_CMD_BLOCK_STATUS;
+    rq.off = off;
+    rq.len = PRL_MIN(len, max_effect(c));
+    rq.alloc = alloc;
+    rq.depth = depth;
+    rq.bitmap = bitmap;
+    pthread_mutex_lock(&c->lock);
+    r = exchange_locked(c, &rq, 0, NULL);
+    pthread_mutex_unlock(&c->lock);
+    return r;
+}
