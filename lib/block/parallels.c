@@ -1155,8 +1155,10 @@ static int keep_data_last_locked(struct parallels_state *s)
 }
 
 /* Bytes of the Format Extension cluster that the bitmaps and kept
- * features need.  bitmap_lock held. */
-static uint64_t ext_need_locked(struct prl_block *bs, struct parallels_state *s)
+ * features need when the disk is |size| bytes (the bitmaps follow the
+ * disk's size).  bitmap_lock held. */
+static uint64_t ext_need_locked(struct prl_block *bs, struct parallels_state *s,
+                                uint64_t size)
 {
     uint64_t cs = s->lay.cluster_size, n_attrs = 0;
     uint64_t need =
@@ -1164,7 +1166,9 @@ static uint64_t ext_need_locked(struct prl_block *bs, struct parallels_state *s)
 
     for (size_t i = 0; i < bs->n_bitmaps; i++) {
         struct prl_dirty_bitmap *b = bs->bitmaps[i];
-        uint64_t l1 = prl_div_round_up(prl_dirty_bitmap_bytes(b), cs);
+        uint64_t bytes =
+            prl_div_round_up(prl_div_round_up(size, b->granularity), 8);
+        uint64_t l1 = prl_div_round_up(bytes, cs);
         need += PARALLELS_FEATURE_HEADER +
                 prl_round_up(PARALLELS_BITMAP_FIXED + l1 * 8, 8);
         n_attrs += !b->enabled || !b->consistent;
@@ -1185,7 +1189,8 @@ static int drop_unfit_bitmaps_locked(struct prl_block *bs,
     int r = 0;
 
     pthread_rwlock_wrlock(&bs->bitmap_lock);
-    while (bs->n_bitmaps > 0 && ext_need_locked(bs, s) > s->lay.cluster_size) {
+    while (bs->n_bitmaps > 0 &&
+           ext_need_locked(bs, s, bs->size) > s->lay.cluster_size) {
         struct prl_dirty_bitmap *b = bs->bitmaps[--bs->n_bitmaps];
         r = prl_error(ENOSPC,
                       "'%s': bitmap '%s' does not fit in the Format "
@@ -1899,6 +1904,21 @@ static int parallels_resize(struct prl_block *bs, uint64_t new_size,
                          "resize: %" PRIu64 " bytes need %" PRIu64
                          " BAT entries, more than 2^32-1",
                          new_size, new_bat);
+    }
+    if (new_size > bs->size) {
+        /* Larger bitmaps must still fit in the extension cluster, or the
+         * close would have to drop one. */
+        pthread_rwlock_rdlock(&bs->bitmap_lock);
+        uint64_t need = ext_need_locked(bs, s, new_size);
+        pthread_rwlock_unlock(&bs->bitmap_lock);
+        if (need > s->lay.cluster_size) {
+            return prl_error(ENOSPC,
+                             "resize: at %" PRIu64 " bytes the dirty bitmaps "
+                             "need %" PRIu64 " bytes of the Format Extension "
+                             "cluster, which holds %" PRIu64 "; remove a "
+                             "bitmap first",
+                             new_size, need, s->lay.cluster_size);
+        }
     }
     r = mark_dirty(s);
     if (r < 0) {

@@ -165,6 +165,36 @@ static void test_resize(void)
     CHECK(prl_block_close(bs) == 0, "close");
 }
 
+/* A grow that would make the bitmaps overflow the Format Extension
+ * cluster is refused before anything changes; the close then keeps them
+ * all. */
+static void test_resize_full(void)
+{
+    const char *p = path_of("rsfull.hdd");
+    char name[PRL_BITMAP_NAME_SIZE];
+    struct prl_bitmap_info *v = NULL;
+    struct prl_block *bs;
+    size_t n = 0;
+    int r;
+
+    CHECK(prl_block_create(p, "parallels", MIB, "cluster_size=512") == 0,
+          "create");
+    bs = open_img(p, "parallels", PRL_OPEN_RDWR);
+    CHECK(prl_bitmap_add(bs, "auto", 512, name) == 0, "add");
+    CHECK(prl_block_resize(bs, 2 * MIB, false) == 0, "grow that fits");
+    r = prl_block_resize(bs, 1024 * MIB, false);
+    CHECK(r == -ENOSPC && strstr(prl_error_message(), "remove a bitmap"),
+          "grow past the extension cluster: %d %s", r, prl_error_message());
+    CHECK(prl_block_size(bs) == 2 * MIB, "size after the refused grow");
+    CHECK(prl_block_close(bs) == 0, "close keeps the bitmap");
+    bs = open_img(p, "parallels", 0);
+    CHECK(prl_bitmap_list(bs, &v, &n) == 0 && n == 1 &&
+              strcmp(v[0].name, name) == 0,
+          "bitmap after reopen");
+    free(v);
+    CHECK(prl_block_close(bs) == 0, "close");
+}
+
 #define THREADS 4
 #define WRITES 400
 #define SPAN (256u * 1024u) /* each thread's own region */
@@ -341,6 +371,7 @@ int main(int argc, char **argv)
     prl_log_set_handler(NULL, NULL, PRL_LOG_ERROR);
     test_read_only();
     test_resize();
+    test_resize_full();
     test_threads();
     test_cross_merge();
     if (failures) {
