@@ -47,8 +47,9 @@ static int nbd_open(struct prl_block *bs)
     }
     bs->opaque = s;
     bs->size = e->size;
+    /* The client takes requests from several threads at once. */
     bs->caps =
-        (rw ? PRL_CAP_WRITE : 0) |
+        PRL_CAP_PARALLEL | (rw ? PRL_CAP_WRITE : 0) |
         ((e->tflags & PRL_NBD_FLAG_SEND_WRITE_ZEROES) ? PRL_CAP_ZERO : 0) |
         ((e->tflags & PRL_NBD_FLAG_SEND_TRIM) ? PRL_CAP_TRIM : 0) |
         ((e->tflags & PRL_NBD_FLAG_SEND_WRITE_ZEROES) &&

@@ -504,6 +504,8 @@ static int client_new(int fd, const char *name, const char *export_name,
     c->name = strdup(name);
     c->export_name = strdup(export_name);
     pthread_mutex_init(&c->lock, NULL);
+    pthread_mutex_init(&c->send_lock, NULL);
+    pthread_cond_init(&c->cond, NULL);
     c->next_cookie = 1;
     *out = c;
     if (!c->name || !c->export_name) {
@@ -609,6 +611,8 @@ void prl_nbd_client_close(struct prl_nbd_client *c)
         close(c->fd);
     }
     pthread_mutex_destroy(&c->lock);
+    pthread_mutex_destroy(&c->send_lock);
+    pthread_cond_destroy(&c->cond);
     free(c->name);
     free(c->export_name);
     free(c);

@@ -8,8 +8,11 @@
 
 #include <gnutls/gnutls.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+
+struct prl_nbd_req;
 
 struct prl_nbd_client {
     int fd;
@@ -21,13 +24,19 @@ struct prl_nbd_client {
     struct prl_nbd_export exp;
     /* Metadata context ids the server gave (valid when has_*). */
     uint32_t ctx_alloc, ctx_depth, ctx_bitmap;
-    /* Guards everything below and the socket: one request at a time. */
-    pthread_mutex_t lock;
+    /* Requests in flight (transmit.c): several threads may each have
+     * one.  Lock order: send_lock is never taken with lock held. */
+    pthread_mutex_t send_lock;   /* one request (header + payload) at a time */
+    pthread_mutex_t lock;        /* guards the fields below */
+    pthread_cond_t cond;         /* a reply was read, or the reader left */
+    struct prl_nbd_req *pending; /* in flight, waiting for their replies */
+    bool reading; /* a waiting thread is reading replies for everyone */
     uint64_t next_cookie;
     /* A protocol or I/O error left the stream at an unknown place: no
-     * more requests, no NBD_CMD_DISC. */
-    bool dead;
-    bool transmission; /* the handshake is done */
+     * more requests, no NBD_CMD_DISC.  Set from any thread. */
+    _Atomic bool dead;
+    char dead_msg[512]; /* why, for requests failed by another thread */
+    bool transmission;  /* the handshake is done */
 };
 
 /* Exactly |n| bytes to or from the server (through TLS once started).

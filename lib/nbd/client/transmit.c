@@ -2,7 +2,10 @@
 /* The client's transmission phase: requests (compact or extended
  * headers), and replies (simple, structured or extended) read and checked
  * against the request they answer before a byte lands in the caller's
- * buffer.  One request is in flight at a time, under the client lock. */
+ * buffer.  Several threads may each have a request in flight: they send
+ * one at a time (send_lock), and while any of them waits, one of the
+ * waiting threads reads replies for all, handing each chunk to the
+ * request its cookie names ("whoever waits reads"). */
 #include "nbd/client/internal.h"
 #include "nbd/wire.h"
 #include "common/util.h"
@@ -10,6 +13,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,7 +28,8 @@ struct span {
 };
 
 /* What one request expects and what its reply gave. */
-struct req {
+struct prl_nbd_req {
+    struct prl_nbd_req *next; /* in c->pending */
     uint16_t type;
     uint64_t cookie, off, len;
     uint8_t *buf; /* READ: len bytes */
@@ -37,6 +42,10 @@ struct req {
     bool seen_alloc, seen_depth, seen_bitmap;
     /* The first error chunk (or simple error): errno and message. */
     int err;
+    /* Set under c->lock by whichever thread finished the reply. */
+    bool done;
+    int result;    /* 0 or a negative errno */
+    char msg[512]; /* the message of a failed result */
 };
 
 static const char *cmd_name(uint16_t type)
@@ -87,28 +96,27 @@ static int nbd_errno(uint32_t e)
 }
 
 /* Record the server's error |e| for |rq| (the first one wins). */
-static void server_error(struct prl_nbd_client *c, struct req *rq, uint32_t e,
-                         const char *msg)
+static void server_error(struct prl_nbd_client *c, struct prl_nbd_req *rq,
+                         uint32_t e, const char *msg)
 {
     if (rq->err) {
         return;
     }
     rq->err = nbd_errno(e);
-    prl_error(rq->err,
-              "nbd server %s: %s of %" PRIu64 " bytes at offset %" PRIu64
-              " failed: error %" PRIu32 " (%s)%s%s",
-              c->name, cmd_name(rq->type), rq->len, rq->off, e,
-              strerror(rq->err), msg && msg[0] ? ": " : "", msg ? msg : "");
+    snprintf(rq->msg, sizeof(rq->msg),
+             "nbd server %s: %s of %" PRIu64 " bytes at offset %" PRIu64
+             " failed: error %" PRIu32 " (%s)%s%s",
+             c->name, cmd_name(rq->type), rq->len, rq->off, e,
+             strerror(rq->err), msg && msg[0] ? ": " : "", msg ? msg : "");
 }
 
-static int send_request(struct prl_nbd_client *c, struct req *rq,
+static int send_request(struct prl_nbd_client *c, struct prl_nbd_req *rq,
                         uint16_t flags, const void *payload)
 {
     uint8_t h[sizeof(struct prl_nbd_ext_request)];
     size_t n;
     int r;
 
-    rq->cookie = c->next_cookie++;
     if (payload && c->exp.extended) {
         /* Extended headers: a WRITE says its length is a payload. */
         flags |= PRL_NBD_CMD_FLAG_PAYLOAD_LEN;
@@ -135,8 +143,8 @@ static int send_request(struct prl_nbd_client *c, struct req *rq,
 
 /* Note [start, start+len) of a read as covered: it must lie inside the
  * request and overlap nothing covered before. */
-static int cover(struct prl_nbd_client *c, struct req *rq, const char *what,
-                 uint64_t start, uint64_t len)
+static int cover(struct prl_nbd_client *c, struct prl_nbd_req *rq,
+                 const char *what, uint64_t start, uint64_t len)
 {
     uint64_t end;
     size_t lo = 0, hi = rq->n_spans;
@@ -188,8 +196,8 @@ static int cover(struct prl_nbd_client *c, struct req *rq, const char *what,
 }
 
 /* An error chunk of |len| bytes (type |type|): record it. */
-static int error_chunk(struct prl_nbd_client *c, struct req *rq, uint16_t type,
-                       uint64_t len)
+static int error_chunk(struct prl_nbd_client *c, struct prl_nbd_req *rq,
+                       uint16_t type, uint64_t len)
 {
     uint8_t h[6];
     char msg[256], *raw;
@@ -267,8 +275,8 @@ static int error_chunk(struct prl_nbd_client *c, struct req *rq, uint16_t type,
 }
 
 /* A block status chunk; keeps the first extent, clamped to the request. */
-static int status_chunk(struct prl_nbd_client *c, struct req *rq, bool ext,
-                        uint64_t len)
+static int status_chunk(struct prl_nbd_client *c, struct prl_nbd_req *rq,
+                        bool ext, uint64_t len)
 {
     uint8_t h[8], d[16];
     size_t hl = ext ? 8 : 4, dl = ext ? 16 : 8;
@@ -348,228 +356,323 @@ static int status_chunk(struct prl_nbd_client *c, struct req *rq, bool ext,
     return 0;
 }
 
-/* Read the whole reply to |rq|.  0 when the server reported success,
- * the server's error (message set) when it reported one, or -EIO for a
- * protocol violation (the client is then dead). */
-static int read_reply(struct prl_nbd_client *c, struct req *rq)
+/* The request in flight with |cookie|, or NULL. */
+static struct prl_nbd_req *find_pending(struct prl_nbd_client *c,
+                                        uint64_t cookie)
 {
-    uint8_t h[sizeof(struct prl_nbd_ext_reply)];
-    int r;
+    struct prl_nbd_req *rq;
 
-    for (;;) {
-        uint32_t magic;
-        uint16_t flags, type;
-        uint64_t cookie, len;
-
-        r = prl_nbd_cl_recv(c, h, 4);
-        if (r < 0) {
-            return r;
-        }
-        magic = prl_be32_load(h);
-        if (magic == PRL_NBD_MAGIC_SIMPLE_REPLY && !c->exp.extended) {
-            r = prl_nbd_cl_recv(c, h + 4, 12);
-            if (r < 0) {
-                return r;
-            }
-            uint32_t e = prl_be32_load(h + 4);
-            cookie = prl_be64_load(h + 8);
-            if (cookie != rq->cookie) {
-                return prl_nbd_cl_proto(
-                    c, "reply cookie %" PRIu64 " is not the request's %" PRIu64,
-                    cookie, rq->cookie);
-            }
-            if (rq->type == PRL_NBD_CMD_READ && c->exp.structured) {
-                return prl_nbd_cl_proto(c, "simple reply to a read after "
-                                           "structured replies were "
-                                           "negotiated");
-            }
-            if (rq->n_spans > 0 || rq->seen_alloc || rq->err) {
-                return prl_nbd_cl_proto(c, "simple reply after structured "
-                                           "chunks of the same request");
-            }
-            if (rq->type == PRL_NBD_CMD_BLOCK_STATUS && e == 0) {
-                return prl_nbd_cl_proto(c, "simple reply without error to "
-                                           "block status");
-            }
-            if (e != 0) {
-                server_error(c, rq, e, NULL);
-                return -rq->err;
-            }
-            if (rq->type == PRL_NBD_CMD_READ) {
-                r = prl_nbd_cl_recv(c, rq->buf, (size_t)rq->len);
-                if (r < 0) {
-                    return r;
-                }
-                rq->covered = rq->len;
-            }
-            return 0;
-        }
-        if (magic == PRL_NBD_MAGIC_STRUCT_REPLY && c->exp.structured &&
-            !c->exp.extended) {
-            r = prl_nbd_cl_recv(c, h + 4, 16);
-            if (r < 0) {
-                return r;
-            }
-            len = prl_be32_load(h + 16);
-        } else if (magic == PRL_NBD_MAGIC_EXT_REPLY && c->exp.extended) {
-            r = prl_nbd_cl_recv(c, h + 4, 28);
-            if (r < 0) {
-                return r;
-            }
-            uint64_t off = prl_be64_load(h + 16);
-            len = prl_be64_load(h + 24);
-            if (off != rq->off) {
-                return prl_nbd_cl_proto(c,
-                                        "extended reply offset %" PRIu64
-                                        " is not the request's %" PRIu64,
-                                        off, rq->off);
-            }
-        } else {
-            return prl_nbd_cl_proto(
-                c, "reply magic 0x%08" PRIx32 " is not valid with %s", magic,
-                c->exp.extended     ? "extended headers"
-                : c->exp.structured ? "structured replies"
-                                    : "simple replies");
-        }
-        flags = prl_be16_load(h + 4);
-        type = prl_be16_load(h + 6);
-        cookie = prl_be64_load(h + 8);
-        if (cookie != rq->cookie) {
-            return prl_nbd_cl_proto(
-                c, "reply cookie %" PRIu64 " is not the request's %" PRIu64,
-                cookie, rq->cookie);
-        }
-        switch (type) {
-        case PRL_NBD_REPLY_TYPE_NONE:
-            if (len != 0 || !(flags & PRL_NBD_REPLY_FLAG_DONE)) {
-                return prl_nbd_cl_proto(c,
-                                        "NBD_REPLY_TYPE_NONE with length "
-                                        "%" PRIu64 " and flags 0x%x (want 0 "
-                                        "and DONE)",
-                                        len, flags);
-            }
-            break;
-        case PRL_NBD_REPLY_TYPE_OFFSET_DATA: {
-            uint8_t o[8];
-            if (rq->type != PRL_NBD_CMD_READ) {
-                return prl_nbd_cl_proto(c, "data chunk in reply to a %s",
-                                        cmd_name(rq->type));
-            }
-            if (len < 9) {
-                return prl_nbd_cl_proto(
-                    c, "data chunk has length %" PRIu64 " (at least 9)", len);
-            }
-            r = prl_nbd_cl_recv(c, o, 8);
-            if (r < 0) {
-                return r;
-            }
-            uint64_t at = prl_be64_load(o);
-            r = cover(c, rq, "data", at, len - 8);
-            if (r == 0) {
-                r = prl_nbd_cl_recv(c, rq->buf + (at - rq->off),
-                                    (size_t)(len - 8));
-            }
-            if (r < 0) {
-                return r;
-            }
-            break;
-        }
-        case PRL_NBD_REPLY_TYPE_OFFSET_HOLE: {
-            uint8_t o[12];
-            if (rq->type != PRL_NBD_CMD_READ) {
-                return prl_nbd_cl_proto(c, "hole chunk in reply to a %s",
-                                        cmd_name(rq->type));
-            }
-            if (len != 12) {
-                return prl_nbd_cl_proto(
-                    c, "hole chunk has length %" PRIu64 " (want 12)", len);
-            }
-            r = prl_nbd_cl_recv(c, o, 12);
-            if (r < 0) {
-                return r;
-            }
-            uint64_t at = prl_be64_load(o);
-            uint32_t hl = prl_be32_load(o + 8);
-            r = cover(c, rq, "hole", at, hl);
-            if (r < 0) {
-                return r;
-            }
-            memset(rq->buf + (at - rq->off), 0, hl);
-            break;
-        }
-        case PRL_NBD_REPLY_TYPE_BLOCK_STATUS:
-        case PRL_NBD_REPLY_TYPE_BLOCK_STATUS_EXT:
-            if ((type == PRL_NBD_REPLY_TYPE_BLOCK_STATUS_EXT) !=
-                c->exp.extended) {
-                return prl_nbd_cl_proto(c,
-                                        "block status chunk type %u with%s "
-                                        "extended headers",
-                                        type, c->exp.extended ? "" : "out");
-            }
-            r = status_chunk(c, rq, c->exp.extended, len);
-            if (r < 0) {
-                return r;
-            }
-            break;
-        default:
-            if (!(type & (1u << 15))) {
-                return prl_nbd_cl_proto(c,
-                                        "unknown reply chunk type %u "
-                                        "(length %" PRIu64 ")",
-                                        type, len);
-            }
-            r = error_chunk(c, rq, type, len);
-            if (r < 0) {
-                return r;
-            }
-            break;
-        }
-        if (flags & PRL_NBD_REPLY_FLAG_DONE) {
-            break;
-        }
+    pthread_mutex_lock(&c->lock);
+    for (rq = c->pending; rq && rq->cookie != cookie; rq = rq->next) {
     }
+    pthread_mutex_unlock(&c->lock);
+    return rq;
+}
+
+/* The reply to |rq| is complete: its result, from what the chunks said.
+ * 0 when the connection is still good, -EIO for a protocol violation
+ * (the reply then ends the connection). */
+static int finish(struct prl_nbd_client *c, struct prl_nbd_req *rq)
+{
     if (rq->err) {
-        /* The message was recorded when the chunk came. */
-        return -rq->err;
-    }
-    if (rq->type == PRL_NBD_CMD_READ && rq->covered != rq->len) {
+        rq->result = -rq->err; /* the message is in rq->msg */
+    } else if (rq->type == PRL_NBD_CMD_READ && rq->covered != rq->len) {
         return prl_nbd_cl_proto(c,
                                 "read reply covered %" PRIu64 " of %" PRIu64
                                 " bytes at offset %" PRIu64,
                                 rq->covered, rq->len, rq->off);
-    }
-    if (rq->type == PRL_NBD_CMD_BLOCK_STATUS &&
-        ((c->exp.has_alloc && !rq->seen_alloc) ||
-         (c->exp.has_depth && !rq->seen_depth) ||
-         (c->exp.has_bitmap && !rq->seen_bitmap))) {
+    } else if (rq->type == PRL_NBD_CMD_BLOCK_STATUS &&
+               ((c->exp.has_alloc && !rq->seen_alloc) ||
+                (c->exp.has_depth && !rq->seen_depth) ||
+                (c->exp.has_bitmap && !rq->seen_bitmap))) {
         return prl_nbd_cl_proto(c, "block status reply lacks a context "
                                    "that was negotiated");
+    }
+    pthread_mutex_lock(&c->lock);
+    rq->done = true;
+    pthread_mutex_unlock(&c->lock);
+    return 0;
+}
+
+/* A simple reply (the magic is read): check it against its request and
+ * finish that request. */
+static int simple_reply(struct prl_nbd_client *c, uint8_t *h)
+{
+    struct prl_nbd_req *rq;
+    uint64_t cookie;
+    uint32_t e;
+    int r = prl_nbd_cl_recv(c, h + 4, 12);
+
+    if (r < 0) {
+        return r;
+    }
+    e = prl_be32_load(h + 4);
+    cookie = prl_be64_load(h + 8);
+    rq = find_pending(c, cookie);
+    if (!rq) {
+        return prl_nbd_cl_proto(
+            c, "reply cookie %" PRIu64 " names no request in flight", cookie);
+    }
+    if (rq->type == PRL_NBD_CMD_READ && c->exp.structured) {
+        return prl_nbd_cl_proto(c, "simple reply to a read after structured "
+                                   "replies were negotiated");
+    }
+    if (rq->n_spans > 0 || rq->seen_alloc || rq->seen_depth ||
+        rq->seen_bitmap || rq->err) {
+        return prl_nbd_cl_proto(c, "simple reply after structured chunks of "
+                                   "the same request");
+    }
+    if (rq->type == PRL_NBD_CMD_BLOCK_STATUS && e == 0) {
+        return prl_nbd_cl_proto(c, "simple reply without error to block "
+                                   "status");
+    }
+    if (e != 0) {
+        server_error(c, rq, e, NULL);
+    } else if (rq->type == PRL_NBD_CMD_READ) {
+        r = prl_nbd_cl_recv(c, rq->buf, (size_t)rq->len);
+        if (r < 0) {
+            return r;
+        }
+        rq->covered = rq->len;
+    }
+    return finish(c, rq);
+}
+
+/* Read one reply message (a simple reply or one chunk) and hand it to
+ * the request it answers, finishing that request on its last chunk.
+ * 0, or a negative errno (message set) when the connection failed or
+ * the server broke the protocol; the client is then dead. */
+static int read_chunk(struct prl_nbd_client *c)
+{
+    uint8_t h[sizeof(struct prl_nbd_ext_reply)];
+    struct prl_nbd_req *rq;
+    uint32_t magic;
+    uint16_t flags, type;
+    uint64_t cookie, len, off = 0;
+    int r = prl_nbd_cl_recv(c, h, 4);
+
+    if (r < 0) {
+        return r;
+    }
+    magic = prl_be32_load(h);
+    if (magic == PRL_NBD_MAGIC_SIMPLE_REPLY && !c->exp.extended) {
+        return simple_reply(c, h);
+    }
+    if (magic == PRL_NBD_MAGIC_STRUCT_REPLY && c->exp.structured &&
+        !c->exp.extended) {
+        r = prl_nbd_cl_recv(c, h + 4, 16);
+        if (r < 0) {
+            return r;
+        }
+        len = prl_be32_load(h + 16);
+    } else if (magic == PRL_NBD_MAGIC_EXT_REPLY && c->exp.extended) {
+        r = prl_nbd_cl_recv(c, h + 4, 28);
+        if (r < 0) {
+            return r;
+        }
+        off = prl_be64_load(h + 16);
+        len = prl_be64_load(h + 24);
+    } else {
+        return prl_nbd_cl_proto(
+            c, "reply magic 0x%08" PRIx32 " is not valid with %s", magic,
+            c->exp.extended     ? "extended headers"
+            : c->exp.structured ? "structured replies"
+                                : "simple replies");
+    }
+    flags = prl_be16_load(h + 4);
+    type = prl_be16_load(h + 6);
+    cookie = prl_be64_load(h + 8);
+    rq = find_pending(c, cookie);
+    if (!rq) {
+        return prl_nbd_cl_proto(
+            c, "reply cookie %" PRIu64 " names no request in flight", cookie);
+    }
+    if (c->exp.extended && off != rq->off) {
+        return prl_nbd_cl_proto(c,
+                                "extended reply offset %" PRIu64
+                                " is not the request's %" PRIu64,
+                                off, rq->off);
+    }
+    switch (type) {
+    case PRL_NBD_REPLY_TYPE_NONE:
+        if (len != 0 || !(flags & PRL_NBD_REPLY_FLAG_DONE)) {
+            return prl_nbd_cl_proto(c,
+                                    "NBD_REPLY_TYPE_NONE with length "
+                                    "%" PRIu64 " and flags 0x%x (want 0 "
+                                    "and DONE)",
+                                    len, flags);
+        }
+        break;
+    case PRL_NBD_REPLY_TYPE_OFFSET_DATA: {
+        uint8_t o[8];
+        if (rq->type != PRL_NBD_CMD_READ) {
+            return prl_nbd_cl_proto(c, "data chunk in reply to a %s",
+                                    cmd_name(rq->type));
+        }
+        if (len < 9) {
+            return prl_nbd_cl_proto(
+                c, "data chunk has length %" PRIu64 " (at least 9)", len);
+        }
+        r = prl_nbd_cl_recv(c, o, 8);
+        if (r < 0) {
+            return r;
+        }
+        uint64_t at = prl_be64_load(o);
+        r = cover(c, rq, "data", at, len - 8);
+        if (r == 0) {
+            r = prl_nbd_cl_recv(c, rq->buf + (at - rq->off), (size_t)(len - 8));
+        }
+        if (r < 0) {
+            return r;
+        }
+        break;
+    }
+    case PRL_NBD_REPLY_TYPE_OFFSET_HOLE: {
+        uint8_t o[12];
+        if (rq->type != PRL_NBD_CMD_READ) {
+            return prl_nbd_cl_proto(c, "hole chunk in reply to a %s",
+                                    cmd_name(rq->type));
+        }
+        if (len != 12) {
+            return prl_nbd_cl_proto(
+                c, "hole chunk has length %" PRIu64 " (want 12)", len);
+        }
+        r = prl_nbd_cl_recv(c, o, 12);
+        if (r < 0) {
+            return r;
+        }
+        uint64_t at = prl_be64_load(o);
+        uint32_t hl = prl_be32_load(o + 8);
+        r = cover(c, rq, "hole", at, hl);
+        if (r < 0) {
+            return r;
+        }
+        memset(rq->buf + (at - rq->off), 0, hl);
+        break;
+    }
+    case PRL_NBD_REPLY_TYPE_BLOCK_STATUS:
+    case PRL_NBD_REPLY_TYPE_BLOCK_STATUS_EXT:
+        if ((type == PRL_NBD_REPLY_TYPE_BLOCK_STATUS_EXT) != c->exp.extended) {
+            return prl_nbd_cl_proto(c,
+                                    "block status chunk type %u with%s "
+                                    "extended headers",
+                                    type, c->exp.extended ? "" : "out");
+        }
+        r = status_chunk(c, rq, c->exp.extended, len);
+        if (r < 0) {
+            return r;
+        }
+        break;
+    default:
+        if (!(type & (1u << 15))) {
+            return prl_nbd_cl_proto(c,
+                                    "unknown reply chunk type %u "
+                                    "(length %" PRIu64 ")",
+                                    type, len);
+        }
+        r = error_chunk(c, rq, type, len);
+        if (r < 0) {
+            return r;
+        }
+        break;
+    }
+    if (flags & PRL_NBD_REPLY_FLAG_DONE) {
+        return finish(c, rq);
     }
     return 0;
 }
 
-/* One request and its reply, under the lock the caller holds. */
-static int exchange_locked(struct prl_nbd_client *c, struct req *rq,
-                           uint16_t flags, const void *payload)
+/* Fail every request in flight with the error that killed the
+ * connection.  Called with c->lock held. */
+static void fail_all_locked(struct prl_nbd_client *c, int err)
+{
+    for (struct prl_nbd_req *rq = c->pending; rq; rq = rq->next) {
+        if (!rq->done) {
+            rq->done = true;
+            rq->result = err;
+            snprintf(rq->msg, sizeof(rq->msg), "%s", c->dead_msg);
+        }
+    }
+}
+
+/* Remove |rq| from c->pending.  Called with c->lock held. */
+static void unlink_locked(struct prl_nbd_client *c, struct prl_nbd_req *rq)
+{
+    for (struct prl_nbd_req **p = &c->pending; *p; p = &(*p)->next) {
+        if (*p == rq) {
+            *p = rq->next;
+            break;
+        }
+    }
+}
+
+/* The connection failed in this thread (message set): record why for
+ * the other waiters and fail them all.  Called with c->lock held. */
+static void kill_locked(struct prl_nbd_client *c, int err)
+{
+    c->dead = true;
+    snprintf(c->dead_msg, sizeof(c->dead_msg), "%s", prl_error_message());
+    fail_all_locked(c, err);
+    pthread_cond_broadcast(&c->cond);
+}
+
+/* Send |rq| and wait for its reply, reading replies (for any request)
+ * whenever no other waiting thread does.  0, or a negative errno with a
+ * message set in this thread. */
+static int exchange(struct prl_nbd_client *c, struct prl_nbd_req *rq,
+                    uint16_t flags, const void *payload)
 {
     int r;
 
+    pthread_mutex_lock(&c->lock);
     if (c->dead) {
+        pthread_mutex_unlock(&c->lock);
         return prl_error(EIO,
                          "nbd server %s: the connection is unusable after "
-                         "an earlier error",
-                         c->name);
+                         "an earlier error: %s",
+                         c->name, c->dead_msg);
     }
+    rq->cookie = c->next_cookie++;
+    rq->next = c->pending;
+    c->pending = rq;
+    pthread_mutex_unlock(&c->lock);
+
+    pthread_mutex_lock(&c->send_lock);
     r = send_request(c, rq, flags, payload);
-    if (r == 0) {
-        r = read_reply(c, rq);
+    pthread_mutex_unlock(&c->send_lock);
+
+    pthread_mutex_lock(&c->lock);
+    if (r < 0) {
+        kill_locked(c, r);
     }
-    free(rq->spans);
-    rq->spans = NULL;
-    rq->n_spans = rq->cap_spans = 0;
+    while (!rq->done) {
+        if (c->reading) {
+            pthread_cond_wait(&c->cond, &c->lock);
+            continue;
+        }
+        c->reading = true;
+        pthread_mutex_unlock(&c->lock);
+        r = read_chunk(c);
+        pthread_mutex_lock(&c->lock);
+        c->reading = false;
+        if (r < 0) {
+            kill_locked(c, r);
+        }
+        pthread_cond_broadcast(&c->cond);
+    }
+    unlink_locked(c, rq);
+    r = rq->result;
     if (r == -ESHUTDOWN) {
         /* The server is going away: no new requests. */
         c->dead = true;
+        snprintf(c->dead_msg, sizeof(c->dead_msg), "%s", rq->msg);
+    }
+    pthread_mutex_unlock(&c->lock);
+    free(rq->spans);
+    rq->spans = NULL;
+    rq->n_spans = rq->cap_spans = 0;
+    if (r < 0) {
+        prl_error(-r, "%s", rq->msg);
     }
     return r;
 }
@@ -581,15 +684,14 @@ static int split(struct prl_nbd_client *c, uint16_t type, uint16_t flags,
 {
     int r = 0;
 
-    pthread_mutex_lock(&c->lock);
     while (len > 0 && r == 0) {
-        struct req rq;
+        struct prl_nbd_req rq;
         memset(&rq, 0, sizeof(rq));
         rq.type = type;
         rq.off = off;
         rq.len = PRL_MIN(len, max);
         rq.buf = buf;
-        r = exchange_locked(c, &rq, flags, payload);
+        r = exchange(c, &rq, flags, payload);
         off += rq.len;
         len -= rq.len;
         if (buf) {
@@ -599,7 +701,6 @@ static int split(struct prl_nbd_client *c, uint16_t type, uint16_t flags,
             payload += rq.len;
         }
     }
-    pthread_mutex_unlock(&c->lock);
     return r;
 }
 
@@ -673,18 +774,14 @@ int prl_nbd_client_trim(struct prl_nbd_client *c, uint64_t len, uint64_t off,
 
 int prl_nbd_client_flush(struct prl_nbd_client *c)
 {
-    struct req rq;
-    int r;
+    struct prl_nbd_req rq;
 
     if (!(c->exp.tflags & PRL_NBD_FLAG_SEND_FLUSH)) {
         return 0;
     }
     memset(&rq, 0, sizeof(rq));
     rq.type = PRL_NBD_CMD_FLUSH;
-    pthread_mutex_lock(&c->lock);
-    r = exchange_locked(c, &rq, 0, NULL);
-    pthread_mutex_unlock(&c->lock);
-    return r;
+    return exchange(c, &rq, 0, NULL);
 }
 
 int prl_nbd_client_cache(struct prl_nbd_client *c, uint64_t len, uint64_t off)
@@ -701,8 +798,7 @@ int prl_nbd_client_block_status(struct prl_nbd_client *c, uint64_t len,
                                 struct prl_nbd_extent *depth,
                                 struct prl_nbd_extent *bitmap)
 {
-    struct req rq;
-    int r;
+    struct prl_nbd_req rq;
 
     if (!c->exp.has_alloc) {
         return prl_error(ENOTSUP, "nbd server %s gave no base:allocation",
@@ -715,8 +811,5 @@ int prl_nbd_client_block_status(struct prl_nbd_client *c, uint64_t len,
     rq.alloc = alloc;
     rq.depth = depth;
     rq.bitmap = bitmap;
-    pthread_mutex_lock(&c->lock);
-    r = exchange_locked(c, &rq, 0, NULL);
-    pthread_mutex_unlock(&c->lock);
-    return r;
+    return exchange(c, &rq, 0, NULL);
 }
