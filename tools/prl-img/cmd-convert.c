@@ -85,7 +85,10 @@ static void convert_help(void)
            "\n"
            "Copy the guest data of image SRC into DST, creating DST unless "
            "-n.\n"
-           "Ranges that read as zeroes are not written.\n"
+           "Ranges that read as zeroes are not written.  SRC, and DST with "
+           "-n, may be\n"
+           "NBD URIs (nbd://HOST:PORT/EXPORT, ...; see '" IMG_NAME
+           " --help').\n"
            "\n"
            "  -f FMT        format of SRC (see '" IMG_NAME " --help'); probed "
            "when absent\n"

@@ -30,6 +30,8 @@ static void map_help(void)
            "\n"
            "Show which guest ranges of FILE hold data and where they are "
            "stored.\n"
+           "FILE may be an NBD URI (nbd://HOST:PORT/EXPORT, ...; see '" IMG_NAME
+           " --help').\n"
            "\n"
            "  -f FMT              image format (see '" IMG_NAME " --help'); "
            "probed when\n"
