@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /* Fuzz target for the NBD client (lib/nbd/client): the input is what a
  * server sends, byte for byte, to a client that runs a fixed script
- * (handshake asking for base:allocation, qemu:allocation-depth and a
- * dirty bitmap; read, block status, write, zero, trim, flush, cache,
+ * (handshake listing the server's dirty bitmaps, then asking for
+ * base:allocation, qemu:allocation-depth, bitmap "b0" and the listed
+ * ones; read, block status, write, zero, trim, flush, cache,
  * read at the end; disconnect).  Whatever the bytes, the client must
  * fail cleanly (a negative errno and a message) or succeed with results
  * inside what it asked for, and never touch memory outside its buffers.
@@ -50,7 +51,8 @@ static void check_result(int r)
 /* The fixed script over a connected stream |fd| (the client owns it). */
 static void script(int fd)
 {
-    struct prl_nbd_client_opts opts = {.bitmap = "b0", .want_depth = true};
+    struct prl_nbd_client_opts opts = {
+        .bitmap = "b0", .want_depth = true, .all_bitmaps = true};
     struct prl_nbd_client *c = NULL;
     const struct prl_nbd_export *e;
     uint8_t *buf;
@@ -81,6 +83,13 @@ static void script(int fd)
                 CHECK(a.length > 0 && a.length <= len);
                 CHECK(!e->has_depth || (d.length > 0 && d.length <= len));
                 CHECK(!e->has_bitmap || (b.length > 0 && b.length <= len));
+            }
+            const char *bm = prl_nbd_client_bitmap_name(c, e->n_bitmaps - 1);
+            CHECK((bm != NULL) == (e->n_bitmaps > 0));
+            r = prl_nbd_client_bitmap_status(c, bm ? bm : "b0", len, 0, &b);
+            check_result(r);
+            if (r == 0) {
+                CHECK(b.length > 0 && b.length <= len);
             }
         }
         if (!(e->tflags & PRL_NBD_FLAG_READ_ONLY)) {

@@ -42,7 +42,9 @@ int prl_bitmap_merge(struct prl_block *bs, const char *dst_name,
 
 /* Dirty status of the prefix of [offset, offset+length) with uniform
  * state: *dirty and its length *pnum (1..length).  -ENOENT for an unknown
- * name, -EINVAL for an inconsistent bitmap. */
+ * name, -EINVAL for an inconsistent bitmap.  On an NBD export opened
+ * with PRL_OPEN_REMOTE_BITMAPS the server's qemu:dirty-bitmap:NAME
+ * answers. */
 int prl_bitmap_status(struct prl_block *bs, const char *name, uint64_t offset,
                       uint64_t length, bool *dirty, uint64_t *pnum);
 

@@ -17,6 +17,10 @@ struct prl_block;
 /* Never sync to stable storage: flush and FUA only order writes, as with
  * qemu's cache=unsafe.  For a target that is useless until complete. */
 #define PRL_OPEN_NO_FLUSH (1u << 2)
+/* NBD: also negotiate every dirty bitmap the server lists, for
+ * prl_bitmap_status (costs a round trip at open; other drivers ignore
+ * it). */
+#define PRL_OPEN_REMOTE_BITMAPS (1u << 3)
 /* Bundles: let DiskDescriptor.xml name image files outside the bundle
  * directory (absolute paths, "..", symlinks out). */
 #define PRL_OPEN_BUNDLE_EXTERNAL (1u << 16)

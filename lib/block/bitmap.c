@@ -463,6 +463,9 @@ int prl_bitmap_status(struct prl_block *bs, const char *name, uint64_t offset,
                          " is outside the disk",
                          offset, length);
     }
+    if (bs->drv->bitmap_status) {
+        return bs->drv->bitmap_status(bs, name, offset, length, dirty, pnum);
+    }
     pthread_rwlock_rdlock(&bs->bitmap_lock);
     b = find_locked(bs, name, NULL);
     if (!b) {

@@ -101,6 +101,13 @@ struct prl_driver {
      * filename, virtual_size and read_only.  Optional. */
     int (*info)(struct prl_block *bs, struct prl_image_info *info);
 
+    /* Dirty status of bitmap |name| kept outside bs->bitmaps (an NBD
+     * server's), as prl_bitmap_status; the range is inside the disk.
+     * Optional: without it prl_bitmap_status reads bs->bitmaps. */
+    int (*bitmap_status)(struct prl_block *bs, const char *name,
+                         uint64_t offset, uint64_t length, bool *dirty,
+                         uint64_t *pnum);
+
     /* new_size != bs->size.  Optional: -ENOTSUP without it. */
     int (*resize)(struct prl_block *bs, uint64_t new_size, bool shrink);
 

@@ -17,7 +17,11 @@ struct nbd_state {
 
 static int nbd_open(struct prl_block *bs)
 {
-    struct prl_nbd_client_opts opts = {.bitmap = NULL, .want_depth = true};
+    struct prl_nbd_client_opts opts = {
+        .bitmap = NULL,
+        .want_depth = true,
+        .all_bitmaps = bs->open_flags & PRL_OPEN_REMOTE_BITMAPS,
+    };
     const struct prl_nbd_export *e;
     struct prl_nbd_uri uri;
     struct nbd_state *s;
@@ -184,6 +188,30 @@ static int nbd_block_status(struct prl_block *bs, uint64_t offset,
     return 0;
 }
 
+/* The server's qemu:dirty-bitmap:NAME (negotiated at open with
+ * PRL_OPEN_REMOTE_BITMAPS). */
+static int nbd_bitmap_status(struct prl_block *bs, const char *name,
+                             uint64_t offset, uint64_t length, bool *dirty,
+                             uint64_t *pnum)
+{
+    struct nbd_state *s = bs->opaque;
+    struct prl_nbd_extent ext = {0, 0};
+    int r = prl_nbd_client_bitmap_status(s->c, name, length, offset, &ext);
+
+    if (r == -ENOENT && !(bs->open_flags & PRL_OPEN_REMOTE_BITMAPS)) {
+        return prl_error(ENOENT,
+                         "'%s': bitmaps of an NBD export need "
+                         "PRL_OPEN_REMOTE_BITMAPS at open",
+                         bs->filename);
+    }
+    if (r < 0) {
+        return r;
+    }
+    *dirty = ext.flags & PRL_NBD_STATE_DIRTY;
+    *pnum = ext.length;
+    return 0;
+}
+
 const struct prl_driver prl_driver_nbd = {
     .name = "nbd",
     .open = nbd_open,
@@ -194,4 +222,5 @@ const struct prl_driver prl_driver_nbd = {
     .trim = nbd_trim,
     .flush = nbd_flush,
     .block_status = nbd_block_status,
+    .bitmap_status = nbd_bitmap_status,
 };

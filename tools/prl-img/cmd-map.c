@@ -229,7 +229,9 @@ int cmd_map(int argc, char **argv)
         return img_usage("map", IMG_EXIT_FAIL, "unexpected argument '%s'",
                          argv[optind + 1]);
     }
-    if (img_open(argv[optind], format, 0, &bs) < 0) {
+    /* An NBD export's bitmaps are the server's: ask for them at open. */
+    if (img_open(argv[optind], format, bitmap ? PRL_OPEN_REMOTE_BITMAPS : 0,
+                 &bs) < 0) {
         return IMG_EXIT_FAIL;
     }
     size = prl_block_size(bs);

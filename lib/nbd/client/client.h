@@ -28,7 +28,8 @@ struct prl_nbd_export {
     bool extended;       /* extended headers */
     bool has_alloc;      /* base:allocation was negotiated */
     bool has_depth;      /* qemu:allocation-depth was negotiated */
-    bool has_bitmap;     /* the requested qemu:dirty-bitmap: context */
+    bool has_bitmap;     /* at least one qemu:dirty-bitmap: context */
+    size_t n_bitmaps;    /* qemu:dirty-bitmap: contexts negotiated */
     bool tls;            /* the session is encrypted */
 };
 
@@ -38,6 +39,9 @@ struct prl_nbd_client_opts {
     const char *bitmap;
     /* Ask for qemu:allocation-depth (when the server has it). */
     bool want_depth;
+    /* Also ask for every qemu:dirty-bitmap: context the server lists
+     * (NBD_OPT_LIST_META_CONTEXT; at most 64). */
+    bool all_bitmaps;
 };
 
 /* Connect to |uri| (prl_nbd_uri_parse'd) and negotiate.  |opts| may be
@@ -86,12 +90,24 @@ struct prl_nbd_extent {
 };
 
 /* Status of [off, off+len): for base:allocation (alloc), and when
- * negotiated qemu:allocation-depth (depth) and the dirty bitmap
+ * negotiated qemu:allocation-depth (depth) and the first dirty bitmap
  * (bitmap), the first extent of each (clamped to len; NULL pointers
  * or contexts not negotiated are skipped).  Needs has_alloc. */
 int prl_nbd_client_block_status(struct prl_nbd_client *c, uint64_t len,
                                 uint64_t off, struct prl_nbd_extent *alloc,
                                 struct prl_nbd_extent *depth,
                                 struct prl_nbd_extent *bitmap);
+
+/* The name (without "qemu:dirty-bitmap:") of negotiated bitmap |i| <
+ * n_bitmaps; lives as long as the client. */
+const char *prl_nbd_client_bitmap_name(const struct prl_nbd_client *c,
+                                       size_t i);
+
+/* The first extent of dirty bitmap |name| (qemu:dirty-bitmap:NAME)
+ * at [off, off+len); PRL_NBD_STATE_DIRTY in ext->flags when dirty.
+ * -ENOENT with a message when that context was not negotiated. */
+int prl_nbd_client_bitmap_status(struct prl_nbd_client *c, const char *name,
+                                 uint64_t len, uint64_t off,
+                                 struct prl_nbd_extent *ext);
 
 #endif

@@ -613,6 +613,10 @@ void prl_nbd_client_close(struct prl_nbd_client *c)
     pthread_mutex_destroy(&c->lock);
     pthread_mutex_destroy(&c->send_lock);
     pthread_cond_destroy(&c->cond);
+    for (size_t i = 0; i < c->n_bitmaps; i++) {
+        free(c->bitmaps[i].name);
+    }
+    free(c->bitmaps);
     free(c->name);
     free(c->export_name);
     free(c);

@@ -190,32 +190,22 @@ static int simple_opt(struct prl_nbd_client *c, uint32_t opt, uint8_t *buf)
     return type == PRL_NBD_REP_ERR_TLS_REQD ? r : 0;
 }
 
-/* Ask for the metadata contexts; record the ids the server gives. */
-static int set_meta(struct prl_nbd_client *c,
-                    const struct prl_nbd_client_opts *opts, uint8_t *buf)
+#define BITMAP_PREFIX "qemu:dirty-bitmap:"
+
+/* Send |opt| (LIST or SET_META_CONTEXT) for the export with the
+ * |n| queries of |q|. */
+static int send_meta_opt(struct prl_nbd_client *c, uint32_t opt,
+                         const char *const *q, size_t n)
 {
-    const char *want[3];
-    size_t n_want = 0, nl = strlen(c->export_name), total;
+    size_t nl = strlen(c->export_name), total = 4 + nl + 4;
     uint8_t *data, *p;
-    uint32_t type, len;
     int r;
 
-    want[n_want++] = "base:allocation";
-    if (opts && opts->want_depth) {
-        want[n_want++] = "qemu:allocation-depth";
+    for (size_t i = 0; i < n; i++) {
+        total += 4 + strlen(q[i]);
     }
-    char bm[PRL_NBD_MAX_STRING + 1];
-    if (opts && opts->bitmap) {
-        if (strlen(opts->bitmap) + 18 > PRL_NBD_MAX_STRING) {
-            return prl_error(EINVAL, "bitmap name '%.64s...' is too long",
-                             opts->bitmap);
-        }
-        snprintf(bm, sizeof(bm), "qemu:dirty-bitmap:%s", opts->bitmap);
-        want[n_want++] = bm;
-    }
-    total = 4 + nl + 4;
-    for (size_t i = 0; i < n_want; i++) {
-        total += 4 + strlen(want[i]);
+    if (total > UINT32_MAX / 2) {
+        return prl_error(EINVAL, "metadata context queries are too long");
     }
     data = malloc(total);
     if (!data) {
@@ -225,23 +215,188 @@ static int set_meta(struct prl_nbd_client *c,
     prl_be32_store(p, (uint32_t)nl);
     memcpy(p + 4, c->export_name, nl);
     p += 4 + nl;
-    prl_be32_store(p, (uint32_t)n_want);
+    prl_be32_store(p, (uint32_t)n);
     p += 4;
-    for (size_t i = 0; i < n_want; i++) {
-        size_t l = strlen(want[i]);
+    for (size_t i = 0; i < n; i++) {
+        size_t l = strlen(q[i]);
         prl_be32_store(p, (uint32_t)l);
-        memcpy(p + 4, want[i], l);
+        memcpy(p + 4, q[i], l);
         p += 4 + l;
     }
-    r = send_opt(c, PRL_NBD_OPT_SET_META_CONTEXT, data, (uint32_t)total);
+    r = send_opt(c, opt, data, (uint32_t)total);
     free(data);
+    return r;
+}
+
+/* Add bitmap |name| (without the prefix) to c->bitmaps unless it is
+ * there or the list is full. */
+static int add_bitmap(struct prl_nbd_client *c, const char *name)
+{
+    struct prl_nbd_cl_bitmap *v;
+
+    for (size_t i = 0; i < c->n_bitmaps; i++) {
+        if (strcmp(c->bitmaps[i].name, name) == 0) {
+            return 0;
+        }
+    }
+    if (c->n_bitmaps == PRL_NBD_CL_MAX_BITMAPS) {
+        return 0;
+    }
+    if (strlen(name) + strlen(BITMAP_PREFIX) > PRL_NBD_MAX_STRING) {
+        return prl_error(EINVAL, "bitmap name '%.64s...' is too long", name);
+    }
+    v = realloc(c->bitmaps, (c->n_bitmaps + 1) * sizeof(*v));
+    if (!v) {
+        return prl_error(ENOMEM, "out of memory");
+    }
+    c->bitmaps = v;
+    v[c->n_bitmaps].id = 0;
+    v[c->n_bitmaps].has = false;
+    v[c->n_bitmaps].name = strdup(name);
+    if (!v[c->n_bitmaps].name) {
+        return prl_error(ENOMEM, "out of memory");
+    }
+    c->n_bitmaps++;
+    return 0;
+}
+
+/* NBD_OPT_LIST_META_CONTEXT "qemu:dirty-bitmap:": every bitmap the
+ * export offers goes into c->bitmaps.  A server that cannot list has
+ * none for us. */
+static int list_bitmaps(struct prl_nbd_client *c, uint8_t *buf)
+{
+    const char *q = BITMAP_PREFIX;
+    size_t pl = strlen(BITMAP_PREFIX);
+    uint32_t type, len;
+    int r = send_meta_opt(c, PRL_NBD_OPT_LIST_META_CONTEXT, &q, 1);
+
+    while (r == 0) {
+        r = recv_opt_reply(c, PRL_NBD_OPT_LIST_META_CONTEXT, &type, &len, buf);
+        if (r < 0) {
+            break;
+        }
+        if (type == PRL_NBD_REP_ACK) {
+            return len == 0 ? 0
+                            : prl_nbd_cl_proto(c,
+                                               "ACK to NBD_OPT_LIST_META_"
+                                               "CONTEXT has length %" PRIu32,
+                                               len);
+        }
+        if (type & (1u << 31)) {
+            r = opt_error(c, PRL_NBD_OPT_LIST_META_CONTEXT, type, buf, len);
+            if (type == PRL_NBD_REP_ERR_TLS_REQD) {
+                return r;
+            }
+            prl_error_clear();
+            return 0;
+        }
+        if (type != PRL_NBD_REP_META_CONTEXT || len < 5) {
+            return unexpected(c, PRL_NBD_OPT_LIST_META_CONTEXT, type, len);
+        }
+        const char *name = (const char *)buf + 4;
+        if (strlen(name) != len - 4) {
+            return prl_nbd_cl_proto(c, "context name has a NUL byte");
+        }
+        /* Other names (a server listing more than asked) are skipped. */
+        if (len - 4 > pl && strncmp(name, BITMAP_PREFIX, pl) == 0) {
+            r = add_bitmap(c, name + pl);
+        }
+    }
+    return r;
+}
+
+/* Keep the bitmaps the server granted, in the order asked. */
+static void keep_granted_bitmaps(struct prl_nbd_client *c)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < c->n_bitmaps; i++) {
+        if (c->bitmaps[i].has) {
+            c->bitmaps[n++] = c->bitmaps[i];
+        } else {
+            free(c->bitmaps[i].name);
+        }
+    }
+    c->n_bitmaps = n;
+    c->exp.n_bitmaps = n;
+    c->exp.has_bitmap = n > 0;
+}
+
+/* The context of a META_CONTEXT reply to SET: its id slot and flag, or
+ * NULL when it was not asked for. */
+static bool *meta_slot(struct prl_nbd_client *c,
+                       const struct prl_nbd_client_opts *opts, const char *name,
+                       uint32_t **slot)
+{
+    size_t pl = strlen(BITMAP_PREFIX);
+
+    if (strcmp(name, "base:allocation") == 0) {
+        *slot = &c->ctx_alloc;
+        return &c->exp.has_alloc;
+    }
+    if (opts && opts->want_depth &&
+        strcmp(name, "qemu:allocation-depth") == 0) {
+        *slot = &c->ctx_depth;
+        return &c->exp.has_depth;
+    }
+    if (strncmp(name, BITMAP_PREFIX, pl) == 0) {
+        for (size_t i = 0; i < c->n_bitmaps; i++) {
+            if (strcmp(c->bitmaps[i].name, name + pl) == 0) {
+                *slot = &c->bitmaps[i].id;
+                return &c->bitmaps[i].has;
+            }
+        }
+    }
+    return NULL;
+}
+
+/* Ask for the metadata contexts; record the ids the server gives. */
+static int set_meta(struct prl_nbd_client *c,
+                    const struct prl_nbd_client_opts *opts, uint8_t *buf)
+{
+    const char **want;
+    size_t n_want = 0;
+    uint32_t type, len;
+    int r = 0;
+
+    if (opts && opts->bitmap) {
+        r = add_bitmap(c, opts->bitmap);
+    }
+    if (r == 0 && opts && opts->all_bitmaps) {
+        r = list_bitmaps(c, buf);
+    }
     if (r < 0) {
         return r;
     }
-    for (;;) {
+    want = calloc(2 + c->n_bitmaps, sizeof(*want));
+    if (!want) {
+        return prl_error(ENOMEM, "out of memory");
+    }
+    want[n_want++] = "base:allocation";
+    if (opts && opts->want_depth) {
+        want[n_want++] = "qemu:allocation-depth";
+    }
+    for (size_t i = 0; i < c->n_bitmaps && r == 0; i++) {
+        char *q;
+        if (asprintf(&q, BITMAP_PREFIX "%s", c->bitmaps[i].name) < 0) {
+            r = prl_error(ENOMEM, "out of memory");
+            break;
+        }
+        want[n_want++] = q;
+    }
+    if (r == 0) {
+        r = send_meta_opt(c, PRL_NBD_OPT_SET_META_CONTEXT, want, n_want);
+    }
+    for (size_t i = 0; i < n_want; i++) {
+        if (strncmp(want[i], BITMAP_PREFIX, strlen(BITMAP_PREFIX)) == 0) {
+            free((char *)want[i]);
+        }
+    }
+    free(want);
+    while (r == 0) {
         r = recv_opt_reply(c, PRL_NBD_OPT_SET_META_CONTEXT, &type, &len, buf);
         if (r < 0) {
-            return r;
+            break;
         }
         if (type == PRL_NBD_REP_ACK) {
             if (len != 0) {
@@ -249,6 +404,7 @@ static int set_meta(struct prl_nbd_client *c,
                                         opt_name(PRL_NBD_OPT_SET_META_CONTEXT),
                                         len);
             }
+            keep_granted_bitmaps(c);
             return 0;
         }
         if (type & (1u << 31)) {
@@ -257,7 +413,11 @@ static int set_meta(struct prl_nbd_client *c,
             if (type == PRL_NBD_REP_ERR_TLS_REQD) {
                 return r;
             }
-            c->exp.has_alloc = c->exp.has_depth = c->exp.has_bitmap = false;
+            c->exp.has_alloc = c->exp.has_depth = false;
+            for (size_t i = 0; i < c->n_bitmaps; i++) {
+                c->bitmaps[i].has = false;
+            }
+            keep_granted_bitmaps(c);
             prl_error_clear();
             return 0;
         }
@@ -269,24 +429,14 @@ static int set_meta(struct prl_nbd_client *c,
                 c, "NBD_REP_META_CONTEXT has length %" PRIu32 " (at least 5)",
                 len);
         }
-        uint32_t id = prl_be32_load(buf);
+        uint32_t id = prl_be32_load(buf), *slot = NULL;
         const char *name = (const char *)buf + 4;
-        bool *has = NULL;
-        uint32_t *slot = NULL;
+        bool *has;
         if (strlen(name) != len - 4) {
             return prl_nbd_cl_proto(c, "context name has a NUL byte");
         }
-        if (strcmp(name, "base:allocation") == 0) {
-            has = &c->exp.has_alloc;
-            slot = &c->ctx_alloc;
-        } else if (n_want > 1 && strcmp(name, "qemu:allocation-depth") == 0 &&
-                   opts && opts->want_depth) {
-            has = &c->exp.has_depth;
-            slot = &c->ctx_depth;
-        } else if (opts && opts->bitmap && strcmp(name, bm) == 0) {
-            has = &c->exp.has_bitmap;
-            slot = &c->ctx_bitmap;
-        } else {
+        has = meta_slot(c, opts, name, &slot);
+        if (!has) {
             char text[128];
             prl_nbd_cl_printable(text, sizeof(text), name, len - 4);
             return prl_nbd_cl_proto(c,
@@ -295,11 +445,14 @@ static int set_meta(struct prl_nbd_client *c,
                                     text);
         }
         if (*has) {
-            return prl_nbd_cl_proto(c, "context '%s' was given twice", name);
+            char text[128];
+            prl_nbd_cl_printable(text, sizeof(text), name, len - 4);
+            return prl_nbd_cl_proto(c, "context '%s' was given twice", text);
         }
         *has = true;
         *slot = id;
     }
+    return r;
 }
 
 /* Check and keep the block sizes of NBD_INFO_BLOCK_SIZE. */

@@ -14,6 +14,15 @@
 
 struct prl_nbd_req;
 
+/* Most dirty bitmaps negotiated on one connection. */
+#define PRL_NBD_CL_MAX_BITMAPS 64
+
+struct prl_nbd_cl_bitmap {
+    char *name; /* without "qemu:dirty-bitmap:" */
+    uint32_t id;
+    bool has;
+};
+
 struct prl_nbd_client {
     int fd;
     gnutls_session_t gs; /* NULL until STARTTLS succeeded */
@@ -23,7 +32,11 @@ struct prl_nbd_client {
     char *export_name; /* as sent to the server */
     struct prl_nbd_export exp;
     /* Metadata context ids the server gave (valid when has_*). */
-    uint32_t ctx_alloc, ctx_depth, ctx_bitmap;
+    uint32_t ctx_alloc, ctx_depth;
+    /* qemu:dirty-bitmap: contexts: asked for during the handshake, then
+     * only those the server granted. */
+    struct prl_nbd_cl_bitmap *bitmaps;
+    size_t n_bitmaps;
     /* Requests in flight (transmit.c): several threads may each have
      * one.  Lock order: send_lock is never taken with lock held. */
     pthread_mutex_t send_lock;   /* one request (header + payload) at a time */
@@ -31,6 +44,10 @@ struct prl_nbd_client {
     pthread_cond_t cond;         /* a reply was read, or the reader left */
     struct prl_nbd_req *pending; /* in flight, waiting for their replies */
     bool reading; /* a waiting thread is reading replies for everyone */
+    /* The request whose buffers that reader is filling: its waiter must
+     * not return, even when the request is already done, until the
+     * reader lets go of it. */
+    struct prl_nbd_req *reading_rq;
     uint64_t next_cookie;
     /* A protocol or I/O error left the stream at an unknown place: no
      * more requests, no NBD_CMD_DISC.  Set from any thread. */

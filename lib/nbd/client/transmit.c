@@ -37,9 +37,12 @@ struct prl_nbd_req {
     struct span *spans;
     size_t n_spans, cap_spans;
     uint64_t covered;
-    /* BLOCK_STATUS: the first extent of each context. */
+    /* BLOCK_STATUS: the first extent of base:allocation, the depth and
+     * bitmap number want_bitmap; which contexts' chunks came. */
     struct prl_nbd_extent *alloc, *depth, *bitmap;
-    bool seen_alloc, seen_depth, seen_bitmap;
+    size_t want_bitmap;
+    bool seen_alloc, seen_depth;
+    uint64_t seen_bitmaps; /* bit i: c->bitmaps[i] */
     /* The first error chunk (or simple error): errno and message. */
     int err;
     /* Set under c->lock by whichever thread finished the reply. */
@@ -313,18 +316,29 @@ static int status_chunk(struct prl_nbd_client *c, struct prl_nbd_req *rq,
     } else if (c->exp.has_depth && id == c->ctx_depth) {
         dst = rq->depth;
         seen = &rq->seen_depth;
-    } else if (c->exp.has_bitmap && id == c->ctx_bitmap) {
-        dst = rq->bitmap;
-        seen = &rq->seen_bitmap;
     } else {
-        return prl_nbd_cl_proto(
-            c, "block status for unknown context id %" PRIu32, id);
+        size_t i;
+        for (i = 0; i < c->n_bitmaps && c->bitmaps[i].id != id; i++) {
+        }
+        if (i == c->n_bitmaps) {
+            return prl_nbd_cl_proto(
+                c, "block status for unknown context id %" PRIu32, id);
+        }
+        if (rq->seen_bitmaps & ((uint64_t)1 << i)) {
+            return prl_nbd_cl_proto(
+                c, "two block status chunks for context id %" PRIu32, id);
+        }
+        rq->seen_bitmaps |= (uint64_t)1 << i;
+        dst = i == rq->want_bitmap ? rq->bitmap : NULL;
+        seen = NULL;
     }
-    if (*seen) {
+    if (seen && *seen) {
         return prl_nbd_cl_proto(
             c, "two block status chunks for context id %" PRIu32, id);
     }
-    *seen = true;
+    if (seen) {
+        *seen = true;
+    }
     for (uint64_t i = 0; i < count; i++) {
         uint64_t l, f;
         r = prl_nbd_cl_recv(c, d, dl);
@@ -356,15 +370,18 @@ static int status_chunk(struct prl_nbd_client *c, struct prl_nbd_req *rq,
     return 0;
 }
 
-/* The request in flight with |cookie|, or NULL. */
+/* The request in flight with |cookie| (not yet done), or NULL.  It
+ * becomes c->reading_rq: its waiter stays until the reader lets go. */
 static struct prl_nbd_req *find_pending(struct prl_nbd_client *c,
                                         uint64_t cookie)
 {
     struct prl_nbd_req *rq;
 
     pthread_mutex_lock(&c->lock);
-    for (rq = c->pending; rq && rq->cookie != cookie; rq = rq->next) {
+    for (rq = c->pending; rq && (rq->cookie != cookie || rq->done);
+         rq = rq->next) {
     }
+    c->reading_rq = rq;
     pthread_mutex_unlock(&c->lock);
     return rq;
 }
@@ -384,7 +401,9 @@ static int finish(struct prl_nbd_client *c, struct prl_nbd_req *rq)
     } else if (rq->type == PRL_NBD_CMD_BLOCK_STATUS &&
                ((c->exp.has_alloc && !rq->seen_alloc) ||
                 (c->exp.has_depth && !rq->seen_depth) ||
-                (c->exp.has_bitmap && !rq->seen_bitmap))) {
+                rq->seen_bitmaps !=
+                    (c->n_bitmaps == 64 ? UINT64_MAX
+                                        : ((uint64_t)1 << c->n_bitmaps) - 1))) {
         return prl_nbd_cl_proto(c, "block status reply lacks a context "
                                    "that was negotiated");
     }
@@ -418,7 +437,7 @@ static int simple_reply(struct prl_nbd_client *c, uint8_t *h)
                                    "replies were negotiated");
     }
     if (rq->n_spans > 0 || rq->seen_alloc || rq->seen_depth ||
-        rq->seen_bitmap || rq->err) {
+        rq->seen_bitmaps || rq->err) {
         return prl_nbd_cl_proto(c, "simple reply after structured chunks of "
                                    "the same request");
     }
@@ -645,7 +664,9 @@ static int exchange(struct prl_nbd_client *c, struct prl_nbd_req *rq,
     if (r < 0) {
         kill_locked(c, r);
     }
-    while (!rq->done) {
+    /* Done, and no reader still writing into this request's buffers
+     * (a connection killed by another thread marks it done early). */
+    while (!rq->done || c->reading_rq == rq) {
         if (c->reading) {
             pthread_cond_wait(&c->cond, &c->lock);
             continue;
@@ -655,6 +676,7 @@ static int exchange(struct prl_nbd_client *c, struct prl_nbd_req *rq,
         r = read_chunk(c);
         pthread_mutex_lock(&c->lock);
         c->reading = false;
+        c->reading_rq = NULL;
         if (r < 0) {
             kill_locked(c, r);
         }
@@ -811,5 +833,36 @@ int prl_nbd_client_block_status(struct prl_nbd_client *c, uint64_t len,
     rq.alloc = alloc;
     rq.depth = depth;
     rq.bitmap = bitmap;
+    rq.want_bitmap = 0;
+    return exchange(c, &rq, 0, NULL);
+}
+
+const char *prl_nbd_client_bitmap_name(const struct prl_nbd_client *c, size_t i)
+{
+    return i < c->n_bitmaps ? c->bitmaps[i].name : NULL;
+}
+
+int prl_nbd_client_bitmap_status(struct prl_nbd_client *c, const char *name,
+                                 uint64_t len, uint64_t off,
+                                 struct prl_nbd_extent *ext)
+{
+    struct prl_nbd_req rq;
+    size_t i;
+
+    for (i = 0; i < c->n_bitmaps && strcmp(c->bitmaps[i].name, name); i++) {
+    }
+    if (i == c->n_bitmaps) {
+        return prl_error(ENOENT,
+                         "nbd server %s offers no dirty bitmap '%s' (the "
+                         "context qemu:dirty-bitmap:%s; qemu-nbd and prl-nbd "
+                         "offer one with -B NAME)",
+                         c->name, name, name);
+    }
+    memset(&rq, 0, sizeof(rq));
+    rq.type = PRL_NBD_CMD_BLOCK_STATUS;
+    rq.off = off;
+    rq.len = PRL_MIN(len, max_effect(c));
+    rq.bitmap = ext;
+    rq.want_bitmap = i;
     return exchange(c, &rq, 0, NULL);
 }
