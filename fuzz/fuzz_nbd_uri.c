@@ -75,8 +75,16 @@ static char *print(const struct prl_nbd_uri *u)
                        : (u->tls ? "nbds://" : "nbd://"));
     if (!u->is_unix) {
         if (strchr(u->host, ':')) {
+            /* An IPv6 address, maybe with a zone after '%'. */
+            const char *z = strchr(u->host, '%');
+            size_t al = z ? (size_t)(z - u->host) : strlen(u->host);
             put_raw(out, &pos, "[");
-            put_raw(out, &pos, u->host);
+            memcpy(out + pos, u->host, al);
+            pos += al;
+            if (z) {
+                put_raw(out, &pos, "%25");
+                put_enc(out, &pos, z + 1, strlen(z + 1));
+            }
             put_raw(out, &pos, "]");
         } else {
             put_enc(out, &pos, u->host, strlen(u->host));

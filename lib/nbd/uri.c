@@ -138,20 +138,26 @@ static int parse_hostport(const char *uri, struct prl_nbd_uri *u, const char *a,
                              "']' of an IPv6 address",
                              uri, (int)len, a);
         }
-        for (const char *p = a + 1; p < end; p++) {
-            if (!strchr("0123456789abcdefABCDEF:.", *p)) {
+        /* Hex digits, colons and dots, then maybe a zone (RFC 6874:
+         * "%25" and the interface name). */
+        const char *zone = NULL;
+        for (const char *p = a + 1; p < end && !zone; p++) {
+            if (strncmp(p, "%25", 3) == 0 && p + 3 < end) {
+                zone = p;
+            } else if (!strchr("0123456789abcdefABCDEF:.", *p)) {
                 return prl_error(EINVAL,
                                  "nbd URI '%s': host '%.*s' is not an IPv6 "
                                  "address",
                                  uri, (int)(end + 1 - a), a);
             }
         }
-        if (end == a + 1) {
-            return prl_error(EINVAL, "nbd URI '%s': host '[]' is empty", uri);
+        if (end == a + 1 || zone == a + 1) {
+            return prl_error(EINVAL, "nbd URI '%s': host '%.*s' is empty", uri,
+                             (int)(end + 1 - a), a);
         }
-        u->host = strndup(a + 1, (size_t)(end - a - 1));
-        if (!u->host) {
-            return prl_error(ENOMEM, "out of memory");
+        r = decode_str(uri, "host", a + 1, (size_t)(end - a - 1), &u->host);
+        if (r < 0) {
+            return r;
         }
         if ((size_t)(end + 1 - a) < len) {
             if (end[1] != ':') {
@@ -175,6 +181,12 @@ static int parse_hostport(const char *uri, struct prl_nbd_uri *u, const char *a,
             r = decode_str(uri, "host", a, hlen, &u->host);
             if (r < 0) {
                 return r;
+            }
+            if (strchr(u->host, ':')) {
+                return prl_error(EINVAL,
+                                 "nbd URI '%s': host '%.*s' holds a ':' "
+                                 "(write an IPv6 address in brackets)",
+                                 uri, (int)hlen, a);
             }
         }
     }
