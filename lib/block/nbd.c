@@ -181,6 +181,19 @@ static int nbd_block_status(struct prl_block *bs, uint64_t offset,
     if (ext->depth > 0) {
         ext->flags |= PRL_EXT_ALLOCATED;
     }
+    /* The core asks only at multiples of the minimum block size: an
+     * extent that ends between two (a server breaking the block size
+     * rule) is cut back to one, or, when shorter than a block, stretched
+     * to one and called data, which is never wrong. */
+    uint64_t align = bs->request_alignment, end = offset + ext->length;
+    if (end % align != 0 && ext->length < length) {
+        if (ext->length > align) {
+            ext->length -= end % align;
+        } else {
+            ext->length = PRL_MIN(length, align);
+            ext->flags = (ext->flags & ~PRL_EXT_ZERO) | PRL_EXT_DATA;
+        }
+    }
     /* The export is its own "file": guest offset = export offset, as
      * qemu-img map shows an NBD export. */
     ext->flags |= PRL_EXT_OFFSET;
