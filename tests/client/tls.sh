@@ -1,10 +1,10 @@
 #!/bin/bash
 # SPDX-License-Identifier: MIT
 # nbds:// and nbds+unix:// with X.509 certificates and pre-shared keys
-# (made by tests/nbd/lib/make-tls-creds) against prl-nbd and qemu-nbd:
-# reads, writes, and the refusals (untrusted CA, no client certificate,
-# wrong or unknown PSK, plain nbd:// to a TLS-only server) with messages
-# that say why.
+# (made by tests/nbd/lib/make-tls-creds) against prl-nbd, qemu-nbd and
+# nbdkit: reads, writes, tls-verify-peer=0, and the refusals (untrusted
+# CA, no client certificate, wrong or unknown PSK, plain nbd:// to a
+# TLS-only server) with messages that say why.
 . "$(dirname "$0")/../functions.sh"
 . "$(dirname "$0")/../nbd/lib/nbd-functions.sh"
 . "$(dirname "$0")/lib/client-functions.sh"
@@ -83,3 +83,32 @@ prl_img convert -O parallels \
     copy.hdd
 expect_status 0 prl_img compare copy.hdd disk.raw
 stop_pid "$q2"
+
+# ---- tls-verify-peer=0: a server no CA of ours vouches for ----
+start_nbd p3 log3 -t -e 0 -k v.sock \
+    --object "tls-creds-x509,id=tls0,dir=$c/server,endpoint=server,verify-peer=off" \
+    --tls-creds=tls0 disk.raw
+expect_status 1 prl_img info "nbds+unix:///?socket=$PWD/v.sock&tls-certificates=$c/otherca"
+err_contains "not trusted"
+expect_status 0 prl_img compare \
+    "nbds+unix:///?socket=$PWD/v.sock&tls-certificates=$c/otherca&tls-verify-peer=0" \
+    disk.raw
+stop_nbd "$p3" log3
+
+# ---- nbdkit with --tls=require, PSK and X.509 ----
+if command -v nbdkit >/dev/null; then
+    start_nbdkit k1 --tls=require --tls-psk="$c/psk/keys.psk" \
+        -U "$PWD/k1.sock" file disk.raw
+    expect_status 0 prl_img compare \
+        "nbds+unix://alice@/?socket=$PWD/k1.sock&tls-psk-file=$c/psk/keys.psk" \
+        disk.raw
+    expect_status 1 prl_img info "nbd+unix:///?socket=$PWD/k1.sock"
+    err_contains "requires TLS"
+    stop_pid "$k1"
+    start_nbdkit k2 --tls=require --tls-certificates="$c/server" \
+        --tls-verify-peer -U "$PWD/k2.sock" file disk.raw
+    expect_status 0 prl_img compare \
+        "nbds+unix:///?socket=$PWD/k2.sock&tls-certificates=$c/client&tls-hostname=localhost" \
+        disk.raw
+    stop_pid "$k2"
+fi
