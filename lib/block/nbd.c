@@ -9,11 +9,43 @@
 #include "prl/error.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <string.h>
+
+/* Most extents of one context taken from one block status reply. */
+#define NBD_STATUS_MAX 1024
+
+/* A run of uniform status, from the previous segment's end (or
+ * cache_start) to end. */
+struct nbd_seg {
+    uint64_t end;
+    uint32_t flags; /* PRL_EXT_* */
+    uint32_t depth;
+};
 
 struct nbd_state {
     struct prl_nbd_client *c;
+    /* Block status of the last reply, which describes far more than
+     * the one extent asked for (map would otherwise ask once per
+     * extent).  Every write, zero and trim empties it, before and after
+     * the request, and bumps gen, so that an answer older than a write
+     * is never kept. */
+    pthread_mutex_t cache_lock;
+    uint64_t gen;
+    uint64_t cache_start;
+    struct nbd_seg *cache; /* NBD_STATUS_MAX entries */
+    size_t cache_n;
 };
+
+/* Forget the cached block status (a write is about to change it, or
+ * just did). */
+static void nbd_invalidate(struct nbd_state *s)
+{
+    pthread_mutex_lock(&s->cache_lock);
+    s->gen++;
+    s->cache_n = 0;
+    pthread_mutex_unlock(&s->cache_lock);
+}
 
 static int nbd_open(struct prl_block *bs)
 {
@@ -32,19 +64,25 @@ static int nbd_open(struct prl_block *bs)
         return r;
     }
     s = prl_calloc(1, sizeof(*s));
-    if (!s) {
+    if (!s || !(s->cache = prl_calloc(NBD_STATUS_MAX, sizeof(*s->cache)))) {
+        free(s);
         prl_nbd_uri_free(&uri);
         return -ENOMEM;
     }
+    pthread_mutex_init(&s->cache_lock, NULL);
     r = prl_nbd_client_connect(&uri, &opts, &s->c);
     prl_nbd_uri_free(&uri);
     if (r < 0) {
+        pthread_mutex_destroy(&s->cache_lock);
+        free(s->cache);
         free(s);
         return r;
     }
     e = prl_nbd_client_export(s->c);
     if (rw && (e->tflags & PRL_NBD_FLAG_READ_ONLY)) {
         prl_nbd_client_close(s->c);
+        pthread_mutex_destroy(&s->cache_lock);
+        free(s->cache);
         free(s);
         return prl_error(EROFS, "'%s': the NBD export is read-only",
                          bs->filename);
@@ -76,6 +114,8 @@ static int nbd_close(struct prl_block *bs)
         r = prl_nbd_client_flush(s->c);
     }
     prl_nbd_client_close(s->c);
+    pthread_mutex_destroy(&s->cache_lock);
+    free(s->cache);
     free(s);
     return r;
 }
@@ -91,12 +131,17 @@ static int nbd_pwrite(struct prl_block *bs, const void *buf, uint64_t length,
                       uint64_t offset, unsigned flags)
 {
     struct nbd_state *s = bs->opaque;
-    return prl_nbd_client_write(s->c, buf, length, offset, flags & PRL_REQ_FUA);
+    int r;
+
+    nbd_invalidate(s);
+    r = prl_nbd_client_write(s->c, buf, length, offset, flags & PRL_REQ_FUA);
+    nbd_invalidate(s);
+    return r;
 }
 
 /* Servers without WRITE_ZEROES get zeroes written. */
-static int nbd_zero(struct prl_block *bs, uint64_t length, uint64_t offset,
-                    unsigned flags)
+static int nbd_zero_uncached(struct prl_block *bs, uint64_t length,
+                             uint64_t offset, unsigned flags)
 {
     struct nbd_state *s = bs->opaque;
     const struct prl_nbd_export *e = prl_nbd_client_export(s->c);
@@ -127,11 +172,28 @@ static int nbd_zero(struct prl_block *bs, uint64_t length, uint64_t offset,
     return r;
 }
 
+static int nbd_zero(struct prl_block *bs, uint64_t length, uint64_t offset,
+                    unsigned flags)
+{
+    struct nbd_state *s = bs->opaque;
+    int r;
+
+    nbd_invalidate(s);
+    r = nbd_zero_uncached(bs, length, offset, flags);
+    nbd_invalidate(s);
+    return r;
+}
+
 static int nbd_trim(struct prl_block *bs, uint64_t length, uint64_t offset,
                     unsigned flags)
 {
     struct nbd_state *s = bs->opaque;
-    return prl_nbd_client_trim(s->c, length, offset, flags & PRL_REQ_FUA);
+    int r;
+
+    nbd_invalidate(s);
+    r = prl_nbd_client_trim(s->c, length, offset, flags & PRL_REQ_FUA);
+    nbd_invalidate(s);
+    return r;
 }
 
 static int nbd_flush(struct prl_block *bs)
@@ -140,52 +202,28 @@ static int nbd_flush(struct prl_block *bs)
     return prl_nbd_client_flush(s->c);
 }
 
-/* base:allocation gives data/zero; qemu:allocation-depth, when the
- * server has it, the layer (0 = unallocated).  Without it the export
- * itself provides every byte (depth 1), as for any protocol. */
-static int nbd_block_status(struct prl_block *bs, uint64_t offset,
-                            uint64_t length, struct prl_extent *ext)
+/* The PRL_EXT_* flags of a base:allocation status and a depth. */
+static uint32_t ext_flags(uint64_t alloc, uint32_t depth)
 {
-    struct nbd_state *s = bs->opaque;
-    const struct prl_nbd_export *e = prl_nbd_client_export(s->c);
-    struct prl_nbd_extent alloc = {0, 0}, depth = {0, 0};
-    int r;
+    return (!(alloc & PRL_NBD_STATE_HOLE) ? PRL_EXT_DATA : 0) |
+           ((alloc & PRL_NBD_STATE_ZERO) ? PRL_EXT_ZERO : 0) |
+           (depth > 0 ? PRL_EXT_ALLOCATED : 0);
+}
 
-    if (!e->has_alloc) {
-        ext->length = length;
-        ext->flags = PRL_EXT_DATA | PRL_EXT_ALLOCATED | PRL_EXT_OFFSET;
-        ext->depth = 1;
-        ext->offset = offset;
-        return 0;
-    }
-    r = prl_nbd_client_block_status(s->c, length, offset, &alloc,
-                                    e->has_depth ? &depth : NULL, NULL);
-    if (r < 0) {
-        return r;
-    }
-    ext->length = alloc.length;
-    ext->flags = 0;
-    if (!(alloc.flags & PRL_NBD_STATE_HOLE)) {
-        ext->flags |= PRL_EXT_DATA;
-    }
-    if (alloc.flags & PRL_NBD_STATE_ZERO) {
-        ext->flags |= PRL_EXT_ZERO;
-    }
-    if (e->has_depth) {
-        ext->length = PRL_MIN(ext->length, depth.length);
-        ext->depth =
-            depth.flags > UINT32_MAX ? UINT32_MAX : (uint32_t)depth.flags;
-    } else {
-        ext->depth = 1;
-    }
-    if (ext->depth > 0) {
-        ext->flags |= PRL_EXT_ALLOCATED;
-    }
-    /* The core asks only at multiples of the minimum block size: an
-     * extent that ends between two (a server breaking the block size
-     * rule) is cut back to one, or, when shorter than a block, stretched
-     * to one and called data, which is never wrong. */
-    uint64_t align = bs->request_alignment, end = offset + ext->length;
+/* Fill *ext from segment |g| for the range at |offset| of at most
+ * |length| bytes.  The core asks only at multiples of the minimum block
+ * size: an extent that ends between two (a server breaking the block
+ * size rule) is cut back to one, or, when shorter than a block,
+ * stretched to one and called data, which is never wrong. */
+static void seg_extent(struct prl_block *bs, const struct nbd_seg *g,
+                       uint64_t offset, uint64_t length, struct prl_extent *ext)
+{
+    uint64_t align = bs->request_alignment, end;
+
+    ext->length = PRL_MIN(g->end - offset, length);
+    ext->flags = g->flags;
+    ext->depth = g->depth;
+    end = offset + ext->length;
     if (end % align != 0 && ext->length < length) {
         if (ext->length > align) {
             ext->length -= end % align;
@@ -198,7 +236,124 @@ static int nbd_block_status(struct prl_block *bs, uint64_t offset,
      * qemu-img map shows an NBD export. */
     ext->flags |= PRL_EXT_OFFSET;
     ext->offset = offset;
-    return 0;
+}
+
+/* The cached segment holding |offset|, or NULL.  Caller holds the
+ * cache lock. */
+static const struct nbd_seg *cache_find_locked(struct nbd_state *s,
+                                               uint64_t offset)
+{
+    size_t lo = 0, hi = s->cache_n;
+
+    if (s->cache_n == 0 || offset < s->cache_start ||
+        offset >= s->cache[s->cache_n - 1].end) {
+        return NULL;
+    }
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (s->cache[mid].end <= offset) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return &s->cache[lo];
+}
+
+/* Merge the extent lists |a| (base:allocation, na >= 1) and |d| (depth,
+ * nd >= 1, or NULL) from |offset| into segments, as far as both reach.
+ * Returns the count, at least 1. */
+static size_t merge_segs(const struct prl_nbd_extent *a, size_t na,
+                         const struct prl_nbd_extent *d, size_t nd,
+                         uint64_t offset, struct nbd_seg *out)
+{
+    uint64_t a_end = offset + a[0].length;
+    uint64_t d_end = d ? offset + d[0].length : UINT64_MAX;
+    size_t i = 0, j = 0, n = 0;
+
+    while (i < na && (!d || j < nd)) {
+        uint32_t depth = 1;
+        if (d) {
+            depth = d[j].flags > UINT32_MAX ? UINT32_MAX : (uint32_t)d[j].flags;
+        }
+        uint32_t flags = ext_flags(a[i].flags, depth);
+        uint64_t end = PRL_MIN(a_end, d_end);
+        if (n > 0 && out[n - 1].flags == flags && out[n - 1].depth == depth) {
+            out[n - 1].end = end;
+        } else if (n < NBD_STATUS_MAX) {
+            out[n++] = (struct nbd_seg){end, flags, depth};
+        } else {
+            break;
+        }
+        if (end == a_end && ++i < na) {
+            a_end += a[i].length;
+        }
+        if (d && end == d_end && ++j < nd) {
+            d_end += d[j].length;
+        }
+    }
+    return n;
+}
+
+/* base:allocation gives data/zero; qemu:allocation-depth, when the
+ * server has it, the layer (0 = unallocated).  Without it the export
+ * itself provides every byte (depth 1), as for any protocol.  One reply
+ * describes many extents: they are kept for the next questions. */
+static int nbd_block_status(struct prl_block *bs, uint64_t offset,
+                            uint64_t length, struct prl_extent *ext)
+{
+    struct nbd_state *s = bs->opaque;
+    const struct prl_nbd_export *e = prl_nbd_client_export(s->c);
+    struct prl_nbd_extent *a, *d = NULL;
+    const struct nbd_seg *g;
+    struct nbd_seg *segs;
+    size_t na = 0, nd = 0, n;
+    uint64_t gen;
+    int r;
+
+    if (!e->has_alloc) {
+        struct nbd_seg all = {offset + length, PRL_EXT_DATA | PRL_EXT_ALLOCATED,
+                              1};
+        seg_extent(bs, &all, offset, length, ext);
+        return 0;
+    }
+    pthread_mutex_lock(&s->cache_lock);
+    g = cache_find_locked(s, offset);
+    if (g) {
+        seg_extent(bs, g, offset, length, ext);
+    }
+    gen = s->gen;
+    pthread_mutex_unlock(&s->cache_lock);
+    if (g) {
+        return 0;
+    }
+
+    a = prl_calloc(NBD_STATUS_MAX * 2, sizeof(*a));
+    segs = prl_calloc(NBD_STATUS_MAX, sizeof(*segs));
+    if (!a || !segs) {
+        free(a);
+        free(segs);
+        return -ENOMEM;
+    }
+    if (e->has_depth) {
+        d = a + NBD_STATUS_MAX;
+    }
+    r = prl_nbd_client_block_status_list(s->c, length, offset, a, &na, d, &nd,
+                                         NBD_STATUS_MAX);
+    if (r == 0) {
+        n = merge_segs(a, na, d, nd, offset, segs);
+        seg_extent(bs, &segs[0], offset, length, ext);
+        pthread_mutex_lock(&s->cache_lock);
+        if (s->gen == gen) {
+            memcpy(s->cache, segs, n * sizeof(*segs));
+            s->cache_n = n;
+            s->cache_start = offset;
+        }
+        pthread_mutex_unlock(&s->cache_lock);
+    }
+    free(a);
+    free(segs);
+    return r;
 }
 
 /* The server's qemu:dirty-bitmap:NAME (negotiated at open with

@@ -98,6 +98,17 @@ int prl_nbd_client_block_status(struct prl_nbd_client *c, uint64_t len,
                                 struct prl_nbd_extent *depth,
                                 struct prl_nbd_extent *bitmap);
 
+/* Like prl_nbd_client_block_status, with up to |max| extents of
+ * base:allocation in |alloc| (*n_alloc of them, at least 1 on success)
+ * and of qemu:allocation-depth in |depth| (NULL: not wanted; *n_depth
+ * at least 1 when has_depth), each list consecutive from |off| and
+ * clamped to |len|. */
+int prl_nbd_client_block_status_list(struct prl_nbd_client *c, uint64_t len,
+                                     uint64_t off, struct prl_nbd_extent *alloc,
+                                     size_t *n_alloc,
+                                     struct prl_nbd_extent *depth,
+                                     size_t *n_depth, size_t max);
+
 /* The name (without "qemu:dirty-bitmap:") of negotiated bitmap |i| <
  * n_bitmaps; lives as long as the client. */
 const char *prl_nbd_client_bitmap_name(const struct prl_nbd_client *c,

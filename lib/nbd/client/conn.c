@@ -81,12 +81,14 @@ int prl_nbd_cl_send(struct prl_nbd_client *c, const void *buf, size_t n)
     return 0;
 }
 
-int prl_nbd_cl_recv(struct prl_nbd_client *c, void *buf, size_t n)
+/* One read of at most |n| bytes from the socket (through TLS once
+ * started): the count, or a negative errno with a message (end of
+ * stream included); the client is dead then. */
+static ssize_t recv_some(struct prl_nbd_client *c, void *p, size_t n)
 {
-    uint8_t *p = buf;
+    ssize_t r;
 
-    while (n > 0) {
-        ssize_t r;
+    for (;;) {
         if (c->gs) {
             r = gnutls_record_recv(c->gs, p, n);
             if (r == GNUTLS_E_AGAIN || r == GNUTLS_E_INTERRUPTED) {
@@ -111,15 +113,46 @@ int prl_nbd_cl_recv(struct prl_nbd_client *c, void *buf, size_t n)
                                        c->name);
             }
         }
-        if (r == 0) {
-            c->dead = true;
-            return prl_error(EIO,
-                             "nbd server %s closed the connection "
-                             "unexpectedly",
-                             c->name);
+        break;
+    }
+    if (r == 0) {
+        c->dead = true;
+        return prl_error(
+            EIO, "nbd server %s closed the connection unexpectedly", c->name);
+    }
+    return r;
+}
+
+int prl_nbd_cl_recv(struct prl_nbd_client *c, void *buf, size_t n)
+{
+    uint8_t *p = buf;
+
+    while (n > 0) {
+        ssize_t r;
+        if (c->rpos < c->rlen) {
+            size_t k = PRL_MIN(n, c->rlen - c->rpos);
+            memcpy(p, c->rbuf + c->rpos, k);
+            c->rpos += k;
+            p += k;
+            n -= k;
+            continue;
         }
-        p += r;
-        n -= (size_t)r;
+        if (n >= PRL_NBD_CL_RBUF) {
+            /* Large payloads go straight to their buffer. */
+            r = recv_some(c, p, n);
+            if (r < 0) {
+                return (int)r;
+            }
+            p += r;
+            n -= (size_t)r;
+            continue;
+        }
+        r = recv_some(c, c->rbuf, PRL_NBD_CL_RBUF);
+        if (r < 0) {
+            return (int)r;
+        }
+        c->rpos = 0;
+        c->rlen = (size_t)r;
     }
     return 0;
 }
@@ -373,6 +406,12 @@ int prl_nbd_cl_start_tls(struct prl_nbd_client *c, const struct prl_nbd_uri *u)
                                        : u->host;
     int r;
 
+    if (c->rpos != c->rlen) {
+        return prl_nbd_cl_proto(c,
+                                "%zu bytes came after the STARTTLS "
+                                "reply, before the TLS handshake",
+                                c->rlen - c->rpos);
+    }
     r = psk ? load_psk(c, u) : load_x509(c, u);
     if (r < 0) {
         return r;
@@ -503,12 +542,13 @@ static int client_new(int fd, const char *name, const char *export_name,
     c->fd = fd;
     c->name = strdup(name);
     c->export_name = strdup(export_name);
+    c->rbuf = malloc(PRL_NBD_CL_RBUF);
     pthread_mutex_init(&c->lock, NULL);
     pthread_mutex_init(&c->send_lock, NULL);
     pthread_cond_init(&c->cond, NULL);
     c->next_cookie = 1;
     *out = c;
-    if (!c->name || !c->export_name) {
+    if (!c->name || !c->export_name || !c->rbuf) {
         prl_nbd_client_close(c);
         *out = NULL;
         return prl_error(ENOMEM, "out of memory");
@@ -617,6 +657,7 @@ void prl_nbd_client_close(struct prl_nbd_client *c)
         free(c->bitmaps[i].name);
     }
     free(c->bitmaps);
+    free(c->rbuf);
     free(c->name);
     free(c->export_name);
     free(c);

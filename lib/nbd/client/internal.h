@@ -14,6 +14,9 @@
 
 struct prl_nbd_req;
 
+/* Size of the receive buffer; larger reads bypass it. */
+#define PRL_NBD_CL_RBUF (64u << 10)
+
 /* Most dirty bitmaps negotiated on one connection. */
 #define PRL_NBD_CL_MAX_BITMAPS 64
 
@@ -30,6 +33,10 @@ struct prl_nbd_client {
     gnutls_psk_client_credentials_t psk;
     char *name;        /* the URI (or fd name), for messages */
     char *export_name; /* as sent to the server */
+    /* Bytes received and not yet taken: only the thread that reads
+     * replies (or runs the handshake) touches them. */
+    uint8_t *rbuf; /* PRL_NBD_CL_RBUF bytes */
+    size_t rpos, rlen;
     struct prl_nbd_export exp;
     /* Metadata context ids the server gave (valid when has_*). */
     uint32_t ctx_alloc, ctx_depth;

@@ -27,6 +27,15 @@ struct span {
     uint64_t start, end;
 };
 
+/* Where the extents of one context go. */
+struct ext_list {
+    struct prl_nbd_extent *v; /* NULL: not wanted */
+    size_t cap, n;
+};
+
+/* Descriptors read from the socket at once. */
+#define DESC_BATCH 256
+
 /* What one request expects and what its reply gave. */
 struct prl_nbd_req {
     struct prl_nbd_req *next; /* in c->pending */
@@ -37,9 +46,10 @@ struct prl_nbd_req {
     struct span *spans;
     size_t n_spans, cap_spans;
     uint64_t covered;
-    /* BLOCK_STATUS: the first extent of base:allocation, the depth and
-     * bitmap number want_bitmap; which contexts' chunks came. */
-    struct prl_nbd_extent *alloc, *depth, *bitmap;
+    /* BLOCK_STATUS: the extents (clamped to the request) of
+     * base:allocation, the depth and bitmap number want_bitmap, as many
+     * as each list holds; which contexts' chunks came. */
+    struct ext_list alloc, depth, bitmap;
     size_t want_bitmap;
     bool seen_alloc, seen_depth;
     uint64_t seen_bitmaps; /* bit i: c->bitmaps[i] */
@@ -281,10 +291,10 @@ static int error_chunk(struct prl_nbd_client *c, struct prl_nbd_req *rq,
 static int status_chunk(struct prl_nbd_client *c, struct prl_nbd_req *rq,
                         bool ext, uint64_t len)
 {
-    uint8_t h[8], d[16];
+    uint8_t h[8], d[DESC_BATCH * 16];
     size_t hl = ext ? 8 : 4, dl = ext ? 16 : 8;
     uint64_t count, sum = 0;
-    struct prl_nbd_extent first = {0, 0}, *dst;
+    struct ext_list *dst;
     bool *seen;
     int r;
 
@@ -311,10 +321,10 @@ static int status_chunk(struct prl_nbd_client *c, struct prl_nbd_req *rq,
                                 prl_be32_load(h + 4), len);
     }
     if (c->exp.has_alloc && id == c->ctx_alloc) {
-        dst = rq->alloc;
+        dst = &rq->alloc;
         seen = &rq->seen_alloc;
     } else if (c->exp.has_depth && id == c->ctx_depth) {
-        dst = rq->depth;
+        dst = &rq->depth;
         seen = &rq->seen_depth;
     } else {
         size_t i;
@@ -329,7 +339,7 @@ static int status_chunk(struct prl_nbd_client *c, struct prl_nbd_req *rq,
                 c, "two block status chunks for context id %" PRIu32, id);
         }
         rq->seen_bitmaps |= (uint64_t)1 << i;
-        dst = i == rq->want_bitmap ? rq->bitmap : NULL;
+        dst = i == rq->want_bitmap ? &rq->bitmap : NULL;
         seen = NULL;
     }
     if (seen && *seen) {
@@ -339,33 +349,34 @@ static int status_chunk(struct prl_nbd_client *c, struct prl_nbd_req *rq,
     if (seen) {
         *seen = true;
     }
-    for (uint64_t i = 0; i < count; i++) {
-        uint64_t l, f;
-        r = prl_nbd_cl_recv(c, d, dl);
+    for (uint64_t i = 0; i < count;) {
+        size_t batch = (size_t)PRL_MIN(count - i, (uint64_t)DESC_BATCH);
+        r = prl_nbd_cl_recv(c, d, batch * dl);
         if (r < 0) {
             return r;
         }
-        l = ext ? prl_be64_load(d) : prl_be32_load(d);
-        f = ext ? prl_be64_load(d + 8) : prl_be32_load(d + 4);
-        if (l == 0) {
-            return prl_nbd_cl_proto(
-                c, "block status descriptor %" PRIu64 " has length 0", i);
+        for (size_t j = 0; j < batch; j++, i++) {
+            const uint8_t *p = d + j * dl;
+            uint64_t l = ext ? prl_be64_load(p) : prl_be32_load(p);
+            uint64_t f = ext ? prl_be64_load(p + 8) : prl_be32_load(p + 4);
+            if (l == 0) {
+                return prl_nbd_cl_proto(
+                    c, "block status descriptor %" PRIu64 " has length 0", i);
+            }
+            if (sum >= rq->len) {
+                return prl_nbd_cl_proto(c,
+                                        "block status descriptor %" PRIu64
+                                        " starts past the %" PRIu64
+                                        " bytes asked for",
+                                        i, rq->len);
+            }
+            if (dst && dst->v && dst->n < dst->cap) {
+                dst->v[dst->n].length = PRL_MIN(l, rq->len - sum);
+                dst->v[dst->n].flags = f;
+                dst->n++;
+            }
+            sum = prl_add_overflow(sum, l, &sum) ? UINT64_MAX : sum;
         }
-        if (sum >= rq->len) {
-            return prl_nbd_cl_proto(c,
-                                    "block status descriptor %" PRIu64
-                                    " starts past the %" PRIu64
-                                    " bytes asked for",
-                                    i, rq->len);
-        }
-        if (i == 0) {
-            first.length = PRL_MIN(l, rq->len);
-            first.flags = f;
-        }
-        sum = prl_add_overflow(sum, l, &sum) ? UINT64_MAX : sum;
-    }
-    if (dst) {
-        *dst = first;
     }
     return 0;
 }
@@ -830,11 +841,39 @@ int prl_nbd_client_block_status(struct prl_nbd_client *c, uint64_t len,
     rq.type = PRL_NBD_CMD_BLOCK_STATUS;
     rq.off = off;
     rq.len = PRL_MIN(len, max_effect(c));
-    rq.alloc = alloc;
-    rq.depth = depth;
-    rq.bitmap = bitmap;
+    rq.alloc = (struct ext_list){alloc, 1, 0};
+    rq.depth = (struct ext_list){depth, 1, 0};
+    rq.bitmap = (struct ext_list){bitmap, 1, 0};
     rq.want_bitmap = 0;
     return exchange(c, &rq, 0, NULL);
+}
+
+int prl_nbd_client_block_status_list(struct prl_nbd_client *c, uint64_t len,
+                                     uint64_t off, struct prl_nbd_extent *alloc,
+                                     size_t *n_alloc,
+                                     struct prl_nbd_extent *depth,
+                                     size_t *n_depth, size_t max)
+{
+    struct prl_nbd_req rq;
+    int r;
+
+    if (!c->exp.has_alloc) {
+        return prl_error(ENOTSUP, "nbd server %s gave no base:allocation",
+                         c->name);
+    }
+    memset(&rq, 0, sizeof(rq));
+    rq.type = PRL_NBD_CMD_BLOCK_STATUS;
+    rq.off = off;
+    rq.len = PRL_MIN(len, max_effect(c));
+    rq.alloc = (struct ext_list){alloc, max, 0};
+    rq.depth = (struct ext_list){depth, max, 0};
+    rq.want_bitmap = SIZE_MAX;
+    r = exchange(c, &rq, 0, NULL);
+    *n_alloc = rq.alloc.n;
+    if (n_depth) {
+        *n_depth = rq.depth.n;
+    }
+    return r;
 }
 
 const char *prl_nbd_client_bitmap_name(const struct prl_nbd_client *c, size_t i)
@@ -862,7 +901,7 @@ int prl_nbd_client_bitmap_status(struct prl_nbd_client *c, const char *name,
     rq.type = PRL_NBD_CMD_BLOCK_STATUS;
     rq.off = off;
     rq.len = PRL_MIN(len, max_effect(c));
-    rq.bitmap = ext;
+    rq.bitmap = (struct ext_list){ext, 1, 0};
     rq.want_bitmap = i;
     return exchange(c, &rq, 0, NULL);
 }
