@@ -569,8 +569,7 @@ int prl_nbd_client_connect_fd(int fd, const char *name, const char *export_name,
     }
     r = prl_nbd_cl_handshake(c, NULL, opts);
     if (r < 0) {
-        c->dead = true;
-        prl_nbd_client_close(c);
+        prl_nbd_client_close(c); /* NBD_OPT_ABORT if still in sync */
         return r;
     }
     *out = c;
@@ -607,18 +606,38 @@ int prl_nbd_client_connect(const struct prl_nbd_uri *uri,
     }
     r = prl_nbd_cl_handshake(c, uri->tls ? uri : NULL, opts);
     if (r < 0) {
-        c->dead = true;
-        prl_nbd_client_close(c);
+        prl_nbd_client_close(c); /* NBD_OPT_ABORT if still in sync */
         return r;
     }
     *out = c;
     return 0;
 }
 
+/* Send |n| bytes if the socket takes them now; no error is reported
+ * (the message of the failure that led here must stay). */
+static void send_quiet(struct prl_nbd_client *c, const void *buf, size_t n)
+{
+    if (c->gs) {
+        gnutls_record_send(c->gs, buf, n);
+    } else if (send(c->fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+        /* Nothing to do: the connection is being dropped anyway. */
+    }
+}
+
 void prl_nbd_client_close(struct prl_nbd_client *c)
 {
     if (!c) {
         return;
+    }
+    if (!c->dead && c->haggling) {
+        /* The handshake failed cleanly (say, no such export): end it as
+         * the protocol asks, with NBD_OPT_ABORT, without waiting for the
+         * reply. */
+        uint8_t h[sizeof(struct prl_nbd_opt_hdr)];
+        prl_be64_store(h, PRL_NBD_MAGIC_OPTS);
+        prl_be32_store(h + 8, PRL_NBD_OPT_ABORT);
+        prl_be32_store(h + 12, 0);
+        send_quiet(c, h, sizeof(h));
     }
     if (!c->dead && c->transmission) {
         /* Soft disconnect: NBD_CMD_DISC has no reply. */

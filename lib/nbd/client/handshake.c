@@ -626,6 +626,7 @@ int prl_nbd_cl_handshake(struct prl_nbd_client *c,
     if (r < 0) {
         goto out;
     }
+    c->haggling = fixed;
     c->exp.min_block = 1;
     c->exp.pref_block = 4096;
     c->exp.max_block = CLIENT_MAX_PAYLOAD;
@@ -697,6 +698,7 @@ done:
         c->exp.max_block = (uint32_t)PRL_MAX(
             prl_round_down(max, c->exp.min_block), c->exp.min_block);
         c->transmission = true;
+        c->haggling = false;
     }
 out:
     free(buf);

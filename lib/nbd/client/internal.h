@@ -60,6 +60,7 @@ struct prl_nbd_client {
      * more requests, no NBD_CMD_DISC.  Set from any thread. */
     _Atomic bool dead;
     char dead_msg[512]; /* why, for requests failed by another thread */
+    bool haggling;      /* fixed newstyle options may be sent */
     bool transmission;  /* the handshake is done */
 };
 
