@@ -40,7 +40,7 @@ cc=$(sed -n '/^rule c_COMPILER$/,/^$/s/^ command = \(.*\) \$ARGS.*/\1/p' \
 ${cc:-cc} -std=gnu11 -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE \
     -D_FILE_OFFSET_BITS=64 -pthread -I"$src/include" -I"$src/lib" \
     "$src/bench/bitmap-bench.c" "$lib" \
-    $(pkg-config --cflags --libs nettle libxml-2.0 gnutls) -o "$dir/bench"
+    $(pkg-config --cflags --libs nettle libxml-2.0) -o "$dir/bench"
 
 img=$dir/bench.hdd
 "$prl_img" create -q -f parallels -o preallocation=metadata "$img" "$size"

@@ -412,7 +412,10 @@ int prl_nbd_cl_start_tls(struct prl_nbd_client *c, const struct prl_nbd_uri *u)
                                 "reply, before the TLS handshake",
                                 c->rlen - c->rpos);
     }
-    r = psk ? load_psk(c, u) : load_x509(c, u);
+    r = prl_gnutls_load();
+    if (r == 0) {
+        r = psk ? load_psk(c, u) : load_x509(c, u);
+    }
     if (r < 0) {
         return r;
     }

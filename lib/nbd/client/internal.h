@@ -6,7 +6,7 @@
 
 #include "nbd/client/client.h"
 
-#include <gnutls/gnutls.h>
+#include "nbd/client/gnutls-dl.h"
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
