@@ -52,6 +52,11 @@ expect_status 1 prl_img convert -n -O raw src.raw "nbd://127.0.0.1:$port/"
 err_contains "Connection refused"
 expect_fail prl_img check "nbd://127.0.0.1:$port/"
 err_contains "check is not supported for nbd"
+# Snapshots and commit work on Parallels disk directories only.
+expect_status 1 prl_img snapshot -l "nbd://127.0.0.1:$port/"
+err_contains "is an NBD URI; snapshot works on a Parallels disk directory"
+expect_status 1 prl_img commit "nbd+unix:///?socket=/x"
+err_contains "is an NBD URI; commit works on a Parallels disk directory"
 # A format that needs the image file itself does not fit a URI.
 bad_fmt()
 {

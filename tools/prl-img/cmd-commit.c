@@ -62,6 +62,9 @@ int cmd_commit(int argc, char **argv)
                          "'%s'",
                          argv[optind + 1]);
     }
+    if (img_refuse_nbd("commit", argv[optind])) {
+        return IMG_EXIT_FAIL;
+    }
     if (prl_bundle_commit(argv[optind], flags) < 0) {
         img_lib_err();
         return IMG_EXIT_FAIL;

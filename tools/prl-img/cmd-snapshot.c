@@ -134,6 +134,9 @@ int cmd_snapshot(int argc, char **argv)
                          "'%s'",
                          argv[optind + 1]);
     }
+    if (img_refuse_nbd("snapshot", argv[optind])) {
+        return IMG_EXIT_FAIL;
+    }
     if (action == 'l') {
         struct prl_snapshot_list l;
         r = prl_bundle_list(argv[optind], flags, &l);

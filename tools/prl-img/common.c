@@ -4,6 +4,7 @@
 #include "prl-img.h"
 
 #include "common/opts.h"
+#include "nbd/uri.h"
 #include "prl/error.h"
 
 #include <errno.h>
@@ -80,6 +81,17 @@ int img_open(const char *path, const char *format, unsigned flags,
         img_lib_err();
     }
     return r;
+}
+
+bool img_refuse_nbd(const char *cmd, const char *path)
+{
+    if (!prl_nbd_uri_is_nbd(path)) {
+        return false;
+    }
+    img_err("%s: '%s' is an NBD URI; %s works on a Parallels disk "
+            "directory (DiskDescriptor.xml), not on an NBD export",
+            cmd, path, cmd);
+    return true;
 }
 
 int img_close(struct prl_block *bs)

@@ -52,6 +52,11 @@ void img_getopt_reset(void);
  * --allow-external-files. */
 extern unsigned img_open_flags;
 
+/* For commands that work on a Parallels disk directory only: when
+ * |path| is an NBD URI, say that |cmd| cannot use an export and return
+ * true. */
+bool img_refuse_nbd(const char *cmd, const char *path);
+
 /* Open |path| with |format| (NULL probes) and |flags|; prints the error.
  * Returns 0 or a negative errno. */
 int img_open(const char *path, const char *format, unsigned flags,
