@@ -9,6 +9,7 @@
 #include "prl/error.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <string.h>
 
@@ -25,6 +26,12 @@ struct nbd_seg {
 
 struct nbd_state {
     struct prl_nbd_client *c;
+    /* The export's minimum block size: requests to the server are
+     * multiples of it; the ends of other requests go through a bounce
+     * block (read, and for writes read-modify-write under rmw_lock, so
+     * that two writes into one block do not undo each other). */
+    uint32_t align;
+    pthread_mutex_t rmw_lock;
     /* Block status of the last reply, which describes far more than
      * the one extent asked for (map would otherwise ask once per
      * extent).  Every write, zero and trim empties it, before and after
@@ -70,10 +77,12 @@ static int nbd_open(struct prl_block *bs)
         return -ENOMEM;
     }
     pthread_mutex_init(&s->cache_lock, NULL);
+    pthread_mutex_init(&s->rmw_lock, NULL);
     r = prl_nbd_client_connect(&uri, &opts, &s->c);
     prl_nbd_uri_free(&uri);
     if (r < 0) {
         pthread_mutex_destroy(&s->cache_lock);
+        pthread_mutex_destroy(&s->rmw_lock);
         free(s->cache);
         free(s);
         return r;
@@ -82,6 +91,7 @@ static int nbd_open(struct prl_block *bs)
     if (rw && (e->tflags & PRL_NBD_FLAG_READ_ONLY)) {
         prl_nbd_client_close(s->c);
         pthread_mutex_destroy(&s->cache_lock);
+        pthread_mutex_destroy(&s->rmw_lock);
         free(s->cache);
         free(s);
         return prl_error(EROFS, "'%s': the NBD export is read-only",
@@ -98,7 +108,9 @@ static int nbd_open(struct prl_block *bs)
                  (e->tflags & PRL_NBD_FLAG_SEND_FAST_ZERO)
              ? PRL_CAP_FAST_ZERO
              : 0);
-    bs->request_alignment = e->min_block;
+    /* Any byte range: the driver aligns what it sends. */
+    s->align = e->min_block;
+    bs->request_alignment = 1;
     bs->preferred_size = PRL_MAX(e->pref_block, e->min_block);
     return 0;
 }
@@ -115,26 +127,111 @@ static int nbd_close(struct prl_block *bs)
     }
     prl_nbd_client_close(s->c);
     pthread_mutex_destroy(&s->cache_lock);
+    pthread_mutex_destroy(&s->rmw_lock);
     free(s->cache);
     free(s);
     return r;
 }
 
+/* What to do with one partial block: |buf| (NULL: zeroes) goes to
+ * |len| bytes at |skip| into the block at |blk|, or, for a read, comes
+ * from there. */
+static int partial_block(struct nbd_state *s, uint64_t blk, uint64_t skip,
+                         uint64_t len, uint8_t *rbuf, const uint8_t *wbuf,
+                         bool write, bool fua)
+{
+    uint8_t *b = prl_malloc(s->align);
+    int r;
+
+    if (!b) {
+        return -ENOMEM;
+    }
+    if (write) {
+        pthread_mutex_lock(&s->rmw_lock);
+    }
+    r = prl_nbd_client_read(s->c, b, s->align, blk);
+    if (r == 0 && write) {
+        if (wbuf) {
+            memcpy(b + skip, wbuf, (size_t)len);
+        } else {
+            memset(b + skip, 0, (size_t)len);
+        }
+        r = prl_nbd_client_write(s->c, b, s->align, blk, fua);
+    } else if (r == 0) {
+        memcpy(rbuf, b + skip, (size_t)len);
+    }
+    if (write) {
+        pthread_mutex_unlock(&s->rmw_lock);
+    }
+    free(b);
+    return r;
+}
+
+/* Do a read, write or zero of any range: the partial blocks at its ends
+ * one by one, the aligned middle with |middle| (which gets the middle's
+ * byte offset into rbuf/wbuf). */
+static int unaligned(struct prl_block *bs, uint64_t length, uint64_t offset,
+                     uint8_t *rbuf, const uint8_t *wbuf, bool write, bool fua,
+                     int (*middle)(struct prl_block *, uint64_t, uint64_t,
+                                   uint64_t, void *),
+                     void *arg)
+{
+    struct nbd_state *s = bs->opaque;
+    uint64_t a = s->align, done = 0;
+    int r = 0;
+
+    while (r == 0 && done < length) {
+        uint64_t off = offset + done, skip = off % a;
+        uint64_t n = length - done;
+        if (skip != 0 || n < a) {
+            n = PRL_MIN(n, a - skip);
+            r = partial_block(s, off - skip, skip, n, rbuf ? rbuf + done : NULL,
+                              wbuf ? wbuf + done : NULL, write, fua);
+        } else {
+            n = prl_round_down(n, a);
+            r = middle(bs, n, off, done, arg);
+        }
+        done += n;
+    }
+    return r;
+}
+
+static int read_middle(struct prl_block *bs, uint64_t length, uint64_t offset,
+                       uint64_t at, void *buf)
+{
+    struct nbd_state *s = bs->opaque;
+    return prl_nbd_client_read(s->c, (uint8_t *)buf + at, length, offset);
+}
+
 static int nbd_pread(struct prl_block *bs, void *buf, uint64_t length,
                      uint64_t offset)
 {
+    return unaligned(bs, length, offset, buf, NULL, false, false, read_middle,
+                     buf);
+}
+
+struct write_arg {
+    const uint8_t *buf;
+    bool fua;
+};
+
+static int write_middle(struct prl_block *bs, uint64_t length, uint64_t offset,
+                        uint64_t at, void *arg)
+{
     struct nbd_state *s = bs->opaque;
-    return prl_nbd_client_read(s->c, buf, length, offset);
+    struct write_arg *w = arg;
+    return prl_nbd_client_write(s->c, w->buf + at, length, offset, w->fua);
 }
 
 static int nbd_pwrite(struct prl_block *bs, const void *buf, uint64_t length,
                       uint64_t offset, unsigned flags)
 {
     struct nbd_state *s = bs->opaque;
+    struct write_arg w = {buf, flags & PRL_REQ_FUA};
     int r;
 
     nbd_invalidate(s);
-    r = prl_nbd_client_write(s->c, buf, length, offset, flags & PRL_REQ_FUA);
+    r = unaligned(bs, length, offset, NULL, buf, true, w.fua, write_middle, &w);
     nbd_invalidate(s);
     return r;
 }
@@ -172,14 +269,30 @@ static int nbd_zero_uncached(struct prl_block *bs, uint64_t length,
     return r;
 }
 
+static int zero_middle(struct prl_block *bs, uint64_t length, uint64_t offset,
+                       uint64_t at, void *arg)
+{
+    (void)at;
+    return nbd_zero_uncached(bs, length, offset, *(unsigned *)arg);
+}
+
 static int nbd_zero(struct prl_block *bs, uint64_t length, uint64_t offset,
                     unsigned flags)
 {
     struct nbd_state *s = bs->opaque;
+    uint64_t a = s->align;
     int r;
 
+    /* Partial blocks are written, which is not fast. */
+    if ((flags & PRL_REQ_FAST_ZERO) && ((offset | length) & (a - 1))) {
+        return prl_error(ENOTSUP,
+                         "zero: '%s' cannot zero fast outside whole %" PRIu64
+                         "-byte blocks",
+                         bs->filename, a);
+    }
     nbd_invalidate(s);
-    r = nbd_zero_uncached(bs, length, offset, flags);
+    r = unaligned(bs, length, offset, NULL, NULL, true, flags & PRL_REQ_FUA,
+                  zero_middle, &flags);
     nbd_invalidate(s);
     return r;
 }
@@ -188,10 +301,17 @@ static int nbd_trim(struct prl_block *bs, uint64_t length, uint64_t offset,
                     unsigned flags)
 {
     struct nbd_state *s = bs->opaque;
-    int r;
+    uint64_t start = prl_round_up(offset, s->align);
+    uint64_t end = prl_round_down(offset + length, s->align);
+    int r = 0;
 
+    /* Trim is advisory: only the whole blocks inside the range. */
     nbd_invalidate(s);
-    r = prl_nbd_client_trim(s->c, length, offset, flags & PRL_REQ_FUA);
+    if (start < end) {
+        r = prl_nbd_client_trim(s->c, end - start, start, flags & PRL_REQ_FUA);
+    } else if (flags & PRL_REQ_FUA) {
+        r = prl_nbd_client_flush(s->c);
+    }
     nbd_invalidate(s);
     return r;
 }
@@ -210,28 +330,14 @@ static uint32_t ext_flags(uint64_t alloc, uint32_t depth)
            (depth > 0 ? PRL_EXT_ALLOCATED : 0);
 }
 
-/* Fill *ext from segment |g| for the range at |offset| of at most
- * |length| bytes.  The core asks only at multiples of the minimum block
- * size: an extent that ends between two (a server breaking the block
- * size rule) is cut back to one, or, when shorter than a block,
- * stretched to one and called data, which is never wrong. */
-static void seg_extent(struct prl_block *bs, const struct nbd_seg *g,
-                       uint64_t offset, uint64_t length, struct prl_extent *ext)
+/* Fill *ext from segment |g| (which holds |offset|) for the range at
+ * |offset| of at most |length| bytes. */
+static void seg_extent(const struct nbd_seg *g, uint64_t offset,
+                       uint64_t length, struct prl_extent *ext)
 {
-    uint64_t align = bs->request_alignment, end;
-
     ext->length = PRL_MIN(g->end - offset, length);
     ext->flags = g->flags;
     ext->depth = g->depth;
-    end = offset + ext->length;
-    if (end % align != 0 && ext->length < length) {
-        if (ext->length > align) {
-            ext->length -= end % align;
-        } else {
-            ext->length = PRL_MIN(length, align);
-            ext->flags = (ext->flags & ~PRL_EXT_ZERO) | PRL_EXT_DATA;
-        }
-    }
     /* The export is its own "file": guest offset = export offset, as
      * qemu-img map shows an NBD export. */
     ext->flags |= PRL_EXT_OFFSET;
@@ -314,13 +420,13 @@ static int nbd_block_status(struct prl_block *bs, uint64_t offset,
     if (!e->has_alloc) {
         struct nbd_seg all = {offset + length, PRL_EXT_DATA | PRL_EXT_ALLOCATED,
                               1};
-        seg_extent(bs, &all, offset, length, ext);
+        seg_extent(&all, offset, length, ext);
         return 0;
     }
     pthread_mutex_lock(&s->cache_lock);
     g = cache_find_locked(s, offset);
     if (g) {
-        seg_extent(bs, g, offset, length, ext);
+        seg_extent(g, offset, length, ext);
     }
     gen = s->gen;
     pthread_mutex_unlock(&s->cache_lock);
@@ -338,16 +444,33 @@ static int nbd_block_status(struct prl_block *bs, uint64_t offset,
     if (e->has_depth) {
         d = a + NBD_STATUS_MAX;
     }
-    r = prl_nbd_client_block_status_list(s->c, length, offset, a, &na, d, &nd,
-                                         NBD_STATUS_MAX);
+    /* The server is asked from the block that holds |offset|. */
+    uint64_t q_off = prl_round_down(offset, s->align);
+    uint64_t q_end = PRL_MIN(prl_round_up(offset + length, s->align), bs->size);
+    r = prl_nbd_client_block_status_list(s->c, q_end - q_off, q_off, a, &na, d,
+                                         &nd, NBD_STATUS_MAX);
     if (r == 0) {
-        n = merge_segs(a, na, d, nd, offset, segs);
-        seg_extent(bs, &segs[0], offset, length, ext);
+        n = merge_segs(a, na, d, nd, q_off, segs);
         pthread_mutex_lock(&s->cache_lock);
         if (s->gen == gen) {
             memcpy(s->cache, segs, n * sizeof(*segs));
             s->cache_n = n;
-            s->cache_start = offset;
+            s->cache_start = q_off;
+        }
+        /* The reply may end before |offset| when the server described
+         * less than one block. */
+        g = segs[n - 1].end > offset ? &segs[0] : NULL;
+        for (size_t i = 0; g && segs[i].end <= offset; i++) {
+            g = &segs[i + 1];
+        }
+        if (g) {
+            seg_extent(g, offset, length, ext);
+        } else {
+            /* Reported no further than the block start: call the rest
+             * of the block data, which is never wrong. */
+            struct nbd_seg rest = {PRL_MIN(q_off + s->align, offset + length),
+                                   PRL_EXT_DATA | PRL_EXT_ALLOCATED, 1};
+            seg_extent(&rest, offset, length, ext);
         }
         pthread_mutex_unlock(&s->cache_lock);
     }
