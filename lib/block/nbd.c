@@ -54,6 +54,8 @@ static void nbd_invalidate(struct nbd_state *s)
     pthread_mutex_unlock(&s->cache_lock);
 }
 
+/* Connect to the URI in bs->filename and negotiate; the export must be
+ * writable for a read-write open.  Caps follow the transmission flags. */
 static int nbd_open(struct prl_block *bs)
 {
     struct prl_nbd_client_opts opts = {
@@ -196,6 +198,7 @@ static int unaligned(struct prl_block *bs, uint64_t length, uint64_t offset,
     return r;
 }
 
+/* The aligned middles of unaligned(): straight to the server. */
 static int read_middle(struct prl_block *bs, uint64_t length, uint64_t offset,
                        uint64_t at, void *buf)
 {

@@ -380,6 +380,8 @@ static int check_uri(const char *uri, struct prl_nbd_uri *u)
     return 0;
 }
 
+/* Split |s| (RFC 3986: scheme, authority, path, query; no fragment)
+ * into *u, each part decoded; then the checks of the whole. */
 static int parse(const char *s, struct prl_nbd_uri *u)
 {
     const struct scheme *sc;

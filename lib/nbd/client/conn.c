@@ -327,6 +327,7 @@ static int load_x509(struct prl_nbd_client *c, const struct prl_nbd_uri *u)
     return 0;
 }
 
+/* PSK credentials: the key of the URI's user from tls-psk-file. */
 static int load_psk(struct prl_nbd_client *c, const struct prl_nbd_uri *u)
 {
     const char *user = psk_user(u);
@@ -503,6 +504,8 @@ static int connect_tcp(const struct prl_nbd_uri *u, const char *name)
     return fd;
 }
 
+/* Connect to the URI's Unix socket (a leading NUL: the abstract
+ * namespace).  The descriptor, or a negative errno with a message. */
 static int connect_unix(const struct prl_nbd_uri *u, const char *name)
 {
     struct sockaddr_un sa;

@@ -69,6 +69,7 @@ static const char *rep_err_name(uint32_t type)
     }
 }
 
+/* One option: the header and |len| bytes of |data|. */
 static int send_opt(struct prl_nbd_client *c, uint32_t opt, const void *data,
                     uint32_t len)
 {

@@ -123,6 +123,8 @@ static void server_error(struct prl_nbd_client *c, struct prl_nbd_req *rq,
              strerror(rq->err), msg && msg[0] ? ": " : "", msg ? msg : "");
 }
 
+/* The header of |rq| (compact or extended; the cookie is set) and,
+ * for a write, its payload.  The caller holds send_lock. */
 static int send_request(struct prl_nbd_client *c, struct prl_nbd_req *rq,
                         uint16_t flags, const void *payload)
 {
