@@ -26,21 +26,8 @@ expect_status 0 prl_img info --output=json "$u"
 # map: the same data/zero ranges qemu-img sees on the same export.
 prl_img map --output=json "$u" >prl-map.json
 qemu-img map --output=json "$u" >qemu-map.json
-"$PYTHON" - prl-map.json qemu-map.json <<'PY'
-import json, sys
-def runs(path):
-    out = []
-    for e in json.load(open(path)):
-        k = (e['data'], e['zero'])
-        if out and out[-1][2] == k and out[-1][0] + out[-1][1] == e['start']:
-            out[-1][1] += e['length']
-        else:
-            out.append([e['start'], e['length'], k])
-    return out
-a, b = runs(sys.argv[1]), runs(sys.argv[2])
-assert a == b, 'prl %s\nqemu %s' % (a, b)
-print('map matches qemu-img:', len(a), 'runs')
-PY
+same_runs prl-map.json qemu-map.json >/dev/null ||
+    fail "prl-img map differs from qemu-img map"
 expect_status 0 prl_img map "$u"
 out_contains "Offset" "0x300000" "$u"
 grep -q '^0 ' out || fail "human map lacks the first data range"

@@ -38,3 +38,25 @@ img_uri()
 {
     echo "nbd+unix:///${2:-}?socket=$PWD/$1"
 }
+
+# same_runs A.json B.json: two `map --output=json` documents (prl-img or
+# qemu-img) describe the same data/zero runs, however they split them.
+same_runs()
+{
+    "$PYTHON" - "$1" "$2" <<'PY'
+import json, sys
+def runs(path):
+    out = []
+    for e in json.load(open(path)):
+        k = (e['data'], e['zero'])
+        if out and out[-1][2] == k and out[-1][0] + out[-1][1] == e['start']:
+            out[-1][1] += e['length']
+        else:
+            out.append([e['start'], e['length'], k])
+    return out
+a, b = runs(sys.argv[1]), runs(sys.argv[2])
+assert a == b, 'runs differ: %d vs %d, first %s / %s' % (
+    len(a), len(b), a[:3], b[:3])
+print(len(a), 'runs agree')
+PY
+}
