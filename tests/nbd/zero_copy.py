@@ -141,7 +141,9 @@ class Traced:
                        not line.rstrip().endswith('= 0'))
 
 
-def traced(args, want, expect_zc):
+def traced(args, want):
+    """Read 2 MiB from prl-nbd |args| under strace: right data, sent
+    with sendfile."""
     t = Traced('-t', *args)
     try:
         c = Client(t.sock)
@@ -151,7 +153,7 @@ def traced(args, want, expect_zc):
         c.disconnect()
     finally:
         n = t.sendfiles()
-    check((n > 0) == expect_zc, '%r: %d sendfile calls' % (args, n))
+    check(n > 0, '%r: no sendfile call moved data' % (args,))
 
 
 def raw_exports():
@@ -164,7 +166,7 @@ def raw_exports():
     with Server('-t', '-r', img) as srv:
         check_reads(srv, want, 'raw read-only')
     if shutil.which('strace'):
-        traced((img,), want, True)
+        traced((img,), want)
 
 
 def parallels_exports():
@@ -182,8 +184,8 @@ def parallels_exports():
     with Server('-t', hdd) as srv:
         check_reads(srv, want, 'parallels writable')
     if shutil.which('strace'):
-        traced(('-r', hdd), want, True)
-        traced((hdd,), want, True)
+        traced(('-r', hdd), want)
+        traced((hdd,), want)
     run(['qemu-img', 'check', '-q', '-f', 'parallels', hdd])
 
 
@@ -204,7 +206,7 @@ def bundle_export():
     for args in (('-r', b), (b,)):
         check_bundle(args, want)
     if shutil.which('strace'):
-        traced((b,), want, True)
+        traced((b,), want)
 
 
 def check_bundle(args, want):
