@@ -5,6 +5,7 @@
 #define PRL_NBD_CLIENT_INTERNAL_H
 
 #include "nbd/client/client.h"
+#include "nbd/errors.h"
 
 #include "nbd/client/gnutls-dl.h"
 #include <pthread.h>

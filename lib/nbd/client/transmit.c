@@ -61,53 +61,6 @@ struct prl_nbd_req {
     char msg[512]; /* the message of a failed result */
 };
 
-static const char *cmd_name(uint16_t type)
-{
-    switch (type) {
-    case PRL_NBD_CMD_READ:
-        return "read";
-    case PRL_NBD_CMD_WRITE:
-        return "write";
-    case PRL_NBD_CMD_FLUSH:
-        return "flush";
-    case PRL_NBD_CMD_TRIM:
-        return "trim";
-    case PRL_NBD_CMD_CACHE:
-        return "cache";
-    case PRL_NBD_CMD_WRITE_ZEROES:
-        return "write zeroes";
-    case PRL_NBD_CMD_BLOCK_STATUS:
-        return "block status";
-    default:
-        return "request";
-    }
-}
-
-/* The errno for an NBD error value. */
-static int nbd_errno(uint32_t e)
-{
-    switch (e) {
-    case PRL_NBD_EPERM:
-        return EPERM;
-    case PRL_NBD_EIO:
-        return EIO;
-    case PRL_NBD_ENOMEM:
-        return ENOMEM;
-    case PRL_NBD_EINVAL:
-        return EINVAL;
-    case PRL_NBD_ENOSPC:
-        return ENOSPC;
-    case PRL_NBD_EOVERFLOW:
-        return EOVERFLOW;
-    case PRL_NBD_ENOTSUP:
-        return ENOTSUP;
-    case PRL_NBD_ESHUTDOWN:
-        return ESHUTDOWN;
-    default:
-        return EIO;
-    }
-}
-
 /* Record the server's error |e| for |rq| (the first one wins). */
 static void server_error(struct prl_nbd_client *c, struct prl_nbd_req *rq,
                          uint32_t e, const char *msg)
@@ -115,11 +68,11 @@ static void server_error(struct prl_nbd_client *c, struct prl_nbd_req *rq,
     if (rq->err) {
         return;
     }
-    rq->err = nbd_errno(e);
+    rq->err = prl_nbd_wire_to_errno(e);
     snprintf(rq->msg, sizeof(rq->msg),
              "nbd server %s: %s of %" PRIu64 " bytes at offset %" PRIu64
              " failed: error %" PRIu32 " (%s)%s%s",
-             c->name, cmd_name(rq->type), rq->len, rq->off, e,
+             c->name, prl_nbd_cmd_name(rq->type), rq->len, rq->off, e,
              strerror(rq->err), msg && msg[0] ? ": " : "", msg ? msg : "");
 }
 
@@ -302,7 +255,7 @@ static int status_chunk(struct prl_nbd_client *c, struct prl_nbd_req *rq,
 
     if (rq->type != PRL_NBD_CMD_BLOCK_STATUS) {
         return prl_nbd_cl_proto(c, "block status chunk in reply to a %s",
-                                cmd_name(rq->type));
+                                prl_nbd_cmd_name(rq->type));
     }
     if (len < hl + dl || (len - hl) % dl != 0 || len > STATUS_CHUNK_MAX) {
         return prl_nbd_cl_proto(c,
@@ -539,7 +492,7 @@ static int read_chunk(struct prl_nbd_client *c)
         uint8_t o[8];
         if (rq->type != PRL_NBD_CMD_READ) {
             return prl_nbd_cl_proto(c, "data chunk in reply to a %s",
-                                    cmd_name(rq->type));
+                                    prl_nbd_cmd_name(rq->type));
         }
         if (len < 9) {
             return prl_nbd_cl_proto(
@@ -563,7 +516,7 @@ static int read_chunk(struct prl_nbd_client *c)
         uint8_t o[12];
         if (rq->type != PRL_NBD_CMD_READ) {
             return prl_nbd_cl_proto(c, "hole chunk in reply to a %s",
-                                    cmd_name(rq->type));
+                                    prl_nbd_cmd_name(rq->type));
         }
         if (len != 12) {
             return prl_nbd_cl_proto(

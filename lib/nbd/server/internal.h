@@ -4,6 +4,7 @@
 #ifndef PRL_NBD_SERVER_INTERNAL_H
 #define PRL_NBD_SERVER_INTERNAL_H
 
+#include "nbd/errors.h"
 #include "nbd/server/server.h"
 #include "nbd/wire.h"
 
@@ -259,9 +260,6 @@ uint16_t prl_nbd_export_tflags(const struct prl_nbd_conn *conn,
 void prl_nbd_transmit(struct prl_nbd_conn *conn);
 
 /* reply.c */
-/* Map a negative errno from the block layer to an NBD error; |type| is
- * the command, as ENOTSUP is only meaningful for WRITE_ZEROES. */
-uint32_t prl_nbd_errno_to_wire(int err, uint16_t type);
 /* Take the connection's send lock for a reply sent in several calls
  * of the socket ops: 0, or -EPIPE (unlocked) when the connection is
  * already dead. */

@@ -1,44 +1,10 @@
 /* SPDX-License-Identifier: MIT */
-/* Replies in the transmission phase: the errno table, chunk headers for
- * structured and extended replies, and whole sends under the send lock. */
+/* Replies in the transmission phase: chunk headers for structured and
+ * extended replies, and whole sends under the send lock. */
 #include "nbd/server/internal.h"
 
 #include <errno.h>
 #include <string.h>
-
-/* errno -> NBD error, the one table.  Anything not listed is EIO. */
-static const struct {
-    int err;
-    uint32_t wire;
-} errno_table[] = {
-    {EPERM, PRL_NBD_EPERM},         {EROFS, PRL_NBD_EPERM},
-    {EACCES, PRL_NBD_EPERM},        {EIO, PRL_NBD_EIO},
-    {ENOMEM, PRL_NBD_ENOMEM},       {EINVAL, PRL_NBD_EINVAL},
-    {ERANGE, PRL_NBD_EINVAL},       {ENOSPC, PRL_NBD_ENOSPC},
-    {EDQUOT, PRL_NBD_ENOSPC},       {EFBIG, PRL_NBD_ENOSPC},
-    {EOVERFLOW, PRL_NBD_EOVERFLOW}, {ENOTSUP, PRL_NBD_ENOTSUP},
-    {ESHUTDOWN, PRL_NBD_ESHUTDOWN},
-};
-
-uint32_t prl_nbd_errno_to_wire(int err, uint16_t type)
-{
-    uint32_t wire = PRL_NBD_EIO;
-
-    if (err < 0) {
-        err = -err;
-    }
-    for (size_t i = 0; i < sizeof(errno_table) / sizeof(errno_table[0]); i++) {
-        if (errno_table[i].err == err) {
-            wire = errno_table[i].wire;
-            break;
-        }
-    }
-    /* The spec reserves ENOTSUP for a refused fast zero. */
-    if (wire == PRL_NBD_ENOTSUP && type != PRL_NBD_CMD_WRITE_ZEROES) {
-        wire = PRL_NBD_EINVAL;
-    }
-    return wire;
-}
 
 int prl_nbd_send_begin(struct prl_nbd_conn *conn)
 {

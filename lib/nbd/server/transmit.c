@@ -245,15 +245,6 @@ static int read_request(struct prl_nbd_worker *w, struct prl_nbd_req *req)
 
 /* ---- checks ---- */
 
-static const char *cmd_name(uint16_t type)
-{
-    static const char *const names[] = {
-        "read", "write", "disconnect",   "flush",
-        "trim", "cache", "write zeroes", "block status",
-    };
-    return type < PRL_ARRAY_SIZE(names) ? names[type] : "unknown command";
-}
-
 /* 0 when |req| may run, else an NBD error with *msg (into |buf|). */
 static uint32_t check_request(struct prl_nbd_conn *conn,
                               struct prl_nbd_req *req, char *buf,
@@ -305,7 +296,7 @@ static uint32_t check_request(struct prl_nbd_conn *conn,
     }
     if (req->flags & ~allowed) {
         snprintf(buf, bufsize, "flags 0x%x are not valid for %s",
-                 req->flags & ~allowed, cmd_name(req->type));
+                 req->flags & ~allowed, prl_nbd_cmd_name(req->type));
         return PRL_NBD_EINVAL;
     }
     if (req->type == PRL_NBD_CMD_WRITE && conn->extended &&
@@ -314,7 +305,8 @@ static uint32_t check_request(struct prl_nbd_conn *conn,
         return PRL_NBD_EINVAL;
     }
     if (writes && exp->read_only) {
-        snprintf(buf, bufsize, "%s on a read-only export", cmd_name(req->type));
+        snprintf(buf, bufsize, "%s on a read-only export",
+                 prl_nbd_cmd_name(req->type));
         return PRL_NBD_EPERM;
     }
     if (req->type == PRL_NBD_CMD_FLUSH) {
@@ -350,14 +342,16 @@ static uint32_t check_request(struct prl_nbd_conn *conn,
         snprintf(buf, bufsize,
                  "%s of %" PRIu64 " bytes at %" PRIu64
                  " is past the end of the export (%" PRIu64 " bytes)",
-                 cmd_name(req->type), req->length, req->offset, exp->size);
+                 prl_nbd_cmd_name(req->type), req->length, req->offset,
+                 exp->size);
         return size_err_nospc ? PRL_NBD_ENOSPC : PRL_NBD_EINVAL;
     }
     if (((req->offset | req->length) & (exp->min_block - 1)) != 0) {
         snprintf(buf, bufsize,
                  "%s at %" PRIu64 "+%" PRIu64 " is not "
                  "aligned to the minimum block size %" PRIu32,
-                 cmd_name(req->type), req->offset, req->length, exp->min_block);
+                 prl_nbd_cmd_name(req->type), req->offset, req->length,
+                 exp->min_block);
         return PRL_NBD_EINVAL;
     }
     return 0;
@@ -386,9 +380,9 @@ static void reply_failure(struct prl_nbd_worker *w,
     struct prl_nbd_conn *conn = w->conn;
     char msg[160];
 
-    prl_debug("%s: %s failed: %s", conn->peer, cmd_name(req->type),
+    prl_debug("%s: %s failed: %s", conn->peer, prl_nbd_cmd_name(req->type),
               prl_error_message());
-    snprintf(msg, sizeof(msg), "%s failed: %s", cmd_name(req->type),
+    snprintf(msg, sizeof(msg), "%s failed: %s", prl_nbd_cmd_name(req->type),
              strerror(-err));
     prl_nbd_reply_error(w, req, prl_nbd_errno_to_wire(err, req->type), msg);
 }
@@ -1131,7 +1125,8 @@ static void handle(struct prl_nbd_worker *w, struct prl_nbd_req *req)
         err = check_request(conn, req, buf, sizeof(buf), &msg);
     }
     if (err != 0) {
-        prl_debug("%s: %s refused: %s", conn->peer, cmd_name(req->type), msg);
+        prl_debug("%s: %s refused: %s", conn->peer, prl_nbd_cmd_name(req->type),
+                  msg);
         prl_nbd_reply_error(w, req, err, msg);
         return;
     }
