@@ -339,9 +339,13 @@ int prl_block_zero(struct prl_block *bs, uint64_t length, uint64_t offset,
     }
     prl_block_mark_dirty(bs, offset, length);
     if (bs->drv->zero) {
-        return bs->drv->zero(bs, length, offset, flags);
-    }
-    if (flags & PRL_REQ_FAST_ZERO) {
+        r = bs->drv->zero(bs, length, offset, flags);
+        /* -ENOTSUP: this handle cannot zero (an NBD server without
+         * WRITE_ZEROES); plain writes of zeroes still can, slowly. */
+        if (r != -ENOTSUP || (flags & PRL_REQ_FAST_ZERO)) {
+            return r;
+        }
+    } else if (flags & PRL_REQ_FAST_ZERO) {
         return prl_error(ENOTSUP, "zero: '%s' cannot zero fast", bs->filename);
     }
     return zero_by_writing(bs, length, offset, flags);

@@ -78,7 +78,8 @@ struct prl_driver {
     int (*pwrite)(struct prl_block *bs, const void *buf, uint64_t length,
                   uint64_t offset, unsigned flags);
     /* Optional: the core writes zeroes through pwrite without it (or
-     * answers -ENOTSUP to FAST_ZERO). */
+     * answers -ENOTSUP to FAST_ZERO), and also when it returns -ENOTSUP
+     * to a request without FAST_ZERO (this handle cannot zero). */
     int (*zero)(struct prl_block *bs, uint64_t length, uint64_t offset,
                 unsigned flags);
     /* Optional: trim is then a no-op. */

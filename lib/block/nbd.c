@@ -239,44 +239,18 @@ static int nbd_pwrite(struct prl_block *bs, const void *buf, uint64_t length,
     return r;
 }
 
-/* Servers without WRITE_ZEROES get zeroes written. */
-static int nbd_zero_uncached(struct prl_block *bs, uint64_t length,
-                             uint64_t offset, unsigned flags)
-{
-    struct nbd_state *s = bs->opaque;
-    const struct prl_nbd_export *e = prl_nbd_client_export(s->c);
-    unsigned f = 0;
-    int r = 0;
-
-    if (e->tflags & PRL_NBD_FLAG_SEND_WRITE_ZEROES) {
-        f |= (flags & PRL_REQ_FUA) ? PRL_NBD_CMD_FLAG_FUA : 0;
-        f |= (flags & PRL_REQ_NO_UNMAP) ? PRL_NBD_CMD_FLAG_NO_HOLE : 0;
-        f |= (flags & PRL_REQ_FAST_ZERO) ? PRL_NBD_CMD_FLAG_FAST_ZERO : 0;
-        return prl_nbd_client_zero(s->c, length, offset, f);
-    }
-    if (flags & PRL_REQ_FAST_ZERO) {
-        return prl_error(ENOTSUP, "zero: '%s' cannot zero fast", bs->filename);
-    }
-    size_t chunk = (size_t)PRL_MIN(length, (uint64_t)e->max_block);
-    void *buf = prl_calloc(1, chunk);
-    if (!buf) {
-        return -ENOMEM;
-    }
-    while (length > 0 && r == 0) {
-        size_t n = (size_t)PRL_MIN(length, (uint64_t)chunk);
-        r = prl_nbd_client_write(s->c, buf, n, offset, flags & PRL_REQ_FUA);
-        offset += n;
-        length -= n;
-    }
-    free(buf);
-    return r;
-}
-
+/* The aligned middles of a zero: WRITE_ZEROES (the server has it). */
 static int zero_middle(struct prl_block *bs, uint64_t length, uint64_t offset,
                        uint64_t at, void *arg)
 {
+    struct nbd_state *s = bs->opaque;
+    unsigned flags = *(unsigned *)arg, f = 0;
+
     (void)at;
-    return nbd_zero_uncached(bs, length, offset, *(unsigned *)arg);
+    f |= (flags & PRL_REQ_FUA) ? PRL_NBD_CMD_FLAG_FUA : 0;
+    f |= (flags & PRL_REQ_NO_UNMAP) ? PRL_NBD_CMD_FLAG_NO_HOLE : 0;
+    f |= (flags & PRL_REQ_FAST_ZERO) ? PRL_NBD_CMD_FLAG_FAST_ZERO : 0;
+    return prl_nbd_client_zero(s->c, length, offset, f);
 }
 
 static int nbd_zero(struct prl_block *bs, uint64_t length, uint64_t offset,
@@ -292,6 +266,14 @@ static int nbd_zero(struct prl_block *bs, uint64_t length, uint64_t offset,
                          "zero: '%s' cannot zero fast outside whole %" PRIu64
                          "-byte blocks",
                          bs->filename, a);
+    }
+    /* Without WRITE_ZEROES the core writes zeroes (see driver.h). */
+    if (!(prl_nbd_client_export(s->c)->tflags &
+          PRL_NBD_FLAG_SEND_WRITE_ZEROES)) {
+        return prl_error(ENOTSUP,
+                         "zero: '%s': the server has no "
+                         "WRITE_ZEROES",
+                         bs->filename);
     }
     nbd_invalidate(s);
     r = unaligned(bs, length, offset, NULL, NULL, true, flags & PRL_REQ_FUA,

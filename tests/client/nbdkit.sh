@@ -3,7 +3,8 @@
 # prl-img against nbdkit 1.32: the memory and file plugins over TCP
 # (127.0.0.1 and ::1) and a Unix socket; the fallbacks to simple replies
 # (--no-sr: no structured replies, so no block status) and to the old
-# non-fixed handshake with NBD_OPT_EXPORT_NAME (--mask-handshake=0).
+# non-fixed handshake with NBD_OPT_EXPORT_NAME (--mask-handshake=0);
+# an export without WRITE_ZEROES, where zeroing becomes writes.
 . "$(dirname "$0")/../functions.sh"
 . "$(dirname "$0")/../nbd/lib/nbd-functions.sh"
 . "$(dirname "$0")/lib/client-functions.sh"
@@ -60,6 +61,15 @@ dd if=junk.bin of=want.raw bs=1M seek=3 conv=notrunc status=none
 prl_img convert -n -O raw want.raw "$u"
 stop_pid "$k4"
 same_file rw.raw want.raw
+
+# ---- no WRITE_ZEROES (nozero filter): zero ranges are written ----
+start_nbdkit k6 --filter=nozero -U "$PWD/k6.sock" memory 8M
+u=$(img_uri k6.sock)
+head -c 8M /dev/urandom >full.raw
+prl_img convert -n -O raw full.raw "$u"
+prl_img convert -n -O raw disk.raw "$u"
+expect_status 0 prl_img compare "$u" disk.raw
+stop_pid "$k6"
 
 # ---- an export name nbdkit refuses (-e names the only one) ----
 start_nbdkit k5 -e only -U "$PWD/k5.sock" memory 1M
