@@ -7,7 +7,7 @@
 . "$(dirname "$0")/../functions.sh"
 . "$(dirname "$0")/../nbd/lib/nbd-functions.sh"
 . "$(dirname "$0")/lib/client-functions.sh"
-requires qemu-nbd
+requires qemu-nbd nbdkit
 
 prl_img create -q -o cluster_size=64K disk.hdd 8M
 prl_io -w -c "write -P 0x11 0 1M" disk.hdd
@@ -44,9 +44,7 @@ same_file q1.json want1.json
 stop_pid "$q1"
 
 # nbdkit has no bitmaps at all.
-if command -v nbdkit >/dev/null; then
-    start_nbdkit k1 -U "$PWD/k1.sock" memory 8M
-    expect_status 1 prl_img map --bitmap="$b1" "$(img_uri k1.sock)"
-    err_contains "offers no dirty bitmap"
-    stop_pid "$k1"
-fi
+start_nbdkit k1 -U "$PWD/k1.sock" memory 8M
+expect_status 1 prl_img map --bitmap="$b1" "$(img_uri k1.sock)"
+err_contains "offers no dirty bitmap"
+stop_pid "$k1"

@@ -8,7 +8,7 @@
 . "$(dirname "$0")/../functions.sh"
 . "$(dirname "$0")/../nbd/lib/nbd-functions.sh"
 . "$(dirname "$0")/lib/client-functions.sh"
-requires certtool psktool qemu-nbd cmp
+requires certtool psktool qemu-nbd nbdkit cmp
 
 "$PRL_SRC/tests/nbd/lib/make-tls-creds" "$PRL_TMP/c"
 c=$PRL_TMP/c
@@ -96,19 +96,17 @@ expect_status 0 prl_img compare \
 stop_nbd "$p3" log3
 
 # ---- nbdkit with --tls=require, PSK and X.509 ----
-if command -v nbdkit >/dev/null; then
-    start_nbdkit k1 --tls=require --tls-psk="$c/psk/keys.psk" \
-        -U "$PWD/k1.sock" file disk.raw
-    expect_status 0 prl_img compare \
-        "nbds+unix://alice@/?socket=$PWD/k1.sock&tls-psk-file=$c/psk/keys.psk" \
-        disk.raw
-    expect_status 1 prl_img info "nbd+unix:///?socket=$PWD/k1.sock"
-    err_contains "requires TLS"
-    stop_pid "$k1"
-    start_nbdkit k2 --tls=require --tls-certificates="$c/server" \
-        --tls-verify-peer -U "$PWD/k2.sock" file disk.raw
-    expect_status 0 prl_img compare \
-        "nbds+unix:///?socket=$PWD/k2.sock&tls-certificates=$c/client&tls-hostname=localhost" \
-        disk.raw
-    stop_pid "$k2"
-fi
+start_nbdkit k1 --tls=require --tls-psk="$c/psk/keys.psk" \
+    -U "$PWD/k1.sock" file disk.raw
+expect_status 0 prl_img compare \
+    "nbds+unix://alice@/?socket=$PWD/k1.sock&tls-psk-file=$c/psk/keys.psk" \
+    disk.raw
+expect_status 1 prl_img info "nbd+unix:///?socket=$PWD/k1.sock"
+err_contains "requires TLS"
+stop_pid "$k1"
+start_nbdkit k2 --tls=require --tls-certificates="$c/server" \
+    --tls-verify-peer -U "$PWD/k2.sock" file disk.raw
+expect_status 0 prl_img compare \
+    "nbds+unix:///?socket=$PWD/k2.sock&tls-certificates=$c/client&tls-hostname=localhost" \
+    disk.raw
+stop_pid "$k2"
