@@ -51,8 +51,15 @@ struct prl_nbd_req {
      * as each list holds; which contexts' chunks came. */
     struct ext_list alloc, depth, bitmap;
     size_t want_bitmap;
+    /* The contexts asked for: every negotiated one, unless the server
+     * takes a list of them (NBD_FLAG_BLOCK_STATUS_PAYLOAD), and the
+     * ones that came. */
+    bool ask_alloc, ask_depth;
+    uint64_t ask_bitmaps; /* bit i: c->bitmaps[i] */
     bool seen_alloc, seen_depth;
-    uint64_t seen_bitmaps; /* bit i: c->bitmaps[i] */
+    uint64_t seen_bitmaps;
+    /* Bytes of payload when it is no write's data: the list. */
+    uint32_t plen;
     /* The first error chunk (or simple error): errno and message. */
     int err;
     /* Set under c->lock by whichever thread finished the reply. */
@@ -85,8 +92,12 @@ static int send_request(struct prl_nbd_client *c, struct prl_nbd_req *rq,
     size_t n;
     int r;
 
+    /* A write's payload is its data; block status's is the list of
+     * contexts (extended headers only). */
+    uint64_t len = rq->plen ? rq->plen : rq->len;
+
     if (payload && c->exp.extended) {
-        /* Extended headers: a WRITE says its length is a payload. */
+        /* Extended headers: the length is the payload's. */
         flags |= PRL_NBD_CMD_FLAG_PAYLOAD_LEN;
     }
     prl_be16_store(h + 4, flags);
@@ -95,16 +106,16 @@ static int send_request(struct prl_nbd_client *c, struct prl_nbd_req *rq,
     prl_be64_store(h + 16, rq->off);
     if (c->exp.extended) {
         prl_be32_store(h, PRL_NBD_MAGIC_EXT_REQUEST);
-        prl_be64_store(h + 24, rq->len);
+        prl_be64_store(h + 24, len);
         n = sizeof(struct prl_nbd_ext_request);
     } else {
         prl_be32_store(h, PRL_NBD_MAGIC_REQUEST);
-        prl_be32_store(h + 24, (uint32_t)rq->len);
+        prl_be32_store(h + 24, (uint32_t)len);
         n = sizeof(struct prl_nbd_request);
     }
     r = prl_nbd_cl_send(c, h, n);
     if (r == 0 && payload) {
-        r = prl_nbd_cl_send(c, payload, (size_t)rq->len);
+        r = prl_nbd_cl_send(c, payload, (size_t)len);
     }
     return r;
 }
@@ -250,7 +261,7 @@ static int status_chunk(struct prl_nbd_client *c, struct prl_nbd_req *rq,
     size_t hl = ext ? 8 : 4, dl = ext ? 16 : 8;
     uint64_t count, sum = 0;
     struct ext_list *dst;
-    bool *seen;
+    bool *seen, asked = true;
     int r;
 
     if (rq->type != PRL_NBD_CMD_BLOCK_STATUS) {
@@ -278,9 +289,11 @@ static int status_chunk(struct prl_nbd_client *c, struct prl_nbd_req *rq,
     if (c->exp.has_alloc && id == c->ctx_alloc) {
         dst = &rq->alloc;
         seen = &rq->seen_alloc;
+        asked = rq->ask_alloc;
     } else if (c->exp.has_depth && id == c->ctx_depth) {
         dst = &rq->depth;
         seen = &rq->seen_depth;
+        asked = rq->ask_depth;
     } else {
         size_t i;
         for (i = 0; i < c->n_bitmaps && c->bitmaps[i].id != id; i++) {
@@ -289,6 +302,12 @@ static int status_chunk(struct prl_nbd_client *c, struct prl_nbd_req *rq,
             return prl_nbd_cl_proto(
                 c, "block status for unknown context id %" PRIu32, id);
         }
+        if (!(rq->ask_bitmaps & ((uint64_t)1 << i))) {
+            return prl_nbd_cl_proto(c,
+                                    "block status for context id %" PRIu32
+                                    ", which the request did not list",
+                                    id);
+        }
         if (rq->seen_bitmaps & ((uint64_t)1 << i)) {
             return prl_nbd_cl_proto(
                 c, "two block status chunks for context id %" PRIu32, id);
@@ -296,6 +315,12 @@ static int status_chunk(struct prl_nbd_client *c, struct prl_nbd_req *rq,
         rq->seen_bitmaps |= (uint64_t)1 << i;
         dst = i == rq->want_bitmap ? &rq->bitmap : NULL;
         seen = NULL;
+    }
+    if (!asked) {
+        return prl_nbd_cl_proto(c,
+                                "block status for context id %" PRIu32
+                                ", which the request did not list",
+                                id);
     }
     if (seen && *seen) {
         return prl_nbd_cl_proto(
@@ -365,13 +390,11 @@ static int finish(struct prl_nbd_client *c, struct prl_nbd_req *rq)
                                 " bytes at offset %" PRIu64,
                                 rq->covered, rq->len, rq->off);
     } else if (rq->type == PRL_NBD_CMD_BLOCK_STATUS &&
-               ((c->exp.has_alloc && !rq->seen_alloc) ||
-                (c->exp.has_depth && !rq->seen_depth) ||
-                rq->seen_bitmaps !=
-                    (c->n_bitmaps == 64 ? UINT64_MAX
-                                        : ((uint64_t)1 << c->n_bitmaps) - 1))) {
+               (rq->ask_alloc != rq->seen_alloc ||
+                rq->ask_depth != rq->seen_depth ||
+                rq->seen_bitmaps != rq->ask_bitmaps)) {
         return prl_nbd_cl_proto(c, "block status reply lacks a context "
-                                   "that was negotiated");
+                                   "that was asked for");
     }
     pthread_mutex_lock(&c->lock);
     rq->done = true;
@@ -781,6 +804,52 @@ int prl_nbd_client_cache(struct prl_nbd_client *c, uint64_t len, uint64_t off)
                  c->exp.max_block);
 }
 
+/* Send block status request |rq| for base:allocation when |alloc|,
+ * qemu:allocation-depth when |depth| and bitmap |bitmap| (SIZE_MAX:
+ * none), each only when negotiated; wait for its reply.  A server that
+ * takes a list gets one when it leaves contexts out; others answer for
+ * every negotiated context. */
+static int status_exchange(struct prl_nbd_client *c, struct prl_nbd_req *rq,
+                           bool alloc, bool depth, size_t bitmap)
+{
+    uint64_t all =
+        c->n_bitmaps == 64 ? UINT64_MAX : ((uint64_t)1 << c->n_bitmaps) - 1;
+    uint64_t bm = bitmap < c->n_bitmaps ? (uint64_t)1 << bitmap : 0;
+    uint8_t list[8 + 3 * 4];
+    size_t n = 8;
+
+    alloc = alloc && c->exp.has_alloc;
+    depth = depth && c->exp.has_depth;
+    rq->type = PRL_NBD_CMD_BLOCK_STATUS;
+    if (!c->exp.extended ||
+        !(c->exp.tflags & PRL_NBD_FLAG_BLOCK_STATUS_PAYLOAD) ||
+        (alloc == c->exp.has_alloc && depth == c->exp.has_depth && bm == all) ||
+        (!alloc && !depth && !bm)) {
+        rq->ask_alloc = c->exp.has_alloc;
+        rq->ask_depth = c->exp.has_depth;
+        rq->ask_bitmaps = all;
+        return exchange(c, rq, 0, NULL);
+    }
+    rq->ask_alloc = alloc;
+    rq->ask_depth = depth;
+    rq->ask_bitmaps = bm;
+    prl_be64_store(list, rq->len);
+    if (alloc) {
+        prl_be32_store(list + n, c->ctx_alloc);
+        n += 4;
+    }
+    if (depth) {
+        prl_be32_store(list + n, c->ctx_depth);
+        n += 4;
+    }
+    if (bm) {
+        prl_be32_store(list + n, c->bitmaps[bitmap].id);
+        n += 4;
+    }
+    rq->plen = (uint32_t)n;
+    return exchange(c, rq, 0, list);
+}
+
 int prl_nbd_client_block_status(struct prl_nbd_client *c, uint64_t len,
                                 uint64_t off, struct prl_nbd_extent *alloc,
                                 struct prl_nbd_extent *depth,
@@ -793,14 +862,14 @@ int prl_nbd_client_block_status(struct prl_nbd_client *c, uint64_t len,
                          c->name);
     }
     memset(&rq, 0, sizeof(rq));
-    rq.type = PRL_NBD_CMD_BLOCK_STATUS;
     rq.off = off;
     rq.len = PRL_MIN(len, max_effect(c));
     rq.alloc = (struct ext_list){alloc, 1, 0};
     rq.depth = (struct ext_list){depth, 1, 0};
     rq.bitmap = (struct ext_list){bitmap, 1, 0};
     rq.want_bitmap = 0;
-    return exchange(c, &rq, 0, NULL);
+    return status_exchange(c, &rq, alloc != NULL, depth != NULL,
+                           bitmap ? 0 : SIZE_MAX);
 }
 
 int prl_nbd_client_block_status_list(struct prl_nbd_client *c, uint64_t len,
@@ -817,13 +886,12 @@ int prl_nbd_client_block_status_list(struct prl_nbd_client *c, uint64_t len,
                          c->name);
     }
     memset(&rq, 0, sizeof(rq));
-    rq.type = PRL_NBD_CMD_BLOCK_STATUS;
     rq.off = off;
     rq.len = PRL_MIN(len, max_effect(c));
     rq.alloc = (struct ext_list){alloc, max, 0};
     rq.depth = (struct ext_list){depth, max, 0};
     rq.want_bitmap = SIZE_MAX;
-    r = exchange(c, &rq, 0, NULL);
+    r = status_exchange(c, &rq, true, depth != NULL, SIZE_MAX);
     *n_alloc = rq.alloc.n;
     if (n_depth) {
         *n_depth = rq.depth.n;
@@ -853,10 +921,9 @@ int prl_nbd_client_bitmap_status(struct prl_nbd_client *c, const char *name,
                          c->name, name, name);
     }
     memset(&rq, 0, sizeof(rq));
-    rq.type = PRL_NBD_CMD_BLOCK_STATUS;
     rq.off = off;
     rq.len = PRL_MIN(len, max_effect(c));
     rq.bitmap = (struct ext_list){ext, 1, 0};
     rq.want_bitmap = i;
-    return exchange(c, &rq, 0, NULL);
+    return status_exchange(c, &rq, false, false, i);
 }
