@@ -42,6 +42,9 @@ struct prl_nbd_client_opts {
     /* Also ask for every qemu:dirty-bitmap: context the server lists
      * (NBD_OPT_LIST_META_CONTEXT; at most 64). */
     bool all_bitmaps;
+    /* Fail the handshake with -ETIMEDOUT when the server stays silent
+     * this long at any step (0: wait as long as it takes). */
+    unsigned timeout_ms;
 };
 
 /* Connect to |uri| (prl_nbd_uri_parse'd) and negotiate.  |opts| may be

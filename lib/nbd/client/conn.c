@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -49,6 +50,13 @@ int prl_nbd_cl_proto(struct prl_nbd_client *c, const char *fmt, ...)
     return prl_error(EIO, "nbd server %s: protocol error: %s", c->name, msg);
 }
 
+/* errno after a failed send or receive: a socket timeout (set only for
+ * a handshake with a time limit) says EAGAIN, which means ETIMEDOUT. */
+static int io_errno(void)
+{
+    return errno == EAGAIN || errno == EWOULDBLOCK ? ETIMEDOUT : errno;
+}
+
 int prl_nbd_cl_send(struct prl_nbd_client *c, const void *buf, size_t n)
 {
     const uint8_t *p = buf;
@@ -72,7 +80,8 @@ int prl_nbd_cl_send(struct prl_nbd_client *c, const void *buf, size_t n)
             }
             if (r < 0) {
                 c->dead = true;
-                return prl_error_errno(errno, "nbd server %s: send", c->name);
+                return prl_error_errno(io_errno(), "nbd server %s: send",
+                                       c->name);
             }
         }
         p += r;
@@ -109,7 +118,7 @@ static ssize_t recv_some(struct prl_nbd_client *c, void *p, size_t n)
             }
             if (r < 0) {
                 c->dead = true;
-                return prl_error_errno(errno, "nbd server %s: receive",
+                return prl_error_errno(io_errno(), "nbd server %s: receive",
                                        c->name);
             }
         }
@@ -177,13 +186,33 @@ int prl_nbd_cl_skip(struct prl_nbd_client *c, uint64_t n)
 static ssize_t tls_push(gnutls_transport_ptr_t ptr, const void *buf, size_t n)
 {
     struct prl_nbd_client *c = ptr;
-    return send(c->fd, buf, n, MSG_NOSIGNAL);
+    ssize_t r = send(c->fd, buf, n, MSG_NOSIGNAL);
+
+    if (r < 0) {
+        errno = io_errno(); /* a timeout must not look like "again" */
+    }
+    return r;
 }
 
 static ssize_t tls_pull(gnutls_transport_ptr_t ptr, void *buf, size_t n)
 {
     struct prl_nbd_client *c = ptr;
-    return recv(c->fd, buf, n, 0);
+    ssize_t r = recv(c->fd, buf, n, 0);
+
+    if (r < 0) {
+        errno = io_errno();
+    }
+    return r;
+}
+
+/* Give every send and receive on |fd| a time limit (0: none). */
+static void set_timeout(int fd, unsigned ms)
+{
+    struct timeval tv = {.tv_sec = ms / 1000,
+                         .tv_usec = (suseconds_t)(ms % 1000) * 1000};
+
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 }
 
 static int hexval(int ch)
@@ -610,10 +639,16 @@ int prl_nbd_client_connect(const struct prl_nbd_uri *uri,
     if (r < 0) {
         return r;
     }
+    if (opts && opts->timeout_ms) {
+        set_timeout(fd, opts->timeout_ms);
+    }
     r = prl_nbd_cl_handshake(c, uri->tls ? uri : NULL, opts);
     if (r < 0) {
         prl_nbd_client_close(c); /* NBD_OPT_ABORT if still in sync */
         return r;
+    }
+    if (opts && opts->timeout_ms) {
+        set_timeout(fd, 0);
     }
     *out = c;
     return 0;
