@@ -162,10 +162,14 @@ static void read_some(struct prl_block *bs, uint64_t *budget)
             continue;
         }
         uint64_t len = size - off < CHUNK ? size - off : CHUNK;
+        /* The read-ahead hint walks the same extents: it may fail on a
+         * damaged image, but only cleanly. */
+        prl_block_cache(bs, len, off);
         read_checked(bs, off, (size_t)len, budget);
     }
     /* Past the end must fail, not read. */
     CHECK(prl_block_pread(bs, buf_a, 1, size, 0) < 0);
+    CHECK(prl_block_cache(bs, 1, size) < 0);
 }
 
 /* Every bitmap of the image lists with a sane granularity, and a

@@ -118,6 +118,14 @@ int prl_block_trim(struct prl_block *bs, uint64_t length, uint64_t offset,
                    unsigned flags);
 int prl_block_flush(struct prl_block *bs);
 
+/* A hint that [offset, offset+length) will be read soon (NBD_CMD_CACHE):
+ * the host file ranges holding its data are read ahead into the page
+ * cache (posix_fadvise WILLNEED; holes need nothing), and an NBD export
+ * passes the hint on to its server when that takes it.  It may return
+ * before the data is in.  Returns 0 or a negative errno; a failure says
+ * nothing about later reads of the range. */
+int prl_block_cache(struct prl_block *bs, uint64_t length, uint64_t offset);
+
 /* Describe the range starting at |offset|: fills *ext with the longest
  * prefix (1 .. length bytes) whose status is uniform.  length > 0 and the
  * range inside the image. */

@@ -86,6 +86,10 @@ struct prl_driver {
     int (*trim)(struct prl_block *bs, uint64_t length, uint64_t offset,
                 unsigned flags);
     int (*flush)(struct prl_block *bs);
+    /* Optional: without it the core reads ahead the host files that
+     * block_status and data_fd name (and reads through pread the data
+     * they cannot place). */
+    int (*cache)(struct prl_block *bs, uint64_t length, uint64_t offset);
 
     /* Fill *ext for the prefix of [offset, offset+length) (see
      * prl_block_status); ext->length in 1..length.  Optional: without it

@@ -423,6 +423,25 @@ static int nbd_trim(struct prl_block *bs, uint64_t length, uint64_t offset,
     return r;
 }
 
+/* The hint goes to the server when it takes it (NBD_FLAG_SEND_CACHE);
+ * otherwise there is nothing worth doing here. */
+static int nbd_cache(struct prl_block *bs, uint64_t length, uint64_t offset)
+{
+    struct nbd_state *s = bs->opaque;
+    uint64_t start = prl_round_down(offset, s->align);
+    uint64_t end = PRL_MIN(prl_round_up(offset + length, s->align), bs->size);
+    struct nbd_conn *cn;
+    int r;
+
+    if (!(prl_nbd_client_export(s->c)->tflags & PRL_NBD_FLAG_SEND_CACHE)) {
+        return 0;
+    }
+    cn = conn_get(s);
+    r = prl_nbd_client_cache(cn->c, end - start, start);
+    conn_put(s, cn);
+    return r;
+}
+
 static int nbd_flush(struct prl_block *bs)
 {
     struct nbd_state *s = bs->opaque;
@@ -619,6 +638,7 @@ const struct prl_driver prl_driver_nbd = {
     .zero = nbd_zero,
     .trim = nbd_trim,
     .flush = nbd_flush,
+    .cache = nbd_cache,
     .block_status = nbd_block_status,
     .bitmap_status = nbd_bitmap_status,
 };

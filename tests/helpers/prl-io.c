@@ -38,6 +38,7 @@ static void usage(FILE *f)
             "  write [-F] OFF LEN SRCFILE:SRCOFF | write [-F] -P BYTE OFF LEN\n"
             "  zero [-u] [-F] [-f] OFF LEN     (-u no unmap, -f fast only)\n"
             "  trim [-F] OFF LEN\n"
+            "  cache OFF LEN                   (read-ahead hint)\n"
             "  read OFF LEN OUTFILE:OUTOFF | read -P BYTE OFF LEN\n"
             "  flush | resize SIZE [shrink] | status OFF LEN | info | size\n"
             "  close | reopen [-r|-w] [-f FMT]\n");
@@ -414,6 +415,13 @@ static void run(char *line)
         cmd_zero_trim(true, argc, argv);
     } else if (strcmp(cmd, "read") == 0) {
         cmd_read(argc, argv);
+    } else if (strcmp(cmd, "cache") == 0) {
+        expect_args("cache", argc - 1, 2);
+        int r =
+            prl_block_cache(bs, num("cache", argv[2]), num("cache", argv[1]));
+        if (r < 0) {
+            die_prl("cache", r);
+        }
     } else if (strcmp(cmd, "flush") == 0) {
         int r = prl_block_flush(bs);
         if (r < 0) {

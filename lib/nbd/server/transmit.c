@@ -30,9 +30,8 @@
 #define ZC_MAX_EXTENTS 64
 /* Payloads this small are received through the connection buffer. */
 #define SMALL_PAYLOAD (16u << 10)
-/* CACHE reads ahead in pieces of this size, and at most this much of
- * one request (the rest is a hint we may ignore). */
-#define CACHE_PIECE (1u << 20)
+/* CACHE reads ahead at most this much of one request (the rest is a
+ * hint we may ignore). */
 #define CACHE_MAX (64u << 20)
 
 /* ---- buffers ---- */
@@ -867,16 +866,15 @@ static void cmd_trim(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
 
 static void cmd_cache(struct prl_nbd_worker *w, const struct prl_nbd_req *req)
 {
-    uint64_t off = req->offset;
-    uint64_t end = off + PRL_MIN(req->length, (uint64_t)CACHE_MAX);
-    int r = prl_nbd_worker_buf(w, CACHE_PIECE);
+    struct prl_nbd_export *exp = w->conn->exp;
+    int r;
 
-    /* Reading the range brings it into the host's page cache. */
-    while (r == 0 && off < end) {
-        uint64_t n = PRL_MIN(end - off, (uint64_t)CACHE_PIECE);
-        r = block_read(w->conn->exp, w->buf, n, off);
-        off += n;
-    }
+    /* Read-ahead of the files behind the range (or the hint passed on
+     * to the server of an NBD export); the reply need not wait for it. */
+    EXPORT_LOCK(exp);
+    r = prl_block_cache(exp->bs, PRL_MIN(req->length, (uint64_t)CACHE_MAX),
+                        req->offset);
+    EXPORT_UNLOCK(exp);
     reply_result(w, req, r);
 }
 
