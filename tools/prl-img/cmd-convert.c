@@ -693,6 +693,19 @@ int cmd_convert(int argc, char **argv)
         goto out;
     }
     s.fresh = !a.no_create;
+    if (!s.fresh && s.sparse != 0) {
+        /* An existing target: as qemu-img does, first try to make the
+         * whole range read as zeroes in one fast request (holes punched,
+         * clusters freed, an NBD WRITE_ZEROES with FAST_ZERO); then the
+         * source's zero runs need no request at all.  A target that
+         * cannot (-ENOTSUP), or fails part way, gets its zero runs
+         * zeroed one by one as before. */
+        if (prl_block_zero(s.dst, s.size, 0, PRL_REQ_FAST_ZERO) == 0) {
+            s.fresh = true;
+        } else {
+            prl_error_clear();
+        }
+    }
     img_progress_start(&s.progress, a.progress && !a.quiet);
     r = run_copy(&s, (int)a.workers);
     if (r < 0) {
