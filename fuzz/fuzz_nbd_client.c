@@ -4,15 +4,18 @@
  * (handshake listing the server's dirty bitmaps, then asking for
  * base:allocation, qemu:allocation-depth, bitmap "b0" and the listed
  * ones; read, block status, write, zero, trim, flush, cache,
- * read at the end; disconnect).  Whatever the bytes, the client must
- * fail cleanly (a negative errno and a message) or succeed with results
- * inside what it asked for, and never touch memory outside its buffers.
+ * read at the end; disconnect); then the same bytes go to a second
+ * client that lists the server's exports (NBD_OPT_LIST, then INFO and
+ * LIST_META_CONTEXT of each, as prl-nbd -L).  Whatever the bytes, each
+ * client must fail cleanly (a negative errno and a message) or succeed
+ * with results inside what it asked for, and never touch memory outside
+ * its buffers.
  *
  * With FUZZ_NBD_RECORD=SOCKET:OUT in the environment the target instead
  * runs the script once against a real server on the Unix socket SOCKET
- * and writes what the server sent to OUT: a seed that replays the same
- * conversation (fuzz/make-corpus uses it with qemu-nbd, nbdkit and
- * prl-nbd). */
+ * and writes what the server sent to OUT, and what it sent to the
+ * listing client to OUT-list: seeds that replay the same conversations
+ * (fuzz/make-client-corpus uses it with qemu-nbd, nbdkit and prl-nbd). */
 #include "nbd/client/client.h"
 #include "nbd/wire.h"
 #include "prl/error.h"
@@ -107,6 +110,34 @@ static void script(int fd)
     prl_nbd_client_close(c);
 }
 
+/* The listing client over |fd| (owned by the call). */
+static void list_script(int fd)
+{
+    struct prl_nbd_export_info *v;
+    size_t n;
+    int r = prl_nbd_client_list_fd(fd, "fuzz", &v, &n);
+
+    check_result(r);
+    if (r < 0) {
+        CHECK(v == NULL && n == 0);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const struct prl_nbd_export_info *e = &v[i];
+        CHECK(e->name != NULL && e->description != NULL);
+        if (e->has_block_sizes) {
+            CHECK(e->exp.min_block >= 1 && e->exp.min_block <= 65536);
+            CHECK((e->exp.min_block & (e->exp.min_block - 1)) == 0);
+            CHECK(e->exp.pref_block >= e->exp.min_block);
+        }
+        CHECK(e->n_contexts == 0 || e->contexts != NULL);
+        for (size_t j = 0; j < e->n_contexts; j++) {
+            CHECK(e->contexts[j] != NULL && e->contexts[j][0] != '\0');
+        }
+    }
+    prl_nbd_export_info_free(v, n);
+}
+
 struct pump {
     int from, to;
     FILE *record;        /* NULL: not kept */
@@ -149,20 +180,16 @@ static void *pump_thread(void *arg)
     return NULL;
 }
 
-/* FUZZ_NBD_RECORD=SOCKET:OUT: record one real conversation and exit. */
-static void record(const char *spec)
+/* Run |client| against the real server on Unix socket |sock|, writing
+ * what the server sends to |path|. */
+static void record_one(const char *sock, const char *path,
+                       void (*client)(int fd))
 {
-    char sock[108];
-    const char *colon = strrchr(spec, ':');
     struct sockaddr_un sa;
     pthread_t t1, t2;
     int sp[2], srv;
-    FILE *out;
+    FILE *out = fopen(path, "wb");
 
-    CHECK(colon && (size_t)(colon - spec) < sizeof(sock));
-    memcpy(sock, spec, (size_t)(colon - spec));
-    sock[colon - spec] = '\0';
-    out = fopen(colon + 1, "wb");
     CHECK(out != NULL);
     memset(&sa, 0, sizeof(sa));
     sa.sun_family = AF_UNIX;
@@ -174,12 +201,27 @@ static void record(const char *spec)
     struct pump down = {srv, sp[1], out, NULL, 0};
     CHECK(pthread_create(&t1, NULL, pump_thread, &up) == 0);
     CHECK(pthread_create(&t2, NULL, pump_thread, &down) == 0);
-    script(sp[0]);
+    client(sp[0]);
     pthread_join(t1, NULL);
     pthread_join(t2, NULL);
     close(srv);
     close(sp[1]);
     CHECK(fclose(out) == 0);
+}
+
+/* FUZZ_NBD_RECORD=SOCKET:OUT: record the two real conversations and
+ * exit. */
+static void record(const char *spec)
+{
+    char sock[108], list_path[4096];
+    const char *colon = strrchr(spec, ':');
+
+    CHECK(colon && (size_t)(colon - spec) < sizeof(sock));
+    memcpy(sock, spec, (size_t)(colon - spec));
+    sock[colon - spec] = '\0';
+    record_one(sock, colon + 1, script);
+    snprintf(list_path, sizeof(list_path), "%s-list", colon + 1);
+    record_one(sock, list_path, list_script);
     exit(0);
 }
 
@@ -195,7 +237,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+/* Feed |data| to |client| on a socketpair. */
+static void replay(const uint8_t *data, size_t size, void (*client)(int fd))
 {
     struct pump feed, drain;
     pthread_t t1, t2;
@@ -206,10 +249,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     drain = (struct pump){sp[1], -1, NULL, NULL, 0};
     CHECK(pthread_create(&t1, NULL, pump_thread, &feed) == 0);
     CHECK(pthread_create(&t2, NULL, pump_thread, &drain) == 0);
-    script(sp[0]); /* closes sp[0], which ends both pumps */
+    client(sp[0]); /* closes sp[0], which ends both pumps */
     pthread_join(t1, NULL);
     pthread_join(t2, NULL);
     close(sp[1]);
     prl_error_clear();
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    replay(data, size, script);
+    replay(data, size, list_script);
     return 0;
 }

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* prl-nbd: serve images that prl opens over NBD, with qemu-nbd's option
  * names where the two overlap. */
+#include "list.h"
 #include "nbd/server/server.h"
 #include "nbd/tls.h"
 #include "prl/block.h"
@@ -60,6 +61,8 @@ struct object_arg {
     bool verify_peer;     /* tls-creds-x509 */
     bool sanity_check;    /* tls-creds-x509 */
     const char *identity; /* authz-simple */
+    const char *endpoint; /* tls-creds-*: "server", "client"; NULL: client */
+    const char *username; /* tls-creds-psk, client endpoint */
 };
 
 struct options {
@@ -87,6 +90,9 @@ struct options {
     int n_objects;
     const char *tls_creds; /* an object id */
     const char *tls_authz; /* an object id */
+    const char *tls_hostname;
+    bool list;            /* -L: list a server's exports instead of serving */
+    const char *list_uri; /* -L's optional NBD URI */
     struct prl_nbd_server_config cfg;
 };
 
@@ -150,6 +156,16 @@ static void usage(FILE *f)
 "                            PSK username\n"
 "      --tls-creds=ID        serve only over TLS with credentials ID\n"
 "      --tls-authz=ID        admit only the identity of authz object ID\n"
+"\n"
+"Listing (as a client):\n"
+"  -L, --list [URI]          list the exports of the server at URI, or at\n"
+"                            -k SOCKET, else -b ADDR (default localhost)\n"
+"                            and -p PORT, as qemu-nbd --list does; TLS with\n"
+"                            --tls-creds=ID of a tls-creds-x509 (dir with\n"
+"                            ca-cert.pem, client-cert.pem, client-key.pem)\n"
+"                            or tls-creds-psk (dir/keys.psk, username=,\n"
+"                            default qemu) object with endpoint=client\n"
+"      --tls-hostname=NAME   the name the server certificate must carry\n"
 "\n"
 "Process:\n"
 "      --fork                run in the background once listening\n"
@@ -311,7 +327,7 @@ static bool parse_bool(const char *s, bool *out)
 static int parse_object(struct options *o, char *arg)
 {
     struct object_arg *ob;
-    const char *type_name, *endpoint = NULL;
+    const char *type_name;
     char *rest = arg, *item;
 
     if (o->n_objects == MAX_OBJECTS) {
@@ -348,7 +364,11 @@ static int parse_object(struct options *o, char *arg)
         } else if (creds && strcmp(key, "dir") == 0) {
             ob->dir = val;
         } else if (creds && strcmp(key, "endpoint") == 0) {
-            endpoint = val;
+            if (strcmp(val, "server") != 0 && strcmp(val, "client") != 0) {
+                return die("--object %s: endpoint=%s is not server or client",
+                           type_name, val);
+            }
+            ob->endpoint = val;
         } else if (creds && strcmp(key, "priority") == 0) {
             ob->priority = val;
         } else if (ob->type == OBJ_TLS_X509 &&
@@ -368,10 +388,7 @@ static int parse_object(struct options *o, char *arg)
                        "supported; give server-key.pem unencrypted",
                        type_name);
         } else if (ob->type == OBJ_TLS_PSK && strcmp(key, "username") == 0) {
-            return die("--object %s: username= is for client endpoints; a "
-                       "server takes every user in keys.psk (restrict them "
-                       "with --tls-authz)",
-                       type_name);
+            ob->username = val;
         } else if (ob->type == OBJ_AUTHZ_SIMPLE &&
                    strcmp(key, "identity") == 0) {
             ob->identity = val;
@@ -397,18 +414,13 @@ static int parse_object(struct options *o, char *arg)
             return die("--object %s,id=%s: dir= is required", type_name,
                        ob->id);
         }
-        /* QEMU's default endpoint is client, which a server cannot use. */
-        if (!endpoint || strcmp(endpoint, "server") != 0) {
-            return die("--object %s,id=%s: prl-nbd needs endpoint=server%s%s",
-                       type_name, ob->id, endpoint ? ", not " : "",
-                       endpoint ? endpoint : "");
-        }
     }
     o->n_objects++;
     return 0;
 }
 
-static struct object_arg *find_object(struct options *o, const char *id)
+static const struct object_arg *find_object(const struct options *o,
+                                            const char *id)
 {
     for (int i = 0; i < o->n_objects; i++) {
         if (strcmp(o->objects[i].id, id) == 0) {
@@ -416,6 +428,89 @@ static struct object_arg *find_object(struct options *o, const char *id)
         }
     }
     return NULL;
+}
+
+/* The credential objects suit what prl-nbd is to do: serve (endpoint=
+ * server; QEMU's default is client, which a server cannot use) or list
+ * a server's exports (-L: endpoint=client). */
+static int check_endpoints(const struct options *o)
+{
+    for (int i = 0; i < o->n_objects; i++) {
+        const struct object_arg *ob = &o->objects[i];
+        const char *type =
+            ob->type == OBJ_TLS_X509 ? "tls-creds-x509" : "tls-creds-psk";
+        bool server = ob->endpoint && strcmp(ob->endpoint, "server") == 0;
+
+        if (ob->type == OBJ_AUTHZ_SIMPLE) {
+            continue;
+        }
+        if (!o->list && !server) {
+            return die("--object %s,id=%s: prl-nbd needs endpoint=server%s%s",
+                       type, ob->id, ob->endpoint ? ", not " : "",
+                       ob->endpoint ? ob->endpoint : "");
+        }
+        if (o->list && server) {
+            return die("--object %s,id=%s: -L connects to a server: it "
+                       "needs endpoint=client",
+                       type, ob->id);
+        }
+        if (server && ob->username) {
+            return die("--object %s,id=%s: username= is for client "
+                       "endpoints; a server takes every user in keys.psk "
+                       "(restrict them with --tls-authz)",
+                       type, ob->id);
+        }
+    }
+    return 0;
+}
+
+/* -L: where to connect, from the URI argument or -k / -b / -p and the
+ * client credentials of --tls-creds, into *u. */
+static int list_target(const struct options *o, struct prl_nbd_uri *u)
+{
+    const struct object_arg *ob =
+        o->tls_creds ? find_object(o, o->tls_creds) : NULL;
+
+    memset(u, 0, sizeof(*u));
+    if (o->list_uri) {
+        if (prl_nbd_uri_parse(o->list_uri, u) < 0) {
+            return die("%s", prl_error_message());
+        }
+        return 0;
+    }
+    u->tls_verify_peer = -1;
+    if (o->n_unix > 0) {
+        u->is_unix = true;
+        u->socket = strdup(o->unix_paths[0]);
+        u->socket_len = strlen(o->unix_paths[0]);
+    } else {
+        u->host = strdup(o->bind ? o->bind : "localhost");
+        u->port = strdup(o->port ? o->port : PRL_NBD_DEFAULT_PORT);
+    }
+    u->export_name = strdup("");
+    if (ob) {
+        u->tls = true;
+        u->tls_hostname = o->tls_hostname ? strdup(o->tls_hostname) : NULL;
+        if (ob->type == OBJ_TLS_X509) {
+            u->tls_type = PRL_NBD_URI_TLS_X509;
+            u->tls_certificates = strdup(ob->dir);
+            u->tls_verify_peer = ob->verify_peer ? 1 : 0;
+        } else {
+            u->tls_type = PRL_NBD_URI_TLS_PSK;
+            if (asprintf(&u->tls_psk_file, "%s/keys.psk", ob->dir) < 0) {
+                u->tls_psk_file = NULL;
+            }
+            /* QEMU's default PSK identity. */
+            u->user = strdup(ob->username ? ob->username : "qemu");
+        }
+    }
+    if (!u->export_name || (u->is_unix ? !u->socket : !u->host || !u->port) ||
+        (ob && (ob->type == OBJ_TLS_X509 ? !u->tls_certificates
+                                         : !u->tls_psk_file || !u->user))) {
+        prl_nbd_uri_free(u);
+        return die("out of memory");
+    }
+    return 0;
 }
 
 enum {
@@ -433,6 +528,7 @@ enum {
     OPT_OBJECT,
     OPT_TLS_CREDS,
     OPT_TLS_AUTHZ,
+    OPT_TLS_HOSTNAME,
 };
 
 static const struct option long_opts[] = {
@@ -462,6 +558,8 @@ static const struct option long_opts[] = {
     {"object", required_argument, NULL, OPT_OBJECT},
     {"tls-creds", required_argument, NULL, OPT_TLS_CREDS},
     {"tls-authz", required_argument, NULL, OPT_TLS_AUTHZ},
+    {"tls-hostname", required_argument, NULL, OPT_TLS_HOSTNAME},
+    {"list", no_argument, NULL, 'L'},
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
@@ -475,7 +573,7 @@ static int parse_args(struct options *o, int argc, char **argv)
 
     o->cfg.shared = 1;
     o->cfg.handshake_limit = 10;
-    while ((c = getopt_long(argc, argv, "f:rx:D:AB:p:b:k:e:tsvhV", long_opts,
+    while ((c = getopt_long(argc, argv, "f:rx:D:AB:p:b:k:e:tsLvhV", long_opts,
                             NULL)) != -1) {
         unsigned v;
 
@@ -586,6 +684,12 @@ static int parse_args(struct options *o, int argc, char **argv)
         case OPT_TLS_AUTHZ:
             o->tls_authz = optarg;
             break;
+        case OPT_TLS_HOSTNAME:
+            o->tls_hostname = optarg;
+            break;
+        case 'L':
+            o->list = true;
+            break;
         case OPT_MIN_BLOCK:
             if (!parse_uint(optarg, 65536, &o->cfg.min_block_size) ||
                 (o->cfg.min_block_size & (o->cfg.min_block_size - 1))) {
@@ -607,6 +711,47 @@ static int parse_args(struct options *o, int argc, char **argv)
             usage(stderr);
             return 1;
         }
+    }
+    if (check_endpoints(o) != 0) {
+        return 1;
+    }
+    if (o->list) {
+        if (optind < argc - 1) {
+            return die("-L takes one NBD URI at most");
+        }
+        if (o->n_exports || o->export_name || o->description ||
+            o->alloc_depth || o->n_bitmaps || o->single || o->fork ||
+            o->tls_authz) {
+            return die("-L lists a server's exports: no exports of its own, "
+                       "-s, --fork or --tls-authz");
+        }
+        if (optind == argc - 1) {
+            if (!prl_nbd_uri_is_nbd(argv[optind])) {
+                return die("-L: '%s' is not an NBD URI (or give -k SOCKET, "
+                           "-b ADDR, -p PORT)",
+                           argv[optind]);
+            }
+            if (o->n_unix || o->bind || o->port || o->tls_creds) {
+                return die("-L: the URI says where to connect and how; no "
+                           "-k, -b, -p or --tls-creds with it");
+            }
+            o->list_uri = argv[optind];
+        }
+        if (o->n_unix > 1) {
+            return die("-L connects to one socket");
+        }
+        if (o->tls_creds) {
+            const struct object_arg *ob = find_object(o, o->tls_creds);
+            if (!ob || ob->type == OBJ_AUTHZ_SIMPLE) {
+                return die("--tls-creds=%s: no tls-creds-x509 or "
+                           "tls-creds-psk object with that id",
+                           o->tls_creds);
+            }
+        }
+        return 0;
+    }
+    if (o->tls_hostname) {
+        return die("--tls-hostname is for -L (the server's name to check)");
     }
     if (optind < argc - 1) {
         return die("one FILE at most; use --export for more");
@@ -853,6 +998,15 @@ int main(int argc, char **argv)
     r = parse_args(&o, argc, argv);
     if (r != 0) {
         return r < 0 ? 0 : 1;
+    }
+    if (o.list) {
+        struct prl_nbd_uri uri;
+        if (list_target(&o, &uri) != 0) {
+            return 1;
+        }
+        r = prl_nbd_list_exports(&uri);
+        prl_nbd_uri_free(&uri);
+        return r;
     }
     log_syslog = o.use_syslog;
     if (log_syslog) {

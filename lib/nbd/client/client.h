@@ -61,6 +61,35 @@ int prl_nbd_client_connect_fd(int fd, const char *name, const char *export_name,
                               const struct prl_nbd_client_opts *opts,
                               struct prl_nbd_client **out);
 
+/* One export of a server's list (prl_nbd_client_list). */
+struct prl_nbd_export_info {
+    char *name;
+    char *description; /* "" when the server gave none */
+    /* What NBD_OPT_INFO said (has_info): size, transmission flags, and
+     * the block sizes when has_block_sizes; structured and extended say
+     * what this connection negotiated. */
+    bool has_info;
+    bool has_block_sizes;
+    struct prl_nbd_export exp;
+    /* NBD_OPT_LIST_META_CONTEXT with no query: every context the export
+     * offers (none when structured replies were not negotiated). */
+    char **contexts;
+    size_t n_contexts;
+};
+
+/* Connect to the server |uri| names (its export name is not used), ask
+ * for its exports (NBD_OPT_LIST) and about each of them, and leave with
+ * NBD_OPT_ABORT, as qemu-nbd --list does.  0 with *out (n_out entries;
+ * free with prl_nbd_export_info_free), or a negative errno with a
+ * message. */
+int prl_nbd_client_list(const struct prl_nbd_uri *uri,
+                        struct prl_nbd_export_info **out, size_t *n_out);
+/* The same over an already connected stream |fd| (plain text; owned by
+ * the call), for the fuzzer. */
+int prl_nbd_client_list_fd(int fd, const char *name,
+                           struct prl_nbd_export_info **out, size_t *n_out);
+void prl_nbd_export_info_free(struct prl_nbd_export_info *v, size_t n);
+
 /* Send NBD_CMD_DISC (if the connection is still good), close and free.
  * NULL is a no-op. */
 void prl_nbd_client_close(struct prl_nbd_client *c);

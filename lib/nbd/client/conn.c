@@ -654,6 +654,54 @@ int prl_nbd_client_connect(const struct prl_nbd_uri *uri,
     return 0;
 }
 
+int prl_nbd_client_list(const struct prl_nbd_uri *uri,
+                        struct prl_nbd_export_info **out, size_t *n_out)
+{
+    struct prl_nbd_client *c;
+    char name[512];
+    int fd, r;
+
+    *out = NULL;
+    *n_out = 0;
+    if (uri->is_unix) {
+        char sock[256];
+        prl_nbd_cl_printable(sock, sizeof(sock), uri->socket, uri->socket_len);
+        snprintf(name, sizeof(name), "'%s'", sock);
+        fd = connect_unix(uri, name);
+    } else {
+        bool v6 = strchr(uri->host, ':') != NULL;
+        snprintf(name, sizeof(name), "%s%s%s:%s", v6 ? "[" : "", uri->host,
+                 v6 ? "]" : "", uri->port);
+        fd = connect_tcp(uri, name);
+    }
+    if (fd < 0) {
+        return fd;
+    }
+    r = client_new(fd, name, "", &c);
+    if (r < 0) {
+        return r;
+    }
+    r = prl_nbd_cl_list(c, uri->tls ? uri : NULL, out, n_out);
+    prl_nbd_client_close(c); /* NBD_OPT_ABORT */
+    return r;
+}
+
+int prl_nbd_client_list_fd(int fd, const char *name,
+                           struct prl_nbd_export_info **out, size_t *n_out)
+{
+    struct prl_nbd_client *c;
+    int r = client_new(fd, name, "", &c);
+
+    *out = NULL;
+    *n_out = 0;
+    if (r < 0) {
+        return r;
+    }
+    r = prl_nbd_cl_list(c, NULL, out, n_out);
+    prl_nbd_client_close(c);
+    return r;
+}
+
 /* Send |n| bytes if the socket takes them now; no error is reported
  * (the message of the failure that led here must stay). */
 static void send_quiet(struct prl_nbd_client *c, const void *buf, size_t n)

@@ -487,12 +487,16 @@ static int block_sizes(struct prl_nbd_client *c, const uint8_t *p)
     return 0;
 }
 
-/* NBD_OPT_GO: 1 done, 0 when the server does not know GO (fall back to
- * EXPORT_NAME), or a negative errno. */
-static int opt_go(struct prl_nbd_client *c, uint8_t *buf)
+/* NBD_OPT_GO (or, with |opt| NBD_OPT_INFO, the same questions without
+ * the move to transmission) for c->export_name: the answers go to
+ * c->exp, and the description, when the server gives one and |desc| is
+ * not NULL, to *desc (malloc'd).  1 done, 0 when the server does not
+ * know the option (GO: fall back to EXPORT_NAME), or a negative errno. */
+static int opt_go(struct prl_nbd_client *c, uint32_t opt, uint8_t *buf,
+                  char **desc)
 {
     size_t nl = strlen(c->export_name);
-    uint8_t *data = malloc(4 + nl + 4);
+    uint8_t *data = malloc(4 + nl + 6);
     uint32_t type, len;
     bool have_export = false;
     int r;
@@ -502,23 +506,26 @@ static int opt_go(struct prl_nbd_client *c, uint8_t *buf)
     }
     prl_be32_store(data, (uint32_t)nl);
     memcpy(data + 4, c->export_name, nl);
-    prl_be16_store(data + 4 + nl, 1);
+    prl_be16_store(data + 4 + nl, desc ? 2 : 1);
     prl_be16_store(data + 6 + nl, PRL_NBD_INFO_BLOCK_SIZE);
-    r = send_opt(c, PRL_NBD_OPT_GO, data, (uint32_t)(nl + 8));
+    prl_be16_store(data + 8 + nl, PRL_NBD_INFO_DESCRIPTION);
+    r = send_opt(c, opt, data, (uint32_t)(nl + (desc ? 10 : 8)));
     free(data);
     while (r == 0) {
-        r = recv_opt_reply(c, PRL_NBD_OPT_GO, &type, &len, buf);
+        r = recv_opt_reply(c, opt, &type, &len, buf);
         if (r < 0) {
             break;
         }
         if (type == PRL_NBD_REP_ACK) {
             if (len != 0) {
-                return prl_nbd_cl_proto(
-                    c, "ACK to NBD_OPT_GO has length %" PRIu32, len);
+                return prl_nbd_cl_proto(c, "ACK to %s has length %" PRIu32,
+                                        opt_name(opt), len);
             }
             if (!have_export) {
-                return prl_nbd_cl_proto(c, "NBD_OPT_GO acknowledged without "
-                                           "NBD_INFO_EXPORT");
+                return prl_nbd_cl_proto(c,
+                                        "%s acknowledged without "
+                                        "NBD_INFO_EXPORT",
+                                        opt_name(opt));
             }
             return 1;
         }
@@ -526,10 +533,10 @@ static int opt_go(struct prl_nbd_client *c, uint8_t *buf)
             return 0;
         }
         if (type & (1u << 31)) {
-            return opt_error(c, PRL_NBD_OPT_GO, type, buf, len);
+            return opt_error(c, opt, type, buf, len);
         }
         if (type != PRL_NBD_REP_INFO) {
-            return unexpected(c, PRL_NBD_OPT_GO, type, len);
+            return unexpected(c, opt, type, len);
         }
         if (len < 2) {
             return prl_nbd_cl_proto(c, "NBD_REP_INFO has length %" PRIu32, len);
@@ -550,8 +557,19 @@ static int opt_go(struct prl_nbd_client *c, uint8_t *buf)
                     len);
             }
             r = block_sizes(c, buf + 2);
+            c->has_block_sizes = r == 0;
+        } else if (info == PRL_NBD_INFO_DESCRIPTION && desc) {
+            if (strlen((const char *)buf + 2) != len - 2) {
+                return prl_nbd_cl_proto(c, "export description has a NUL "
+                                           "byte");
+            }
+            free(*desc);
+            *desc = strdup((const char *)buf + 2);
+            if (!*desc) {
+                return prl_error(ENOMEM, "out of memory");
+            }
         }
-        /* NAME, DESCRIPTION and unknown types: nothing to keep. */
+        /* NAME and unknown types: nothing to keep. */
     }
     return r;
 }
@@ -579,53 +597,47 @@ static int opt_export_name(struct prl_nbd_client *c, bool no_zeroes)
     return 0;
 }
 
-int prl_nbd_cl_handshake(struct prl_nbd_client *c,
-                         const struct prl_nbd_uri *tls,
-                         const struct prl_nbd_client_opts *opts)
+/* The greeting, STARTTLS when |tls|, then extended headers or else
+ * structured replies.  0 with c->haggling (fixed newstyle: options may
+ * follow) and *no_zeroes set, or a negative errno. */
+static int negotiate(struct prl_nbd_client *c, const struct prl_nbd_uri *tls,
+                     uint8_t *buf, bool *no_zeroes)
 {
     uint8_t greet[18], cflags[4];
-    uint8_t *buf = malloc(OPT_REPLY_MAX + 1);
     uint16_t hflags;
     uint64_t magic;
-    int r;
+    int r = prl_nbd_cl_recv(c, greet, sizeof(greet));
 
-    if (!buf) {
-        return prl_error(ENOMEM, "out of memory");
-    }
-    r = prl_nbd_cl_recv(c, greet, sizeof(greet));
     if (r < 0) {
-        goto out;
+        return r;
     }
     magic = prl_be64_load(greet);
     if (magic != PRL_NBD_MAGIC_INIT) {
-        r = prl_nbd_cl_proto(c,
-                             "greeting magic 0x%016" PRIx64
-                             " is not NBDMAGIC (is it an NBD server?)",
-                             magic);
-        goto out;
+        return prl_nbd_cl_proto(c,
+                                "greeting magic 0x%016" PRIx64
+                                " is not NBDMAGIC (is it an NBD server?)",
+                                magic);
     }
     magic = prl_be64_load(greet + 8);
     if (magic == MAGIC_OLDSTYLE) {
-        r = prl_error(EPROTO,
-                      "nbd server %s speaks the oldstyle handshake, which "
-                      "prl does not support",
-                      c->name);
         c->dead = true;
-        goto out;
+        return prl_error(EPROTO,
+                         "nbd server %s speaks the oldstyle handshake, which "
+                         "prl does not support",
+                         c->name);
     }
     if (magic != PRL_NBD_MAGIC_OPTS) {
-        r = prl_nbd_cl_proto(
+        return prl_nbd_cl_proto(
             c, "second greeting magic 0x%016" PRIx64 " is not IHAVEOPT", magic);
-        goto out;
     }
     hflags = prl_be16_load(greet + 16);
     bool fixed = hflags & PRL_NBD_FLAG_FIXED_NEWSTYLE;
-    bool no_zeroes = hflags & PRL_NBD_FLAG_NO_ZEROES;
+    *no_zeroes = hflags & PRL_NBD_FLAG_NO_ZEROES;
     prl_be32_store(cflags, (fixed ? PRL_NBD_FLAG_C_FIXED_NEWSTYLE : 0) |
-                               (no_zeroes ? PRL_NBD_FLAG_C_NO_ZEROES : 0));
+                               (*no_zeroes ? PRL_NBD_FLAG_C_NO_ZEROES : 0));
     r = prl_nbd_cl_send(c, cflags, sizeof(cflags));
     if (r < 0) {
-        goto out;
+        return r;
     }
     c->haggling = fixed;
     c->exp.min_block = 1;
@@ -634,14 +646,12 @@ int prl_nbd_cl_handshake(struct prl_nbd_client *c,
     if (!fixed) {
         /* Plain newstyle: options are not safe; only EXPORT_NAME. */
         if (tls) {
-            r = prl_error(EPROTO,
-                          "nbd server %s does not do fixed newstyle "
-                          "negotiation, so it cannot do TLS",
-                          c->name);
-            goto out;
+            return prl_error(EPROTO,
+                             "nbd server %s does not do fixed newstyle "
+                             "negotiation, so it cannot do TLS",
+                             c->name);
         }
-        r = opt_export_name(c, no_zeroes);
-        goto done;
+        return 0;
     }
     if (tls) {
         r = simple_opt(c, PRL_NBD_OPT_STARTTLS, buf);
@@ -649,11 +659,11 @@ int prl_nbd_cl_handshake(struct prl_nbd_client *c,
             r = prl_error_context(-EACCES, "TLS is required by the URI, and ");
         }
         if (r < 0) {
-            goto out;
+            return r;
         }
         r = prl_nbd_cl_start_tls(c, tls);
         if (r < 0) {
-            goto out;
+            return r;
         }
     }
     r = simple_opt(c, PRL_NBD_OPT_EXTENDED_HEADERS, buf);
@@ -667,25 +677,47 @@ int prl_nbd_cl_handshake(struct prl_nbd_client *c,
                               "client-cert.pem and client-key.pem): ");
     }
     if (r < 0) {
-        goto out;
+        return r;
     }
     if (r == 1) {
         c->exp.extended = c->exp.structured = true;
     } else {
         r = simple_opt(c, PRL_NBD_OPT_STRUCTURED_REPLY, buf);
         if (r < 0) {
-            goto out;
+            return r;
         }
         c->exp.structured = r == 1;
     }
     prl_error_clear();
+    return 0;
+}
+
+int prl_nbd_cl_handshake(struct prl_nbd_client *c,
+                         const struct prl_nbd_uri *tls,
+                         const struct prl_nbd_client_opts *opts)
+{
+    uint8_t *buf = malloc(OPT_REPLY_MAX + 1);
+    bool no_zeroes = false;
+    int r;
+
+    if (!buf) {
+        return prl_error(ENOMEM, "out of memory");
+    }
+    r = negotiate(c, tls, buf, &no_zeroes);
+    if (r < 0) {
+        goto out;
+    }
+    if (!c->haggling) {
+        r = opt_export_name(c, no_zeroes);
+        goto done;
+    }
     if (c->exp.structured) {
         r = set_meta(c, opts, buf);
         if (r < 0) {
             goto out;
         }
     }
-    r = opt_go(c, buf);
+    r = opt_go(c, PRL_NBD_OPT_GO, buf, NULL);
     if (r == 0) {
         prl_error_clear();
         r = opt_export_name(c, no_zeroes);
@@ -704,4 +736,216 @@ done:
 out:
     free(buf);
     return r;
+}
+
+/* More exports, or contexts of one export, than a list keeps. */
+#define LIST_MAX 4096
+
+/* A NUL-free copy of the |len| bytes at |p|, or NULL (message set). */
+static char *take_string(struct prl_nbd_client *c, const uint8_t *p, size_t len,
+                         const char *what)
+{
+    char *s;
+
+    if (memchr(p, '\0', len)) {
+        prl_nbd_cl_proto(c, "%s has a NUL byte", what);
+        return NULL;
+    }
+    s = malloc(len + 1);
+    if (!s) {
+        prl_error(ENOMEM, "out of memory");
+        return NULL;
+    }
+    memcpy(s, p, len);
+    s[len] = '\0';
+    return s;
+}
+
+/* NBD_OPT_LIST: the names and descriptions into *v (*n of them). */
+static int opt_list(struct prl_nbd_client *c, uint8_t *buf,
+                    struct prl_nbd_export_info **v, size_t *n)
+{
+    uint32_t type, len;
+    int r = send_opt(c, PRL_NBD_OPT_LIST, NULL, 0);
+
+    while (r == 0) {
+        struct prl_nbd_export_info *e, *nv;
+        uint32_t nl;
+
+        r = recv_opt_reply(c, PRL_NBD_OPT_LIST, &type, &len, buf);
+        if (r < 0) {
+            break;
+        }
+        if (type == PRL_NBD_REP_ACK) {
+            return len == 0 ? 0
+                            : prl_nbd_cl_proto(c,
+                                               "ACK to NBD_OPT_LIST has "
+                                               "length %" PRIu32,
+                                               len);
+        }
+        if (type & (1u << 31)) {
+            return opt_error(c, PRL_NBD_OPT_LIST, type, buf, len);
+        }
+        if (type != PRL_NBD_REP_SERVER || len < 4) {
+            return unexpected(c, PRL_NBD_OPT_LIST, type, len);
+        }
+        nl = prl_be32_load(buf);
+        if (nl > len - 4) {
+            return prl_nbd_cl_proto(c,
+                                    "NBD_REP_SERVER name length %" PRIu32
+                                    " is past the reply's %" PRIu32 " bytes",
+                                    nl, len);
+        }
+        if (*n == LIST_MAX) {
+            return prl_nbd_cl_proto(c, "more than %d exports listed", LIST_MAX);
+        }
+        nv = realloc(*v, (*n + 1) * sizeof(**v));
+        if (!nv) {
+            return prl_error(ENOMEM, "out of memory");
+        }
+        *v = nv;
+        e = memset(&nv[*n], 0, sizeof(*e));
+        e->name = take_string(c, buf + 4, nl, "an export name");
+        e->description = e->name ? take_string(c, buf + 4 + nl, len - 4 - nl,
+                                               "an export description")
+                                 : NULL;
+        if (!e->name || !e->description) {
+            free(e->name);
+            free(e->description);
+            return c->dead ? -EIO : -ENOMEM;
+        }
+        (*n)++;
+    }
+    return r;
+}
+
+/* NBD_OPT_LIST_META_CONTEXT with no query, for c->export_name. */
+static int list_contexts(struct prl_nbd_client *c, uint8_t *buf,
+                         struct prl_nbd_export_info *e)
+{
+    uint32_t type, len;
+    int r = send_meta_opt(c, PRL_NBD_OPT_LIST_META_CONTEXT, NULL, 0);
+
+    while (r == 0) {
+        char **nv;
+
+        r = recv_opt_reply(c, PRL_NBD_OPT_LIST_META_CONTEXT, &type, &len, buf);
+        if (r < 0) {
+            break;
+        }
+        if (type == PRL_NBD_REP_ACK) {
+            return len == 0 ? 0
+                            : prl_nbd_cl_proto(c,
+                                               "ACK to NBD_OPT_LIST_META_"
+                                               "CONTEXT has length %" PRIu32,
+                                               len);
+        }
+        if (type & (1u << 31)) {
+            /* No contexts for this export; the list goes on. */
+            r = opt_error(c, PRL_NBD_OPT_LIST_META_CONTEXT, type, buf, len);
+            prl_error_clear();
+            return type == PRL_NBD_REP_ERR_TLS_REQD ? r : 0;
+        }
+        if (type != PRL_NBD_REP_META_CONTEXT || len < 5) {
+            return unexpected(c, PRL_NBD_OPT_LIST_META_CONTEXT, type, len);
+        }
+        if (e->n_contexts == LIST_MAX) {
+            return prl_nbd_cl_proto(c, "more than %d contexts listed",
+                                    LIST_MAX);
+        }
+        nv = realloc(e->contexts, (e->n_contexts + 1) * sizeof(*nv));
+        if (!nv) {
+            return prl_error(ENOMEM, "out of memory");
+        }
+        e->contexts = nv;
+        nv[e->n_contexts] = take_string(c, buf + 4, len - 4, "a context name");
+        if (!nv[e->n_contexts]) {
+            return c->dead ? -EIO : -ENOMEM;
+        }
+        e->n_contexts++;
+    }
+    return r;
+}
+
+int prl_nbd_cl_list(struct prl_nbd_client *c, const struct prl_nbd_uri *tls,
+                    struct prl_nbd_export_info **out, size_t *n_out)
+{
+    uint8_t *buf = malloc(OPT_REPLY_MAX + 1);
+    struct prl_nbd_export_info *v = NULL;
+    char *own_name = c->export_name;
+    bool no_zeroes;
+    size_t n = 0;
+    int r;
+
+    *out = NULL;
+    *n_out = 0;
+    if (!buf) {
+        return prl_error(ENOMEM, "out of memory");
+    }
+    r = negotiate(c, tls, buf, &no_zeroes);
+    if (r == 0 && !c->haggling) {
+        r = prl_error(ENOTSUP,
+                      "nbd server %s does not do fixed newstyle "
+                      "negotiation, so it cannot list its exports",
+                      c->name);
+    }
+    if (r == 0) {
+        r = opt_list(c, buf, &v, &n);
+    }
+    for (size_t i = 0; r == 0 && i < n; i++) {
+        struct prl_nbd_export_info *e = &v[i];
+        char *desc = NULL;
+        bool structured = c->exp.structured, extended = c->exp.extended;
+
+        c->export_name = e->name;
+        memset(&c->exp, 0, sizeof(c->exp));
+        c->exp.structured = structured;
+        c->exp.extended = extended;
+        c->exp.min_block = 1;
+        c->exp.pref_block = 4096;
+        c->exp.max_block = CLIENT_MAX_PAYLOAD;
+        c->has_block_sizes = false;
+        r = opt_go(c, PRL_NBD_OPT_INFO, buf, &desc);
+        if (r == 1) {
+            e->has_info = true;
+            e->has_block_sizes = c->has_block_sizes;
+            e->exp = c->exp;
+            if (desc && !e->description[0]) {
+                free(e->description);
+                e->description = desc;
+                desc = NULL;
+            }
+        }
+        free(desc);
+        if (r >= 0 || !c->dead) {
+            /* A refused INFO leaves the export described by its name. */
+            prl_error_clear();
+            r = 0;
+        }
+        if (r == 0 && structured) {
+            r = list_contexts(c, buf, e);
+        }
+    }
+    c->export_name = own_name;
+    free(buf);
+    if (r < 0) {
+        prl_nbd_export_info_free(v, n);
+        return r;
+    }
+    *out = v;
+    *n_out = n;
+    return 0;
+}
+
+void prl_nbd_export_info_free(struct prl_nbd_export_info *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(v[i].name);
+        free(v[i].description);
+        for (size_t j = 0; j < v[i].n_contexts; j++) {
+            free(v[i].contexts[j]);
+        }
+        free(v[i].contexts);
+    }
+    free(v);
 }

@@ -60,9 +60,10 @@ struct prl_nbd_client {
     /* A protocol or I/O error left the stream at an unknown place: no
      * more requests, no NBD_CMD_DISC.  Set from any thread. */
     _Atomic bool dead;
-    char dead_msg[512]; /* why, for requests failed by another thread */
-    bool haggling;      /* fixed newstyle options may be sent */
-    bool transmission;  /* the handshake is done */
+    char dead_msg[512];   /* why, for requests failed by another thread */
+    bool haggling;        /* fixed newstyle options may be sent */
+    bool transmission;    /* the handshake is done */
+    bool has_block_sizes; /* the last GO/INFO gave NBD_INFO_BLOCK_SIZE */
 };
 
 /* Exactly |n| bytes to or from the server (through TLS once started).
@@ -90,6 +91,12 @@ int prl_nbd_cl_proto(struct prl_nbd_client *c, const char *fmt, ...)
 int prl_nbd_cl_handshake(struct prl_nbd_client *c,
                          const struct prl_nbd_uri *tls,
                          const struct prl_nbd_client_opts *opts);
+
+/* The handshake up to the options, then NBD_OPT_LIST and, for each
+ * export, NBD_OPT_INFO and NBD_OPT_LIST_META_CONTEXT (handshake.c); the
+ * connection is left in the option phase.  See prl_nbd_client_list. */
+int prl_nbd_cl_list(struct prl_nbd_client *c, const struct prl_nbd_uri *tls,
+                    struct prl_nbd_export_info **out, size_t *n_out);
 
 /* Make |s| printable in |out| (|size| bytes), cutting it. */
 void prl_nbd_cl_printable(char *out, size_t size, const char *s, size_t len);
