@@ -13,29 +13,15 @@ import socket
 import struct
 import threading
 
-from nbdtest import (MAGIC_INIT, MAGIC_OPTS, MAGIC_REP, MAGIC_REQ,
+from nbdtest import (MAGIC_INIT, MAGIC_OPTS, MAGIC_REQ,
                      MAGIC_STRUCT, OPT_GO, OPT_SET_META, OPT_STRUCTURED,
                      REP_ACK, REP_ERR_UNSUP, REP_INFO, REP_META, INFO_EXPORT,
                      CMD_READ, CMD_BLOCK_STATUS, CMD_DISC, R_DATA, R_HOLE,
                      R_NONE, R_BS, R_ERROR, REPLY_DONE, T_HAS_FLAGS,
-                     T_READ_ONLY, check, main, path)
+                     T_READ_ONLY, check, main, opt_reply, recv_exact, path)
 from prltest import prl_img
 
 SIZE = 1 << 20
-
-
-def recv(c, n):
-    b = b''
-    while len(b) < n:
-        d = c.recv(n - len(b))
-        if not d:
-            raise EOFError
-        b += d
-    return b
-
-
-def opt_reply(c, opt, typ, data=b''):
-    c.sendall(struct.pack('>QIII', MAGIC_REP, opt, typ, len(data)) + data)
 
 
 def chunk(c, flags, typ, cookie, payload):
@@ -45,10 +31,10 @@ def chunk(c, flags, typ, cookie, payload):
 
 def handshake(c):
     c.sendall(struct.pack('>QQH', MAGIC_INIT, MAGIC_OPTS, 3))
-    recv(c, 4)
+    recv_exact(c, 4)
     while True:
-        _, opt, ln = struct.unpack('>QII', recv(c, 16))
-        recv(c, ln)  # the option data: not needed here
+        _, opt, ln = struct.unpack('>QII', recv_exact(c, 16))
+        recv_exact(c, ln)  # the option data: not needed here
         if opt == OPT_STRUCTURED:
             opt_reply(c, opt, REP_ACK)
         elif opt == OPT_SET_META:
@@ -84,7 +70,7 @@ def serve(sock, answer, target):
         handshake(c)
         while True:
             magic, flags, typ, cookie, off, ln = struct.unpack(
-                '>IHHQQI', recv(c, 28))
+                '>IHHQQI', recv_exact(c, 28))
             check(magic == MAGIC_REQ, 'request magic %x' % magic)
             if typ == CMD_DISC:
                 break

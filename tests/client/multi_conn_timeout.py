@@ -10,36 +10,23 @@ import struct
 import subprocess
 import threading
 
-from nbdtest import (MAGIC_INIT, MAGIC_OPTS, MAGIC_REP, MAGIC_REQ,
+from nbdtest import (MAGIC_INIT, MAGIC_OPTS, MAGIC_REQ,
                      MAGIC_STRUCT, OPT_GO, OPT_STRUCTURED, REP_ACK,
                      REP_ERR_UNSUP, REP_INFO, INFO_EXPORT, CMD_READ,
                      CMD_DISC, R_DATA, R_NONE, REPLY_DONE, T_HAS_FLAGS,
-                     T_READ_ONLY, T_MULTI_CONN, check, main, path)
+                     T_READ_ONLY, T_MULTI_CONN, check, main, opt_reply,
+                     path, recv_exact)
 from prltest import PRL_IMG
 
 SIZE = 32 << 20
 
 
-def recv(c, n):
-    b = b''
-    while len(b) < n:
-        d = c.recv(n - len(b))
-        if not d:
-            raise EOFError
-        b += d
-    return b
-
-
-def opt_reply(c, opt, typ, data=b''):
-    c.sendall(struct.pack('>QIII', MAGIC_REP, opt, typ, len(data)) + data)
-
-
 def serve_one(c):
     c.sendall(struct.pack('>QQH', MAGIC_INIT, MAGIC_OPTS, 3))
-    recv(c, 4)
+    recv_exact(c, 4)
     while True:
-        _, opt, ln = struct.unpack('>QII', recv(c, 16))
-        recv(c, ln)
+        _, opt, ln = struct.unpack('>QII', recv_exact(c, 16))
+        recv_exact(c, ln)
         if opt == OPT_STRUCTURED:
             opt_reply(c, opt, REP_ACK)
         elif opt == OPT_GO:
@@ -51,7 +38,8 @@ def serve_one(c):
         else:
             opt_reply(c, opt, REP_ERR_UNSUP)
     while True:
-        magic, _, typ, cookie, off, ln = struct.unpack('>IHHQQI', recv(c, 28))
+        magic, _, typ, cookie, off, ln = struct.unpack('>IHHQQI',
+                                                       recv_exact(c, 28))
         check(magic == MAGIC_REQ, 'request magic %x' % magic)
         if typ == CMD_DISC:
             return

@@ -18,13 +18,13 @@ import socket
 import struct
 import threading
 
-from nbdtest import (MAGIC_INIT, MAGIC_OPTS, MAGIC_REP, MAGIC_EXT,
+from nbdtest import (MAGIC_INIT, MAGIC_OPTS, MAGIC_EXT,
                      MAGIC_EXT_REQ, OPT_GO, OPT_SET_META, OPT_LIST_META,
                      OPT_EXTENDED, REP_ACK, REP_ERR_UNSUP, REP_INFO,
                      REP_META, INFO_EXPORT, CMD_BLOCK_STATUS, CMD_DISC,
                      CMD_FLUSH, F_PAYLOAD_LEN, R_NONE, R_BS_EXT, REPLY_DONE,
                      T_HAS_FLAGS, T_READ_ONLY, T_BS_PAYLOAD, check, main,
-                     path)
+                     opt_reply, path, recv_exact)
 from prltest import prl_img
 
 SIZE = 1 << 20
@@ -37,20 +37,6 @@ CONTEXTS = {
     'qemu:dirty-bitmap:b1': (10, [(0, 256 * K, 1), (256 * K, SIZE, 0)]),
 }
 BY_ID = {v[0]: k for k, v in CONTEXTS.items()}
-
-
-def recv(c, n):
-    b = b''
-    while len(b) < n:
-        d = c.recv(n - len(b))
-        if not d:
-            raise EOFError
-        b += d
-    return b
-
-
-def opt_reply(c, opt, typ, data=b''):
-    c.sendall(struct.pack('>QIII', MAGIC_REP, opt, typ, len(data)) + data)
 
 
 def queries(data):
@@ -69,10 +55,10 @@ def queries(data):
 
 def handshake(c, tflags):
     c.sendall(struct.pack('>QQH', MAGIC_INIT, MAGIC_OPTS, 3))
-    recv(c, 4)
+    recv_exact(c, 4)
     while True:
-        _, opt, ln = struct.unpack('>QII', recv(c, 16))
-        data = recv(c, ln)
+        _, opt, ln = struct.unpack('>QII', recv_exact(c, 16))
+        data = recv_exact(c, ln)
         if opt == OPT_EXTENDED:
             opt_reply(c, opt, REP_ACK)
         elif opt in (OPT_LIST_META, OPT_SET_META):
@@ -116,19 +102,19 @@ def serve(sock, tflags, answer_ids, log):
         handshake(c, tflags)
         while True:
             magic, flags, typ, cookie, off, ln = struct.unpack(
-                '>IHHQQQ', recv(c, 32))
+                '>IHHQQQ', recv_exact(c, 32))
             check(magic == MAGIC_EXT_REQ, 'request magic %x' % magic)
             if typ == CMD_DISC:
                 break
             asked = None
             if flags & F_PAYLOAD_LEN:
-                payload = recv(c, ln)
+                payload = recv_exact(c, ln)
                 check(typ == CMD_BLOCK_STATUS and len(payload) >= 12 and
                       (len(payload) - 8) % 4 == 0,
                       'payload of %d bytes on command %d' % (ln, typ))
                 ln = struct.unpack('>Q', payload[:8])[0]
-                asked = sorted(struct.unpack('>%dI' % ((len(payload) - 8) // 4),
-                                             payload[8:]))
+                n = (len(payload) - 8) // 4
+                asked = sorted(struct.unpack('>%dI' % n, payload[8:]))
             if typ == CMD_BLOCK_STATUS:
                 log.append(asked)
                 ids = answer_ids(asked)

@@ -611,36 +611,49 @@ int prl_nbd_client_connect_fd(int fd, const char *name, const char *export_name,
     return 0;
 }
 
-int prl_nbd_client_connect(const struct prl_nbd_uri *uri,
-                           const struct prl_nbd_client_opts *opts,
-                           struct prl_nbd_client **out)
+/* Connect to where |uri| points and make a client there, named for
+ * messages by the address and, with |export|, the export.  0 and *out,
+ * or a negative errno with a message. */
+static int connect_uri(const struct prl_nbd_uri *uri, bool export,
+                       struct prl_nbd_client **out)
 {
-    struct prl_nbd_client *c;
-    char name[512];
-    int fd, r;
+    char name[512], what[300] = "";
+    int fd;
 
-    *out = NULL;
+    if (export) {
+        snprintf(what, sizeof(what), " (export '%s')", uri->export_name);
+    }
     if (uri->is_unix) {
         char sock[256];
         prl_nbd_cl_printable(sock, sizeof(sock), uri->socket, uri->socket_len);
-        snprintf(name, sizeof(name), "'%s' (export '%s')", sock,
-                 uri->export_name);
+        snprintf(name, sizeof(name), "'%s'%s", sock, what);
         fd = connect_unix(uri, name);
     } else {
         bool v6 = strchr(uri->host, ':') != NULL;
-        snprintf(name, sizeof(name), "%s%s%s:%s (export '%s')", v6 ? "[" : "",
-                 uri->host, v6 ? "]" : "", uri->port, uri->export_name);
+        snprintf(name, sizeof(name), "%s%s%s:%s%s", v6 ? "[" : "", uri->host,
+                 v6 ? "]" : "", uri->port, what);
         fd = connect_tcp(uri, name);
     }
     if (fd < 0) {
         return fd;
     }
-    r = client_new(fd, name, uri->export_name, &c);
+    return client_new(fd, name, export ? uri->export_name : "", out);
+}
+
+int prl_nbd_client_connect(const struct prl_nbd_uri *uri,
+                           const struct prl_nbd_client_opts *opts,
+                           struct prl_nbd_client **out)
+{
+    struct prl_nbd_client *c;
+    int r;
+
+    *out = NULL;
+    r = connect_uri(uri, true, &c);
     if (r < 0) {
         return r;
     }
     if (opts && opts->timeout_ms) {
-        set_timeout(fd, opts->timeout_ms);
+        set_timeout(c->fd, opts->timeout_ms);
     }
     r = prl_nbd_cl_handshake(c, uri->tls ? uri : NULL, opts);
     if (r < 0) {
@@ -648,7 +661,7 @@ int prl_nbd_client_connect(const struct prl_nbd_uri *uri,
         return r;
     }
     if (opts && opts->timeout_ms) {
-        set_timeout(fd, 0);
+        set_timeout(c->fd, 0);
     }
     *out = c;
     return 0;
@@ -658,26 +671,11 @@ int prl_nbd_client_list(const struct prl_nbd_uri *uri,
                         struct prl_nbd_export_info **out, size_t *n_out)
 {
     struct prl_nbd_client *c;
-    char name[512];
-    int fd, r;
+    int r;
 
     *out = NULL;
     *n_out = 0;
-    if (uri->is_unix) {
-        char sock[256];
-        prl_nbd_cl_printable(sock, sizeof(sock), uri->socket, uri->socket_len);
-        snprintf(name, sizeof(name), "'%s'", sock);
-        fd = connect_unix(uri, name);
-    } else {
-        bool v6 = strchr(uri->host, ':') != NULL;
-        snprintf(name, sizeof(name), "%s%s%s:%s", v6 ? "[" : "", uri->host,
-                 v6 ? "]" : "", uri->port);
-        fd = connect_tcp(uri, name);
-    }
-    if (fd < 0) {
-        return fd;
-    }
-    r = client_new(fd, name, "", &c);
+    r = connect_uri(uri, false, &c);
     if (r < 0) {
         return r;
     }

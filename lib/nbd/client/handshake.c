@@ -261,15 +261,18 @@ static int add_bitmap(struct prl_nbd_client *c, const char *name)
     return 0;
 }
 
-/* NBD_OPT_LIST_META_CONTEXT "qemu:dirty-bitmap:": every bitmap the
- * export offers goes into c->bitmaps.  A server that cannot list has
- * none for us. */
-static int list_bitmaps(struct prl_nbd_client *c, uint8_t *buf)
+/* NBD_OPT_LIST_META_CONTEXT for c->export_name with the |n| queries of
+ * |q| (none: every context): |each| gets each context name the server
+ * lists, and may fail.  A server that refuses to list has none for us
+ * (0), unless it says TLS is required. */
+static int list_meta(struct prl_nbd_client *c, uint8_t *buf,
+                     const char *const *q, size_t n,
+                     int (*each)(struct prl_nbd_client *c, const char *name,
+                                 void *arg),
+                     void *arg)
 {
-    const char *q = BITMAP_PREFIX;
-    size_t pl = strlen(BITMAP_PREFIX);
     uint32_t type, len;
-    int r = send_meta_opt(c, PRL_NBD_OPT_LIST_META_CONTEXT, &q, 1);
+    int r = send_meta_opt(c, PRL_NBD_OPT_LIST_META_CONTEXT, q, n);
 
     while (r == 0) {
         r = recv_opt_reply(c, PRL_NBD_OPT_LIST_META_CONTEXT, &type, &len, buf);
@@ -298,12 +301,29 @@ static int list_bitmaps(struct prl_nbd_client *c, uint8_t *buf)
         if (strlen(name) != len - 4) {
             return prl_nbd_cl_proto(c, "context name has a NUL byte");
         }
-        /* Other names (a server listing more than asked) are skipped. */
-        if (len - 4 > pl && strncmp(name, BITMAP_PREFIX, pl) == 0) {
-            r = add_bitmap(c, name + pl);
-        }
+        r = each(c, name, arg);
     }
     return r;
+}
+
+static int each_bitmap(struct prl_nbd_client *c, const char *name, void *arg)
+{
+    size_t pl = strlen(BITMAP_PREFIX);
+
+    (void)arg;
+    /* Other names (a server listing more than asked) are skipped. */
+    if (strlen(name) > pl && strncmp(name, BITMAP_PREFIX, pl) == 0) {
+        return add_bitmap(c, name + pl);
+    }
+    return 0;
+}
+
+/* Every bitmap the export offers ("qemu:dirty-bitmap:") goes into
+ * c->bitmaps. */
+static int list_bitmaps(struct prl_nbd_client *c, uint8_t *buf)
+{
+    const char *q = BITMAP_PREFIX;
+    return list_meta(c, buf, &q, 1, each_bitmap, NULL);
 }
 
 /* Keep the bitmaps the server granted, in the order asked. */
@@ -819,52 +839,26 @@ static int opt_list(struct prl_nbd_client *c, uint8_t *buf,
     return r;
 }
 
-/* NBD_OPT_LIST_META_CONTEXT with no query, for c->export_name. */
-static int list_contexts(struct prl_nbd_client *c, uint8_t *buf,
-                         struct prl_nbd_export_info *e)
+/* Keep one more context of a listed export. */
+static int each_context(struct prl_nbd_client *c, const char *name, void *arg)
 {
-    uint32_t type, len;
-    int r = send_meta_opt(c, PRL_NBD_OPT_LIST_META_CONTEXT, NULL, 0);
+    struct prl_nbd_export_info *e = arg;
+    char **nv;
 
-    while (r == 0) {
-        char **nv;
-
-        r = recv_opt_reply(c, PRL_NBD_OPT_LIST_META_CONTEXT, &type, &len, buf);
-        if (r < 0) {
-            break;
-        }
-        if (type == PRL_NBD_REP_ACK) {
-            return len == 0 ? 0
-                            : prl_nbd_cl_proto(c,
-                                               "ACK to NBD_OPT_LIST_META_"
-                                               "CONTEXT has length %" PRIu32,
-                                               len);
-        }
-        if (type & (1u << 31)) {
-            /* No contexts for this export; the list goes on. */
-            r = opt_error(c, PRL_NBD_OPT_LIST_META_CONTEXT, type, buf, len);
-            prl_error_clear();
-            return type == PRL_NBD_REP_ERR_TLS_REQD ? r : 0;
-        }
-        if (type != PRL_NBD_REP_META_CONTEXT || len < 5) {
-            return unexpected(c, PRL_NBD_OPT_LIST_META_CONTEXT, type, len);
-        }
-        if (e->n_contexts == LIST_MAX) {
-            return prl_nbd_cl_proto(c, "more than %d contexts listed",
-                                    LIST_MAX);
-        }
-        nv = realloc(e->contexts, (e->n_contexts + 1) * sizeof(*nv));
-        if (!nv) {
-            return prl_error(ENOMEM, "out of memory");
-        }
-        e->contexts = nv;
-        nv[e->n_contexts] = take_string(c, buf + 4, len - 4, "a context name");
-        if (!nv[e->n_contexts]) {
-            return c->dead ? -EIO : -ENOMEM;
-        }
-        e->n_contexts++;
+    if (e->n_contexts == LIST_MAX) {
+        return prl_nbd_cl_proto(c, "more than %d contexts listed", LIST_MAX);
     }
-    return r;
+    nv = realloc(e->contexts, (e->n_contexts + 1) * sizeof(*nv));
+    if (!nv) {
+        return prl_error(ENOMEM, "out of memory");
+    }
+    e->contexts = nv;
+    nv[e->n_contexts] = strdup(name);
+    if (!nv[e->n_contexts]) {
+        return prl_error(ENOMEM, "out of memory");
+    }
+    e->n_contexts++;
+    return 0;
 }
 
 int prl_nbd_cl_list(struct prl_nbd_client *c, const struct prl_nbd_uri *tls,
@@ -923,7 +917,8 @@ int prl_nbd_cl_list(struct prl_nbd_client *c, const struct prl_nbd_uri *tls,
             r = 0;
         }
         if (r == 0 && structured) {
-            r = list_contexts(c, buf, e);
+            /* No query: every context of the export. */
+            r = list_meta(c, buf, NULL, 0, each_context, e);
         }
     }
     c->export_name = own_name;

@@ -354,6 +354,24 @@ class Reply:
             self.status, self.types())
 
 
+# ---- for servers written in a test (tests/client) ----
+
+def recv_exact(c, n):
+    """Exactly n bytes from socket c; EOFError when it closes first."""
+    b = b''
+    while len(b) < n:
+        d = c.recv(n - len(b))
+        if not d:
+            raise EOFError
+        b += d
+    return b
+
+
+def opt_reply(c, opt, typ, data=b''):
+    """An option reply: magic, option, type, length, data."""
+    c.sendall(struct.pack('>QIII', MAGIC_REP, opt, typ, len(data)) + data)
+
+
 def decode_chunks(chunks):
     """(error, data, {context_id: [(len, status)]}) of a chunk list."""
     err = 0
