@@ -10,7 +10,8 @@ FUZZ_TIME  ?= 60
 
 # Settings for the sanitizer run: leaks count, the first report stops.
 ASAN_ENV = ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-           UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+           UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+           PRL_SANITIZED=1
 
 .PHONY: all build deps demo check check-build check-asan fuzz fuzz-merge \
         format-check \

@@ -1,10 +1,11 @@
 # SPDX-License-Identifier: MIT
-"""SIGKILL during snapshot create, delete and commit, 30 times each at
-random points: afterwards the bundle opens (read-only, then read-write,
-which finishes or rolls back the operation), the guest contents are
-those of before (which these operations never change), the chain is the
-old one or the new one, the directory holds only what the descriptor
-names, and every .hds passes qemu-img check."""
+"""SIGKILL during snapshot create, delete and commit, 30 times each (15
+under the sanitizers) at random points: afterwards the bundle opens
+(read-only, then read-write, which finishes or rolls back the
+operation), the guest contents are those of before (which these
+operations never change), the chain is the old one or the new one, the
+directory holds only what the descriptor names, and every .hds passes
+qemu-img check."""
 
 import os
 import random
@@ -18,9 +19,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
 
 from bundlelib import hds_files, helper, popen_helper, qemu_check
 from prltest import (check, first_difference, main, path, prl_img, prl_io,
-                     read_image, requires)
+                     read_image, requires, scaled)
 
-KILLS = 30
+KILLS = scaled(30)
 # Small clusters make the copies long enough to be killed in the middle.
 # QEMU 7.2's check reports a leak on any empty image whose header and BAT
 # take more than one cluster (its own images too), so the BAT stays

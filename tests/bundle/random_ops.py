@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: MIT
 """Randomized snapshot create, write, zero, trim, delete and commit
-sequences (over 200 steps per shape) against a raw reference model: the
+sequences (over 200 steps per shape; half under the sanitizers) against a raw reference model: the
 guest contents equal the model after every step, the directory holds only
 the descriptor and the images it names, and every .hds passes
 qemu-img check -f parallels."""
@@ -14,13 +14,13 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
 
 from bundlelib import hds_files, helper, qemu_check
 from prltest import (check, first_difference, main, path, prl_img, prl_io,
-                     read_image, requires)
+                     read_image, requires, scaled)
 
 SEED = int(os.environ.get('PRL_RANDOM_SEED', '20261125'))
 # (name, cluster size, guest size, steps)
 SHAPES = [
-    ('c32k', 32 << 10, 3 * (1 << 20) + 1536, 220),
-    ('c4k', 4 << 10, 1 << 20, 60),
+    ('c32k', 32 << 10, 3 * (1 << 20) + 1536, scaled(220)),
+    ('c4k', 4 << 10, 1 << 20, scaled(60)),
 ]
 
 

@@ -1,19 +1,20 @@
 # SPDX-License-Identifier: MIT
-"""Randomized resizing: rounds of random writes, zeroes and trims, each
-followed by a grow (often far enough that the BAT outgrows the space
-before the data area and clusters move) or a shrink (with shrink, so data
-is dropped), applied through prl-io and to a raw reference; after every
-round the image reads like the reference, qemu-img check and prl-img
-check stay clean and qemu-img compare agrees."""
+"""Randomized resizing: 20 rounds (10 under the sanitizers) of random
+writes, zeroes and trims, each followed by a grow (often far enough that
+the BAT outgrows the space before the data area and clusters move) or a
+shrink (with shrink, so data is dropped), applied through prl-io and to
+a raw reference; after every round the image reads like the reference,
+qemu-img check and prl-img check stay clean and qemu-img compare
+agrees."""
 
 import os
 import random
 
 import parimg
 from prltest import (CLEAN, Failure, check, first_difference, main, path,
-                     prl_img, prl_io, read_image, requires, run)
+                     prl_img, prl_io, read_image, requires, run, scaled)
 
-ROUNDS = 20
+ROUNDS = scaled(20)
 SEED = int(os.environ.get('PRL_RANDOM_SEED', '20261125'))
 
 # (name, cluster size, ext?, how the image is made, first size, whether

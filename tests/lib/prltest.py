@@ -17,6 +17,18 @@ BUILD = os.path.abspath(os.environ.get('PRL_BUILD')
 PRL_IMG = os.path.join(BUILD, 'tools', 'prl-img', 'prl-img')
 PRL_IO = os.path.join(BUILD, 'tests', 'helpers', 'prl-io')
 
+# The build runs under ASan and UBSan (make check-asan sets this): every
+# process starts several times slower there, so the randomized and
+# bulk tests run a part of their sequences (scaled()); the plain build
+# runs them whole.
+SANITIZED = os.environ.get('PRL_SANITIZED') == '1'
+
+
+def scaled(n):
+    """n, or half of it (at least 1) under the sanitizers."""
+    return max(1, n // 2) if SANITIZED else n
+
+
 CLEAN = 0x312e3276
 DIRTY = 0x746F6E59
 
