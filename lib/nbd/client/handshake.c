@@ -87,7 +87,8 @@ static int send_opt(struct prl_nbd_client *c, uint32_t opt, const void *data,
 }
 
 /* One reply to |opt|: its type, and its payload (NUL-terminated for
- * convenience) in |buf| of OPT_REPLY_MAX + 1 bytes. */
+ * convenience) in |buf| of OPT_REPLY_MAX + 1 bytes.  An ACK with a
+ * payload is a protocol error. */
 static int recv_opt_reply(struct prl_nbd_client *c, uint32_t opt,
                           uint32_t *type, uint32_t *len, uint8_t *buf)
 {
@@ -121,6 +122,10 @@ static int recv_opt_reply(struct prl_nbd_client *c, uint32_t opt,
     }
     r = prl_nbd_cl_recv(c, buf, *len);
     buf[*len] = '\0';
+    if (r == 0 && *type == PRL_NBD_REP_ACK && *len != 0) {
+        return prl_nbd_cl_proto(c, "ACK to %s has length %" PRIu32,
+                                opt_name(opt), *len);
+    }
     return r;
 }
 
@@ -178,10 +183,6 @@ static int simple_opt(struct prl_nbd_client *c, uint32_t opt, uint8_t *buf)
         return r;
     }
     if (type == PRL_NBD_REP_ACK) {
-        if (len != 0) {
-            return prl_nbd_cl_proto(c, "ACK to %s has length %" PRIu32,
-                                    opt_name(opt), len);
-        }
         return 1;
     }
     if (!(type & (1u << 31))) {
@@ -280,11 +281,7 @@ static int list_meta(struct prl_nbd_client *c, uint8_t *buf,
             break;
         }
         if (type == PRL_NBD_REP_ACK) {
-            return len == 0 ? 0
-                            : prl_nbd_cl_proto(c,
-                                               "ACK to NBD_OPT_LIST_META_"
-                                               "CONTEXT has length %" PRIu32,
-                                               len);
+            return 0;
         }
         if (type & (1u << 31)) {
             r = opt_error(c, PRL_NBD_OPT_LIST_META_CONTEXT, type, buf, len);
@@ -420,11 +417,6 @@ static int set_meta(struct prl_nbd_client *c,
             break;
         }
         if (type == PRL_NBD_REP_ACK) {
-            if (len != 0) {
-                return prl_nbd_cl_proto(c, "ACK to %s has length %" PRIu32,
-                                        opt_name(PRL_NBD_OPT_SET_META_CONTEXT),
-                                        len);
-            }
             keep_granted_bitmaps(c);
             return 0;
         }
@@ -537,10 +529,6 @@ static int opt_go(struct prl_nbd_client *c, uint32_t opt, uint8_t *buf,
             break;
         }
         if (type == PRL_NBD_REP_ACK) {
-            if (len != 0) {
-                return prl_nbd_cl_proto(c, "ACK to %s has length %" PRIu32,
-                                        opt_name(opt), len);
-            }
             if (!have_export) {
                 return prl_nbd_cl_proto(c,
                                         "%s acknowledged without "
@@ -797,11 +785,7 @@ static int opt_list(struct prl_nbd_client *c, uint8_t *buf,
             break;
         }
         if (type == PRL_NBD_REP_ACK) {
-            return len == 0 ? 0
-                            : prl_nbd_cl_proto(c,
-                                               "ACK to NBD_OPT_LIST has "
-                                               "length %" PRIu32,
-                                               len);
+            return 0;
         }
         if (type & (1u << 31)) {
             return opt_error(c, PRL_NBD_OPT_LIST, type, buf, len);
