@@ -9,8 +9,9 @@ records what each request asks for.
   prints come from b1.
 - Without the flag, no request carries a payload and every context is
   answered, with the same output.
-- A server that answers a context the list left out, or leaves out one
-  it named, makes prl-img fail with a message naming the context id."""
+- A server that answers a context the list left out (allocation, or
+  another bitmap), answers one twice, or leaves out one it named, makes
+  prl-img fail with a message naming the context id."""
 
 import json
 import os
@@ -182,6 +183,13 @@ def test():
                mapb1, want=1)
     check('which the request did not list' in r.err, r.err)
     print('extra context: %s' % r.err.strip())
+    r, _ = run('other-bitmap', T_BS_PAYLOAD,
+               lambda asked: [9] if asked == [10] else (asked or ALL), mapb1,
+               want=1)
+    check('context id 9, which the request did not list' in r.err, r.err)
+    r, _ = run('twice', T_BS_PAYLOAD,
+               lambda asked: asked + asked if asked else ALL, mapb1, want=1)
+    check('two block status chunks for context id 10' in r.err, r.err)
     r, _ = run('short', T_BS_PAYLOAD,
                lambda asked: asked[:-1] if asked else ALL, mapb1, want=1)
     check('lacks a context that was asked for' in r.err, r.err)

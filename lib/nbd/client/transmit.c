@@ -261,7 +261,7 @@ static int status_chunk(struct prl_nbd_client *c, struct prl_nbd_req *rq,
     size_t hl = ext ? 8 : 4, dl = ext ? 16 : 8;
     uint64_t count, sum = 0;
     struct ext_list *dst;
-    bool *seen, asked = true;
+    bool asked, twice;
     int r;
 
     if (rq->type != PRL_NBD_CMD_BLOCK_STATUS) {
@@ -286,14 +286,18 @@ static int status_chunk(struct prl_nbd_client *c, struct prl_nbd_req *rq,
                                 " does not match the chunk length %" PRIu64,
                                 prl_be32_load(h + 4), len);
     }
+    /* Which list it fills, whether the request asked for it, and
+     * whether it came before. */
     if (c->exp.has_alloc && id == c->ctx_alloc) {
         dst = &rq->alloc;
-        seen = &rq->seen_alloc;
         asked = rq->ask_alloc;
+        twice = rq->seen_alloc;
+        rq->seen_alloc = true;
     } else if (c->exp.has_depth && id == c->ctx_depth) {
         dst = &rq->depth;
-        seen = &rq->seen_depth;
         asked = rq->ask_depth;
+        twice = rq->seen_depth;
+        rq->seen_depth = true;
     } else {
         size_t i;
         for (i = 0; i < c->n_bitmaps && c->bitmaps[i].id != id; i++) {
@@ -302,19 +306,11 @@ static int status_chunk(struct prl_nbd_client *c, struct prl_nbd_req *rq,
             return prl_nbd_cl_proto(
                 c, "block status for unknown context id %" PRIu32, id);
         }
-        if (!(rq->ask_bitmaps & ((uint64_t)1 << i))) {
-            return prl_nbd_cl_proto(c,
-                                    "block status for context id %" PRIu32
-                                    ", which the request did not list",
-                                    id);
-        }
-        if (rq->seen_bitmaps & ((uint64_t)1 << i)) {
-            return prl_nbd_cl_proto(
-                c, "two block status chunks for context id %" PRIu32, id);
-        }
-        rq->seen_bitmaps |= (uint64_t)1 << i;
+        uint64_t bit = (uint64_t)1 << i;
         dst = i == rq->want_bitmap ? &rq->bitmap : NULL;
-        seen = NULL;
+        asked = rq->ask_bitmaps & bit;
+        twice = rq->seen_bitmaps & bit;
+        rq->seen_bitmaps |= bit;
     }
     if (!asked) {
         return prl_nbd_cl_proto(c,
@@ -322,12 +318,9 @@ static int status_chunk(struct prl_nbd_client *c, struct prl_nbd_req *rq,
                                 ", which the request did not list",
                                 id);
     }
-    if (seen && *seen) {
+    if (twice) {
         return prl_nbd_cl_proto(
             c, "two block status chunks for context id %" PRIu32, id);
-    }
-    if (seen) {
-        *seen = true;
     }
     for (uint64_t i = 0; i < count;) {
         size_t batch = (size_t)PRL_MIN(count - i, (uint64_t)DESC_BATCH);
