@@ -409,12 +409,8 @@ int prl_block_data_fd(struct prl_block *bs, const struct prl_extent *ext)
     return bs->drv->data_fd(bs, ext);
 }
 
-/* Bytes read through pread at a time where no file can be named. */
-#define CACHE_READ_PIECE (1u << 20)
-
 int prl_block_cache(struct prl_block *bs, uint64_t length, uint64_t offset)
 {
-    uint8_t *buf = NULL;
     int r = check_request(bs, "cache", length, offset, 0, 0, false);
 
     if (r < 0 || length == 0) {
@@ -423,41 +419,29 @@ int prl_block_cache(struct prl_block *bs, uint64_t length, uint64_t offset)
     if (bs->drv->cache) {
         return bs->drv->cache(bs, length, offset);
     }
-    while (length > 0 && r == 0) {
+    while (length > 0) {
         struct prl_extent ext;
         int fd;
 
         r = prl_block_status(bs, offset, length, &ext);
         if (r < 0) {
-            break;
+            return r;
         }
-        if (!(ext.flags & PRL_EXT_DATA)) {
-            /* A hole reads as zeroes without the disk. */
-        } else if ((fd = prl_block_data_fd(bs, &ext)) >= 0) {
-            r = -posix_fadvise(fd, (off_t)ext.offset, (off_t)ext.length,
-                               POSIX_FADV_WILLNEED);
-            if (r < 0) {
-                r = prl_error(-r, "cache: read-ahead of '%s' failed",
-                              bs->filename);
-            }
-        } else {
-            /* Reading it brings it in wherever it lives. */
-            for (uint64_t done = 0; r == 0 && done < ext.length;) {
-                size_t n = (size_t)PRL_MIN(ext.length - done,
-                                           (uint64_t)CACHE_READ_PIECE);
-                if (!buf && !(buf = prl_malloc(CACHE_READ_PIECE))) {
-                    r = -ENOMEM;
-                    break;
-                }
-                r = bs->drv->pread(bs, buf, n, offset + done);
-                done += n;
+        /* Holes read as zeroes without the disk; data no file holds
+         * (no driver has such yet) is left to the read. */
+        fd = prl_block_data_fd(bs, &ext);
+        if (fd >= 0) {
+            r = posix_fadvise(fd, (off_t)ext.offset, (off_t)ext.length,
+                              POSIX_FADV_WILLNEED);
+            if (r != 0) {
+                return prl_error(r, "cache: read-ahead of '%s' failed",
+                                 bs->filename);
             }
         }
         offset += ext.length;
         length -= ext.length;
     }
-    free(buf);
-    return r;
+    return 0;
 }
 
 int prl_block_info(struct prl_block *bs, struct prl_image_info *info)

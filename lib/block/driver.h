@@ -87,8 +87,7 @@ struct prl_driver {
                 unsigned flags);
     int (*flush)(struct prl_block *bs);
     /* Optional: without it the core reads ahead the host files that
-     * block_status and data_fd name (and reads through pread the data
-     * they cannot place). */
+     * block_status and data_fd name. */
     int (*cache)(struct prl_block *bs, uint64_t length, uint64_t offset);
 
     /* Fill *ext for the prefix of [offset, offset+length) (see
