@@ -129,6 +129,26 @@ static int recv_opt_reply(struct prl_nbd_client *c, uint32_t opt,
     return r;
 }
 
+/* A NUL-free copy of the |len| bytes at |p|, or NULL (message set). */
+static char *take_string(struct prl_nbd_client *c, const uint8_t *p, size_t len,
+                         const char *what)
+{
+    char *s;
+
+    if (memchr(p, '\0', len)) {
+        prl_nbd_cl_proto(c, "%s has a NUL byte", what);
+        return NULL;
+    }
+    s = malloc(len + 1);
+    if (!s) {
+        prl_error(ENOMEM, "out of memory");
+        return NULL;
+    }
+    memcpy(s, p, len);
+    s[len] = '\0';
+    return s;
+}
+
 /* The message for an error reply |type| to |opt|, with the server's own
  * text; returns the errno to report. */
 static int opt_error(struct prl_nbd_client *c, uint32_t opt, uint32_t type,
@@ -567,14 +587,10 @@ static int opt_go(struct prl_nbd_client *c, uint32_t opt, uint8_t *buf,
             r = block_sizes(c, buf + 2);
             c->has_block_sizes = r == 0;
         } else if (info == PRL_NBD_INFO_DESCRIPTION && desc) {
-            if (strlen((const char *)buf + 2) != len - 2) {
-                return prl_nbd_cl_proto(c, "export description has a NUL "
-                                           "byte");
-            }
             free(*desc);
-            *desc = strdup((const char *)buf + 2);
+            *desc = take_string(c, buf + 2, len - 2, "an export description");
             if (!*desc) {
-                return prl_error(ENOMEM, "out of memory");
+                return c->dead ? -EIO : -ENOMEM;
             }
         }
         /* NAME and unknown types: nothing to keep. */
@@ -603,6 +619,15 @@ static int opt_export_name(struct prl_nbd_client *c, bool no_zeroes)
     c->exp.size = prl_be64_load(rep);
     c->exp.tflags = prl_be16_load(rep + 8);
     return 0;
+}
+
+/* What an export is taken to be until NBD_INFO_BLOCK_SIZE says more. */
+static void export_defaults(struct prl_nbd_client *c)
+{
+    c->exp.min_block = 1;
+    c->exp.pref_block = 4096;
+    c->exp.max_block = CLIENT_MAX_PAYLOAD;
+    c->has_block_sizes = false;
 }
 
 /* The greeting, STARTTLS when |tls|, then extended headers or else
@@ -648,9 +673,7 @@ static int negotiate(struct prl_nbd_client *c, const struct prl_nbd_uri *tls,
         return r;
     }
     c->haggling = fixed;
-    c->exp.min_block = 1;
-    c->exp.pref_block = 4096;
-    c->exp.max_block = CLIENT_MAX_PAYLOAD;
+    export_defaults(c);
     if (!fixed) {
         /* Plain newstyle: options are not safe; only EXPORT_NAME. */
         if (tls) {
@@ -748,26 +771,6 @@ out:
 
 /* More exports, or contexts of one export, than a list keeps. */
 #define LIST_MAX 4096
-
-/* A NUL-free copy of the |len| bytes at |p|, or NULL (message set). */
-static char *take_string(struct prl_nbd_client *c, const uint8_t *p, size_t len,
-                         const char *what)
-{
-    char *s;
-
-    if (memchr(p, '\0', len)) {
-        prl_nbd_cl_proto(c, "%s has a NUL byte", what);
-        return NULL;
-    }
-    s = malloc(len + 1);
-    if (!s) {
-        prl_error(ENOMEM, "out of memory");
-        return NULL;
-    }
-    memcpy(s, p, len);
-    s[len] = '\0';
-    return s;
-}
 
 /* NBD_OPT_LIST: the names and descriptions into *v (*n of them). */
 static int opt_list(struct prl_nbd_client *c, uint8_t *buf,
@@ -879,10 +882,7 @@ int prl_nbd_cl_list(struct prl_nbd_client *c, const struct prl_nbd_uri *tls,
         memset(&c->exp, 0, sizeof(c->exp));
         c->exp.structured = structured;
         c->exp.extended = extended;
-        c->exp.min_block = 1;
-        c->exp.pref_block = 4096;
-        c->exp.max_block = CLIENT_MAX_PAYLOAD;
-        c->has_block_sizes = false;
+        export_defaults(c);
         r = opt_go(c, PRL_NBD_OPT_INFO, buf, &desc);
         if (r == 1) {
             e->has_info = true;
