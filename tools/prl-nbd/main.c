@@ -715,6 +715,14 @@ static int parse_args(struct options *o, int argc, char **argv)
     if (check_endpoints(o) != 0) {
         return 1;
     }
+    if (o->tls_creds) {
+        const struct object_arg *ob = find_object(o, o->tls_creds);
+        if (!ob || ob->type == OBJ_AUTHZ_SIMPLE) {
+            return die("--tls-creds=%s: no tls-creds-x509 or tls-creds-psk "
+                       "object with that id",
+                       o->tls_creds);
+        }
+    }
     if (o->list) {
         if (optind < argc - 1) {
             return die("-L takes one NBD URI at most");
@@ -739,14 +747,6 @@ static int parse_args(struct options *o, int argc, char **argv)
         }
         if (o->n_unix > 1) {
             return die("-L connects to one socket");
-        }
-        if (o->tls_creds) {
-            const struct object_arg *ob = find_object(o, o->tls_creds);
-            if (!ob || ob->type == OBJ_AUTHZ_SIMPLE) {
-                return die("--tls-creds=%s: no tls-creds-x509 or "
-                           "tls-creds-psk object with that id",
-                           o->tls_creds);
-            }
         }
         return 0;
     }
@@ -791,14 +791,6 @@ static int parse_args(struct options *o, int argc, char **argv)
     }
     if (o->single && (o->port || o->bind || o->n_unix || o->fork)) {
         return die("-s serves stdin/stdout: no -p, -b, -k or --fork");
-    }
-    if (o->tls_creds) {
-        const struct object_arg *ob = find_object(o, o->tls_creds);
-        if (!ob || ob->type == OBJ_AUTHZ_SIMPLE) {
-            return die("--tls-creds=%s: no tls-creds-x509 or tls-creds-psk "
-                       "object with that id",
-                       o->tls_creds);
-        }
     }
     if (o->tls_authz) {
         const struct object_arg *ob = find_object(o, o->tls_authz);
