@@ -13,7 +13,8 @@
 # Usage: bench/nbd.sh [BUILD_DIR]   (RUNTIME=seconds per job, default 5;
 #        REPS=rounds, default 3; SIZE=image MiB, default 1024;
 #        TRANSPORTS="unix tcp"; JOBS="seq-read rand-write-4c ...", a
-#        subset of the job names below)
+#        subset of the job names below; PRL_NBD_ARGS: more prl-nbd
+#        options, e.g. --poll-max-ns=0)
 set -e -u -o pipefail
 
 src=$(cd "$(dirname "$0")/.." && pwd)
@@ -72,7 +73,9 @@ start()
     prl-nbd)
         if [ "$tr" = unix ]; then addr=(-k "$sock"); else
             addr=(-b 127.0.0.1 -p "$port"); fi
-        "$prl_nbd" -t -e 0 -f "$fmt" "${addr[@]}" "$file" 2>/dev/null &
+        # shellcheck disable=SC2086 # PRL_NBD_ARGS: words on purpose
+        "$prl_nbd" -t -e 0 -f "$fmt" ${PRL_NBD_ARGS:-} "${addr[@]}" "$file" \
+            2>/dev/null &
         ;;
     qemu-nbd)
         if [ "$tr" = unix ]; then addr=(-k "$sock"); else

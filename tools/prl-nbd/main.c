@@ -99,6 +99,11 @@ struct options {
 static struct prl_nbd_server *the_server;
 static bool log_syslog;
 
+/* Busy polling between requests (--poll-max-ns): QEMU's IOThreads'
+ * default, and a cap that keeps a typo from spinning for seconds. */
+#define DEFAULT_POLL_NS 32768u
+#define MAX_POLL_NS 1000000u
+
 static void usage(FILE *f)
 {
     /* One help line per source line. */
@@ -136,6 +141,8 @@ static void usage(FILE *f)
 "      --handshake-limit=S   drop clients not done negotiating in S\n"
 "                            seconds (default 10, 0 = never)\n"
 "      --threads=N           workers per connection (default 8)\n"
+"      --poll-max-ns=NS      busy-poll a busy connection's socket up to NS\n"
+"                            between requests (default 32768, 0 = off)\n"
 "      --min-block-size=N    advertise and enforce a minimum block size\n"
 "      --allow-external-files  let a bundle's DiskDescriptor.xml name image\n"
 "                            files outside its directory\n"
@@ -522,6 +529,7 @@ enum {
     OPT_LOG,
     OPT_HANDSHAKE,
     OPT_THREADS,
+    OPT_POLL,
     OPT_MIN_BLOCK,
     OPT_UNIX,
     OPT_EXTERNAL,
@@ -553,6 +561,7 @@ static const struct option long_opts[] = {
     {"log", required_argument, NULL, OPT_LOG},
     {"handshake-limit", required_argument, NULL, OPT_HANDSHAKE},
     {"threads", required_argument, NULL, OPT_THREADS},
+    {"poll-max-ns", required_argument, NULL, OPT_POLL},
     {"min-block-size", required_argument, NULL, OPT_MIN_BLOCK},
     {"allow-external-files", no_argument, NULL, OPT_EXTERNAL},
     {"object", required_argument, NULL, OPT_OBJECT},
@@ -573,6 +582,7 @@ static int parse_args(struct options *o, int argc, char **argv)
 
     o->cfg.shared = 1;
     o->cfg.handshake_limit = 10;
+    o->cfg.poll_max_ns = DEFAULT_POLL_NS;
     while ((c = getopt_long(argc, argv, "f:rx:D:AB:p:b:k:e:tsLvhV", long_opts,
                             NULL)) != -1) {
         unsigned v;
@@ -669,6 +679,13 @@ static int parse_args(struct options *o, int argc, char **argv)
                 o->cfg.workers == 0) {
                 return die("invalid --threads '%s' (1 to 256)", optarg);
             }
+            break;
+        case OPT_POLL:
+            if (!parse_uint(optarg, MAX_POLL_NS, &v)) {
+                return die("invalid --poll-max-ns '%s' (0 to %u)", optarg,
+                           MAX_POLL_NS);
+            }
+            o->cfg.poll_max_ns = v;
             break;
         case OPT_EXTERNAL:
             o->open_flags |= PRL_OPEN_BUNDLE_EXTERNAL;

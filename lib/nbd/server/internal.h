@@ -97,7 +97,24 @@ struct prl_nbd_sock {
     int wake_fd;      /* readable when the server stops */
     atomic_bool down; /* shutdown_read was called */
     void *opaque;     /* the layer's state (TLS session) */
+    /* Adaptive busy polling of a socket's short receives (request
+     * headers), set for the transmission phase: a receive that finds
+     * nothing tries again, without sleeping, for up to poll_ns before it
+     * blocks.  poll_ns is poll_max_ns while the running average of the
+     * receives' waits (poll_avg) is within it, else 0, so a connection
+     * whose client pauses longer never spins.  poll_max_ns 0: off.
+     * Used under the reader's lock. */
+    int64_t poll_max_ns;
+    int64_t poll_ns;
+    int64_t poll_avg; /* each wait counted as at most
+                       * PRL_NBD_POLL_WAIT_CAP budgets */
+    /* Receives that could be polled, were polled, found data polling. */
+    uint64_t poll_recvs, poll_spins, poll_hits;
 };
+
+/* A wait counts in the average as at most this many budgets, and a
+ * connection starts as if its client had paused that long. */
+#define PRL_NBD_POLL_WAIT_CAP 4
 
 /* Set up the plain (unencrypted) layer over |rfd|/|wfd|. */
 void prl_nbd_sock_plain(struct prl_nbd_sock *s, int rfd, int wfd, bool owned,

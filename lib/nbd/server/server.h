@@ -28,6 +28,9 @@ struct prl_nbd_server_config {
     unsigned handshake_limit; /* seconds a client may take to reach
                                * transmission; 0 = unlimited */
     unsigned workers;         /* threads serving one connection; 0 = 8 */
+    uint32_t poll_max_ns;     /* busy polling of each connection's socket
+                               * between requests, at most this long
+                               * (adaptive, see prl_nbd_sock); 0 = off */
     uint32_t min_block_size;  /* advertised minimum block, a power of two
                                * <= 65536; 0 = what the image needs */
     /* NULL: no TLS (NBD_OPT_STARTTLS is refused).  Otherwise every

@@ -10,11 +10,70 @@
 #include <poll.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Try to receive without sleeping until |t0| + poll_ns.  The count, 0 at
+ * end of stream, -EAGAIN when nothing came in time, or a negative
+ * errno. */
+static ssize_t poll_recv(struct prl_nbd_sock *s, void *buf, size_t len,
+                         int64_t t0)
+{
+    for (;;) {
+        ssize_t n = recv(s->rfd, buf, len, MSG_DONTWAIT);
+
+        if (n >= 0) {
+            return n;
+        }
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            return -errno;
+        }
+        if (mono_ns() - t0 >= s->poll_ns) {
+            return -EAGAIN;
+        }
+    }
+}
+
+/* After a receive that waited |waited| ns: keep a running average of
+ * the waits (each capped, so that one idle minute does not outweigh a
+ * busy stretch for long) and poll, with the whole budget, while it is
+ * within the budget. */
+static void poll_adapt(struct prl_nbd_sock *s, int64_t waited)
+{
+    waited = PRL_MIN(waited, PRL_NBD_POLL_WAIT_CAP * s->poll_max_ns);
+    s->poll_avg += (waited - s->poll_avg) / 8;
+    s->poll_ns = s->poll_avg <= s->poll_max_ns ? s->poll_max_ns : 0;
+}
 
 static ssize_t plain_recv(struct prl_nbd_sock *s, void *buf, size_t len,
                           bool all)
 {
+    bool polled = s->poll_max_ns > 0 && s->is_socket && !all;
+    int64_t t0 = 0;
+
+    if (polled) {
+        t0 = mono_ns();
+        s->poll_recvs++;
+        if (s->poll_ns > 0) {
+            ssize_t n = poll_recv(s, buf, len, t0);
+            s->poll_spins++;
+            if (n > 0) {
+                s->poll_hits++;
+                poll_adapt(s, mono_ns() - t0);
+            }
+            if (n != -EAGAIN) {
+                return n;
+            }
+        }
+    }
     for (;;) {
         ssize_t n;
 
@@ -42,6 +101,9 @@ static ssize_t plain_recv(struct prl_nbd_sock *s, void *buf, size_t len,
         n = s->is_socket ? recv(s->rfd, buf, len, all ? MSG_WAITALL : 0)
                          : read(s->rfd, buf, len);
         if (n >= 0) {
+            if (polled && n > 0) {
+                poll_adapt(s, mono_ns() - t0);
+            }
             return n;
         }
         if (errno != EINTR) {
@@ -182,4 +244,8 @@ void prl_nbd_sock_plain(struct prl_nbd_sock *s, int rfd, int wfd, bool owned,
     s->wake_fd = wake_fd;
     atomic_init(&s->down, false);
     s->opaque = NULL;
+    s->poll_max_ns = 0;
+    s->poll_ns = 0;
+    s->poll_avg = 0;
+    s->poll_recvs = s->poll_spins = s->poll_hits = 0;
 }

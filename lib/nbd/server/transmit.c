@@ -1376,6 +1376,10 @@ void prl_nbd_transmit(struct prl_nbd_conn *conn)
         return;
     }
     conn->rpos = conn->rend = 0;
+    /* Polling starts once a run of requests has come quickly. */
+    conn->sock.poll_max_ns = cfg->poll_max_ns;
+    conn->sock.poll_ns = 0;
+    conn->sock.poll_avg = PRL_NBD_POLL_WAIT_CAP * (int64_t)cfg->poll_max_ns;
     atomic_init(&conn->inline_ok, true);
     atomic_init(&conn->fast_batches, 0);
     for (unsigned i = 0; i < nw; i++) {
@@ -1400,6 +1404,12 @@ void prl_nbd_transmit(struct prl_nbd_conn *conn)
     free(w);
     free(conn->rbuf);
     conn->rbuf = NULL;
+    if (conn->sock.poll_max_ns > 0) {
+        prl_debug("%s: busy polling: %" PRIu64 " receives, %" PRIu64
+                  " polled, %" PRIu64 " found data",
+                  conn->peer, conn->sock.poll_recvs, conn->sock.poll_spins,
+                  conn->sock.poll_hits);
+    }
     if (!conn->exp->read_only) {
         int r;
         EXPORT_LOCK(conn->exp);
