@@ -94,6 +94,8 @@ struct prl_nbd_sock {
     bool owned;       /* close() closes the descriptors */
     bool is_socket;   /* shutdown(2) works on rfd */
     bool w_socket;    /* wfd is a socket: sendmsg(2) */
+    bool w_sendfile;  /* large reads go out with sendfile(2): not on TCP
+                       * loopback, see prl_nbd_sock_plain */
     int wake_fd;      /* readable when the server stops */
     atomic_bool down; /* shutdown_read was called */
     void *opaque;     /* the layer's state (TLS session) */

@@ -7,6 +7,8 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
@@ -228,6 +230,46 @@ const struct prl_nbd_sock_ops prl_nbd_sock_plain_ops = {
     .close = plain_close,
 };
 
+/*
+ * Whether sendfile(2) pays off on socket |fd|.  On a Unix socket and on
+ * TCP to another host it saves the copy into the socket.  On TCP
+ * loopback the receiver then copies out of the page cache pages the
+ * packets point at, and that is slower than two copies: fio sequential
+ * 1 MiB reads at iodepth 16, 4 rounds, 2137-2943 IOPS with sendfile,
+ * 2990-3246 without (Unix: 8491 with, 3741 for nbdkit's copies).
+ */
+static bool sendfile_pays(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    int domain;
+    socklen_t dlen = sizeof(domain);
+
+    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &dlen) != 0) {
+        return false;
+    }
+    if (domain == AF_UNIX) {
+        return true;
+    }
+    if (getpeername(fd, (struct sockaddr *)&ss, &len) != 0) {
+        return true;
+    }
+    if (ss.ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)&ss;
+        return (ntohl(in->sin_addr.s_addr) >> 24) != 127;
+    }
+    if (ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&ss;
+        if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr)) {
+            return false;
+        }
+        if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+            return in6->sin6_addr.s6_addr[12] != 127;
+        }
+    }
+    return true;
+}
+
 void prl_nbd_sock_plain(struct prl_nbd_sock *s, int rfd, int wfd, bool owned,
                         int wake_fd)
 {
@@ -241,6 +283,7 @@ void prl_nbd_sock_plain(struct prl_nbd_sock *s, int rfd, int wfd, bool owned,
     s->is_socket = getsockopt(rfd, SOL_SOCKET, SO_TYPE, &type, &len) == 0;
     len = sizeof(type);
     s->w_socket = getsockopt(wfd, SOL_SOCKET, SO_TYPE, &type, &len) == 0;
+    s->w_sendfile = s->w_socket && sendfile_pays(wfd);
     s->wake_fd = wake_fd;
     atomic_init(&s->down, false);
     s->opaque = NULL;

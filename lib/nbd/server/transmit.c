@@ -3,7 +3,8 @@
  * requests off the socket (leader/follower, so no request is handed
  * between threads), serve them on the export (inline while that is fast,
  * in parallel once it is not) and send each batch's replies together;
- * large reads go from the image file to the socket with sendfile. */
+ * large reads go from the image file to the socket with sendfile (but on
+ * TCP loopback, see sendfile_pays in sock.c). */
 #include "nbd/server/internal.h"
 #include "common/util.h"
 #include "prl/error.h"
@@ -606,7 +607,7 @@ static bool read_zero_copy(struct prl_nbd_worker *w,
     size_t n = 0, n_status = 0;
     int r = 0;
 
-    if (!s->ops->sendfile || !s->w_socket || len < ZC_MIN) {
+    if (!s->ops->sendfile || !s->w_sendfile || len < ZC_MIN) {
         return false;
     }
     if (prl_nbd_worker_scratch(w, cap * sizeof(*ext)) < 0) {
