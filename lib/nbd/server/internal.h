@@ -95,7 +95,7 @@ struct prl_nbd_sock {
     bool is_socket;   /* shutdown(2) works on rfd */
     bool w_socket;    /* wfd is a socket: sendmsg(2) */
     bool w_sendfile;  /* large reads go out with sendfile(2): not on TCP
-                       * loopback, see prl_nbd_sock_plain */
+                       * loopback, see sendfile_pays in sock.c */
     int wake_fd;      /* readable when the server stops */
     atomic_bool down; /* shutdown_read was called */
     void *opaque;     /* the layer's state (TLS session) */

@@ -5,9 +5,9 @@
 #include "nbd/server/internal.h"
 #include "common/util.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
-#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/sendfile.h>
@@ -245,13 +245,10 @@ static bool sendfile_pays(int fd)
     int domain;
     socklen_t dlen = sizeof(domain);
 
-    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &dlen) != 0) {
-        return false;
-    }
-    if (domain == AF_UNIX) {
-        return true;
-    }
-    if (getpeername(fd, (struct sockaddr *)&ss, &len) != 0) {
+    /* Unknown: sendfile, which works on every stream socket. */
+    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &dlen) != 0 ||
+        domain == AF_UNIX ||
+        getpeername(fd, (struct sockaddr *)&ss, &len) != 0) {
         return true;
     }
     if (ss.ss_family == AF_INET) {
