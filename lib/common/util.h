@@ -7,10 +7,26 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <time.h>
 
 #define PRL_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 #define PRL_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define PRL_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+/* CLOCK_MONOTONIC in nanoseconds. */
+static inline int64_t prl_mono_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* CLOCK_MONOTONIC in milliseconds. */
+static inline int64_t prl_mono_ms(void)
+{
+    return prl_mono_ns() / 1000000;
+}
 
 /* Checked arithmetic: true when the result overflowed (then *r is
  * unspecified). */

@@ -26,14 +26,6 @@ struct hs {
     uint8_t *opt;        /* option data, PRL_NBD_MAX_OPTION bytes */
 };
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Wait until the socket is readable, the limit passes, or the server
  * stops (which shortens the limit to the grace period).  Also the TLS
  * layer's hook before each read of the socket, so that the limit covers
@@ -56,13 +48,13 @@ static int hs_poll(void *opaque)
         /* A stop that came while we were not polling (busy with an
          * option, or in another wait) shortens the limit too. */
         if (stopping) {
-            int64_t grace = now_ms() + STOP_GRACE_MS;
+            int64_t grace = prl_mono_ms() + STOP_GRACE_MS;
             if (hs->deadline_ms < 0 || hs->deadline_ms > grace) {
                 hs->deadline_ms = grace;
             }
         }
         if (hs->deadline_ms >= 0) {
-            int64_t left = hs->deadline_ms - now_ms();
+            int64_t left = hs->deadline_ms - prl_mono_ms();
             if (left <= 0) {
                 return prl_error(ETIMEDOUT, "%s: handshake took too long",
                                  hs->conn->peer);
@@ -650,7 +642,7 @@ int prl_nbd_handshake(struct prl_nbd_conn *conn)
     int r;
 
     if (cfg->handshake_limit > 0) {
-        hs.deadline_ms = now_ms() + (int64_t)cfg->handshake_limit * 1000;
+        hs.deadline_ms = prl_mono_ms() + (int64_t)cfg->handshake_limit * 1000;
     }
     prl_be64_store(greet, PRL_NBD_MAGIC_INIT);
     prl_be64_store(greet + 8, PRL_NBD_MAGIC_OPTS);

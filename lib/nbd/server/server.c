@@ -577,14 +577,6 @@ static void accept_one(struct prl_nbd_server *srv, int lfd)
     }
 }
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Accept (when there are listeners) until stopped, then drain. */
 static int serve_loop(struct prl_nbd_server *srv)
 {
@@ -609,9 +601,9 @@ static int serve_loop(struct prl_nbd_server *srv)
                 }
             }
             swept = true;
-            cut_at = mono_ms() + STOP_DRAIN_MS;
+            cut_at = prl_mono_ms() + STOP_DRAIN_MS;
         }
-        if (stopping && !cut && mono_ms() >= cut_at) {
+        if (stopping && !cut && prl_mono_ms() >= cut_at) {
             for (struct prl_nbd_conn *c = srv->conns; c; c = c->next) {
                 c->sock.ops->shutdown_all(&c->sock);
             }
@@ -636,7 +628,7 @@ static int serve_loop(struct prl_nbd_server *srv)
                 }
             }
         } else if (!cut) {
-            timeout = (int)PRL_MAX(cut_at - mono_ms(), (int64_t)0);
+            timeout = (int)PRL_MAX(cut_at - prl_mono_ms(), (int64_t)0);
         }
         if (poll(pfd, (nfds_t)n, timeout) < 0) {
             if (errno == EINTR) {

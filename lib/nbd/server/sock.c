@@ -12,16 +12,7 @@
 #include <poll.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
-
-static int64_t mono_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 /* Try to receive without sleeping until |t0| + poll_ns.  The count, 0 at
  * end of stream, -EAGAIN when nothing came in time, or a negative
@@ -38,7 +29,7 @@ static ssize_t poll_recv(struct prl_nbd_sock *s, void *buf, size_t len,
         if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
             return -errno;
         }
-        if (mono_ns() - t0 >= s->poll_ns) {
+        if (prl_mono_ns() - t0 >= s->poll_ns) {
             return -EAGAIN;
         }
     }
@@ -62,14 +53,14 @@ static ssize_t plain_recv(struct prl_nbd_sock *s, void *buf, size_t len,
     int64_t t0 = 0;
 
     if (polled) {
-        t0 = mono_ns();
+        t0 = prl_mono_ns();
         s->poll_recvs++;
         if (s->poll_ns > 0) {
             ssize_t n = poll_recv(s, buf, len, t0);
             s->poll_spins++;
             if (n > 0) {
                 s->poll_hits++;
-                poll_adapt(s, mono_ns() - t0);
+                poll_adapt(s, prl_mono_ns() - t0);
             }
             if (n != -EAGAIN) {
                 return n;
@@ -104,7 +95,7 @@ static ssize_t plain_recv(struct prl_nbd_sock *s, void *buf, size_t len,
                          : read(s->rfd, buf, len);
         if (n >= 0) {
             if (polled && n > 0) {
-                poll_adapt(s, mono_ns() - t0);
+                poll_adapt(s, prl_mono_ns() - t0);
             }
             return n;
         }

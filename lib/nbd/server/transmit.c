@@ -1248,14 +1248,6 @@ static size_t read_batch_locked(struct prl_nbd_worker *w)
 #define FAST_BATCHES 256
 #define INLINE_MAX_BYTES (64u << 10)
 
-static int64_t mono_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 static bool batch_cheap(const struct prl_nbd_worker *w, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
@@ -1335,7 +1327,7 @@ static void *worker_main(void *opaque)
             pool_grow_locked(w->pool);
             pthread_mutex_unlock(&conn->read_lock);
         }
-        t0 = mono_ns();
+        t0 = prl_mono_ns();
         for (size_t i = 0; i < n; i++) {
             struct prl_nbd_slot *s = &w->slots[i];
             uint16_t type = s->req.type;
@@ -1352,7 +1344,7 @@ static void *worker_main(void *opaque)
         }
         prl_nbd_out_flush(w);
         if (batch_cheap(w, n)) {
-            note_batch_time(conn, mono_ns() - t0);
+            note_batch_time(conn, prl_mono_ns() - t0);
         }
         prl_nbd_worker_trim(w);
         if (!inl) {
