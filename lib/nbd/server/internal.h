@@ -93,6 +93,8 @@ struct prl_nbd_sock {
     int rfd, wfd;     /* the same for a socket */
     bool owned;       /* close() closes the descriptors */
     bool is_socket;   /* shutdown(2) works on rfd */
+    bool r_tcp;       /* rfd is a TCP socket: SO_RCVLOWAT works */
+    int rcvlowat;     /* rfd's SO_RCVLOWAT as last set (1 at rest) */
     bool w_socket;    /* wfd is a socket: sendmsg(2) */
     bool w_sendfile;  /* large reads go out with sendfile(2): not on TCP
                        * loopback, see sendfile_pays in sock.c */

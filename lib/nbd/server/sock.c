@@ -46,12 +46,87 @@ static void poll_adapt(struct prl_nbd_sock *s, int64_t waited)
     s->poll_ns = s->poll_avg <= s->poll_max_ns ? s->poll_max_ns : 0;
 }
 
+/* A large payload is received in pieces of at most this much, each
+ * taken at one wake-up. */
+#define LOWAT_CHUNK (1u << 20)
+
+static bool set_rcvlowat(struct prl_nbd_sock *s, int bytes)
+{
+    if (s->rcvlowat != bytes && setsockopt(s->rfd, SOL_SOCKET, SO_RCVLOWAT,
+                                           &bytes, sizeof(bytes)) != 0) {
+        return false;
+    }
+    s->rcvlowat = bytes;
+    return true;
+}
+
+/*
+ * Receive |len| bytes whole from a TCP socket.  recv(MSG_WAITALL) wakes
+ * for every segment that comes in (16 a MiB on loopback, hundreds on a
+ * network), each a context switch on both sides; with SO_RCVLOWAT the
+ * kernel wakes the reader once a piece has come in whole.  The waiting
+ * is done by poll(), as a blocking recv() that took part of a piece would
+ * then wait for a whole low-water mark more.  Poll also wakes at end of
+ * stream, on shutdown and when the receive buffer is nearly full, so
+ * nothing waits for data that cannot come.  The count (less than |len|
+ * at end of stream), or a negative errno.
+ */
+static ssize_t lowat_recv(struct prl_nbd_sock *s, uint8_t *buf, size_t len)
+{
+    size_t got = 0;
+    ssize_t r = 0;
+
+    while (got < len) {
+        struct pollfd pfd = {.fd = s->rfd, .events = POLLIN};
+        ssize_t n = recv(s->rfd, buf + got, len - got, MSG_DONTWAIT);
+
+        if (n > 0) {
+            got += (size_t)n;
+            continue;
+        }
+        if (n == 0) {
+            break;
+        }
+        if (errno == EINTR) {
+            continue;
+        }
+        if (errno != EAGAIN && errno != EWOULDBLOCK) {
+            r = -errno;
+            break;
+        }
+        if (!set_rcvlowat(s, (int)PRL_MIN(len - got, LOWAT_CHUNK))) {
+            /* No mark: wait the usual way. */
+            n = recv(s->rfd, buf + got, len - got, MSG_WAITALL);
+            if (n > 0) {
+                got += (size_t)n;
+            } else if (n == 0) {
+                break;
+            } else if (errno != EINTR) {
+                r = -errno;
+                break;
+            }
+            continue;
+        }
+        if (poll(&pfd, 1, -1) < 0 && errno != EINTR) {
+            r = -errno;
+            break;
+        }
+    }
+    if (!set_rcvlowat(s, 1) && r == 0) {
+        r = -errno; /* later receives would wait for too much */
+    }
+    return r < 0 ? r : (ssize_t)got;
+}
+
 static ssize_t plain_recv(struct prl_nbd_sock *s, void *buf, size_t len,
                           bool all)
 {
     bool polled = s->poll_max_ns > 0 && s->is_socket && !all;
     int64_t t0 = 0;
 
+    if (all && s->r_tcp) {
+        return lowat_recv(s, buf, len);
+    }
     if (polled) {
         t0 = prl_mono_ns();
         s->poll_recvs++;
@@ -261,7 +336,7 @@ static bool sendfile_pays(int fd)
 void prl_nbd_sock_plain(struct prl_nbd_sock *s, int rfd, int wfd, bool owned,
                         int wake_fd)
 {
-    int type;
+    int type, proto;
     socklen_t len = sizeof(type);
 
     s->ops = &prl_nbd_sock_plain_ops;
@@ -269,6 +344,11 @@ void prl_nbd_sock_plain(struct prl_nbd_sock *s, int rfd, int wfd, bool owned,
     s->wfd = wfd;
     s->owned = owned;
     s->is_socket = getsockopt(rfd, SOL_SOCKET, SO_TYPE, &type, &len) == 0;
+    len = sizeof(proto);
+    s->r_tcp = s->is_socket && type == SOCK_STREAM &&
+               getsockopt(rfd, SOL_SOCKET, SO_PROTOCOL, &proto, &len) == 0 &&
+               proto == IPPROTO_TCP;
+    s->rcvlowat = 1;
     len = sizeof(type);
     s->w_socket = getsockopt(wfd, SOL_SOCKET, SO_TYPE, &type, &len) == 0;
     s->w_sendfile = s->w_socket && sendfile_pays(wfd);
