@@ -114,9 +114,12 @@ cpu_ticks()
     awk '{ print $14 + $15 }' "/proc/$pid/stat"
 }
 
-# job NAME RW BS IODEPTH JOBS: "IOPS CPU-us-per-request" of one fio run
-# against $uri.  The second figure (server CPU per request) is what
-# separates servers when the client is the bottleneck.
+# job NAME RW BS IODEPTH JOBS: "IOPS CPU-us-per-request FIO-CPU-%" of one
+# fio run against $uri.  The second figure (server CPU per request) is
+# what separates servers when the client is the bottleneck; the third
+# (fio's user + system time in percent of one CPU, the mean of its
+# threads) shows when it is: near 100, fio itself, not the server, sets
+# the pace, and no server can go faster.
 job()
 {
     local rw=$2 bs=$3 qd=$4 nj=$5 kind t0 t1 ios hz
@@ -133,9 +136,10 @@ job()
     case $rw in *read) kind=read ;; *) kind=write ;; esac
     ios=$(jq ".jobs[0].$kind.total_ios" "$tmp/fio.json")
     hz=$(getconf CLK_TCK)
-    printf '%s %s\n' "$(jq ".jobs[0].$kind.iops | floor" "$tmp/fio.json")" \
+    printf '%s %s %s\n' "$(jq ".jobs[0].$kind.iops | floor" "$tmp/fio.json")" \
         "$(awk -v t=$((t1 - t0)) -v n="$ios" -v hz="$hz" \
-            'BEGIN { printf "%.1f", n ? t * 1e6 / hz / n : 0 }')"
+            'BEGIN { printf "%.1f", n ? t * 1e6 / hz / n : 0 }')" \
+        "$(jq '.jobs[0].usr_cpu + .jobs[0].sys_cpu | floor' "$tmp/fio.json")"
 }
 
 all_jobs=(
@@ -156,7 +160,7 @@ done
 
 # Every repeat's figures, space-separated in round order, by
 # server/format/transport/job.
-declare -A iops cpu
+declare -A iops cpu fcpu
 # run_one SERVER FORMAT FILE TRANSPORT JOB...: one job on a fresh server.
 run_one()
 {
@@ -165,8 +169,10 @@ run_one()
     start "$server" "$fmt" "$file" "$tr"
     res=$(job "$@")
     stop
-    iops[$server/$fmt/$tr/$1]+="${res% *} "
-    cpu[$server/$fmt/$tr/$1]+="${res#* } "
+    set -- "$1" $res
+    iops[$server/$fmt/$tr/$1]+="$2 "
+    cpu[$server/$fmt/$tr/$1]+="$3 "
+    fcpu[$server/$fmt/$tr/$1]+="$4 "
 }
 
 median()
@@ -242,7 +248,8 @@ sync
 
 echo "fio nbd engine, ${runtime}s per job, ${size} MiB image, median of $reps"
 echo "IOPS (median), ratios (median of the rounds' ratios), server CPU per"
-echo "request (us, median; lower is better), spread of the repeats"
+echo "request (us, median; lower is better), fio's CPU (% of one CPU per"
+echo "thread, median), spread of the repeats"
 servers=(
     "prl-nbd raw raw"
     "nbdkit raw raw"
@@ -251,15 +258,24 @@ servers=(
     "qemu-nbd parallels hdd"
 )
 verdicts=()
-# verdict TRANSPORT JOB WHAT FIGURE TARGET
+# verdict TRANSPORT JOB WHAT FIGURE TARGET [NOTE]
 verdict()
 {
     local v=missed
     if awk -v a="$4" -v t="$5" 'BEGIN { exit !(a != "-" && a >= t) }'; then
         v=met
     fi
-    verdicts+=("$(printf '%-6s %-5s %-14s %-22s %5s (target >= %s)' \
-        "$v" "$1" "$2" "$3" "$4" "$5")")
+    verdicts+=("$(printf '%-6s %-5s %-14s %-22s %5s (target >= %s)%s' \
+        "$v" "$1" "$2" "$3" "$4" "$5" "${6:+ $6}")")
+}
+
+# client_bound FIO-CPU-%: a note for the verdicts when fio's threads ran
+# at 95% or more of a CPU with prl-nbd, so that the figure is fio's
+# ceiling, not the server's.
+client_bound()
+{
+    awk -v c="$1" 'BEGIN { if (c >= 95)
+        printf "[fio at %d%% CPU: client-bound]", c }'
 }
 for tr in $transports; do
     for ((r = 0; r < reps; r++)); do
@@ -298,10 +314,12 @@ for tr in $transports; do
         xh=$(pratio "$PH" "$P")
         printf '%-5s %-14s %9.0f %9.0f %9.0f %8s %8s | %9.0f %9.0f %8s %8s\n' \
             "$tr" "$n" "$p" "$k" "$q" "$xk" "$xq" "$ph" "$qh" "$xqh" "$xh"
-        verdict "$tr" "$n" "prl/nbdkit" "$xk" 1.00
-        verdict "$tr" "$n" "prl/qemu-nbd" "$xq" 2.00
-        verdict "$tr" "$n" "prl-hdd/qemu-nbd-hdd" "$xqh" 2.00
-        verdict "$tr" "$n" "prl-hdd/prl-raw" "$xh" 0.90
+        cb=$(client_bound "$(median "${fcpu[prl-nbd/raw/$tr/$n]}")")
+        cbh=$(client_bound "$(median "${fcpu[prl-nbd/parallels/$tr/$n]}")")
+        verdict "$tr" "$n" "prl/nbdkit" "$xk" 1.00 "$cb"
+        verdict "$tr" "$n" "prl/qemu-nbd" "$xq" 2.00 "$cb"
+        verdict "$tr" "$n" "prl-hdd/qemu-nbd-hdd" "$xqh" 2.00 "$cbh"
+        verdict "$tr" "$n" "prl-hdd/prl-raw" "$xh" 0.90 "$cbh"
     done
     printf '%-5s %-14s %9s %9s %9s %8s %8s | %9s %9s\n' "$tr" "cpu us/req" \
         prl nbdkit qemu-nbd knbd/prl qemu/prl prl-hdd qemu-hdd
@@ -315,6 +333,18 @@ for tr in $transports; do
             "$tr" "$n" "$p" "$k" "$q" "$(ratio "$k" "$p")" "$(ratio "$q" "$p")" \
             "$(median "${cpu[prl-nbd/parallels/$tr/$n]}")" \
             "$(median "${cpu[qemu-nbd/parallels/$tr/$n]}")"
+    done
+    printf '%-5s %-14s %9s %9s %9s %8s %8s | %9s %9s\n' "$tr" "fio cpu %" \
+        prl nbdkit qemu-nbd "" "" prl-hdd qemu-hdd
+    for j in "${jobs[@]}"; do
+        set -- $j
+        n=$1
+        printf '%-5s %-14s %9s %9s %9s %8s %8s | %9s %9s\n' "$tr" "$n" \
+            "$(median "${fcpu[prl-nbd/raw/$tr/$n]}")" \
+            "$(median "${fcpu[nbdkit/raw/$tr/$n]}")" \
+            "$(median "${fcpu[qemu-nbd/raw/$tr/$n]}")" "" "" \
+            "$(median "${fcpu[prl-nbd/parallels/$tr/$n]}")" \
+            "$(median "${fcpu[qemu-nbd/parallels/$tr/$n]}")"
     done
     # How noisy the run was: a ratio is only as good as this.
     printf '%-5s %-14s %9s %9s %9s %8s %8s | %9s %9s\n' "$tr" \
