@@ -277,6 +277,24 @@ client_bound()
     awk -v c="$1" 'BEGIN { if (c >= 95)
         printf "[fio at %d%% CPU: client-bound]", c }'
 }
+# per_server TRANSPORT TITLE FUNCTION ARRAY: a table of FUNCTION (median,
+# spread) of each server's figures in ARRAY, a row per job.
+per_server()
+{
+    local tr=$1 f=$3 j n
+    local -n a=$4
+    printf '%-5s %-14s %9s %9s %9s %8s %8s | %9s %9s\n' "$tr" "$2" \
+        prl nbdkit qemu-nbd "" "" prl-hdd qemu-hdd
+    for j in "${jobs[@]}"; do
+        n=${j%% *}
+        printf '%-5s %-14s %9s %9s %9s %8s %8s | %9s %9s\n' "$tr" "$n" \
+            "$($f "${a[prl-nbd/raw/$tr/$n]}")" \
+            "$($f "${a[nbdkit/raw/$tr/$n]}")" \
+            "$($f "${a[qemu-nbd/raw/$tr/$n]}")" "" "" \
+            "$($f "${a[prl-nbd/parallels/$tr/$n]}")" \
+            "$($f "${a[qemu-nbd/parallels/$tr/$n]}")"
+    done
+}
 for tr in $transports; do
     for ((r = 0; r < reps; r++)); do
         for j in "${jobs[@]}"; do
@@ -334,31 +352,9 @@ for tr in $transports; do
             "$(median "${cpu[prl-nbd/parallels/$tr/$n]}")" \
             "$(median "${cpu[qemu-nbd/parallels/$tr/$n]}")"
     done
-    printf '%-5s %-14s %9s %9s %9s %8s %8s | %9s %9s\n' "$tr" "fio cpu %" \
-        prl nbdkit qemu-nbd "" "" prl-hdd qemu-hdd
-    for j in "${jobs[@]}"; do
-        set -- $j
-        n=$1
-        printf '%-5s %-14s %9s %9s %9s %8s %8s | %9s %9s\n' "$tr" "$n" \
-            "$(median "${fcpu[prl-nbd/raw/$tr/$n]}")" \
-            "$(median "${fcpu[nbdkit/raw/$tr/$n]}")" \
-            "$(median "${fcpu[qemu-nbd/raw/$tr/$n]}")" "" "" \
-            "$(median "${fcpu[prl-nbd/parallels/$tr/$n]}")" \
-            "$(median "${fcpu[qemu-nbd/parallels/$tr/$n]}")"
-    done
+    per_server "$tr" "fio cpu %" median fcpu
     # How noisy the run was: a ratio is only as good as this.
-    printf '%-5s %-14s %9s %9s %9s %8s %8s | %9s %9s\n' "$tr" \
-        "spread %" prl nbdkit qemu-nbd "" "" prl-hdd qemu-hdd
-    for j in "${jobs[@]}"; do
-        set -- $j
-        n=$1
-        printf '%-5s %-14s %9s %9s %9s %8s %8s | %9s %9s\n' "$tr" "$n" \
-            "$(spread "${iops[prl-nbd/raw/$tr/$n]}")" \
-            "$(spread "${iops[nbdkit/raw/$tr/$n]}")" \
-            "$(spread "${iops[qemu-nbd/raw/$tr/$n]}")" "" "" \
-            "$(spread "${iops[prl-nbd/parallels/$tr/$n]}")" \
-            "$(spread "${iops[qemu-nbd/parallels/$tr/$n]}")"
-    done
+    per_server "$tr" "spread %" spread iops
 done
 echo
 met=0

@@ -24,14 +24,6 @@ SIZE = 48 * MiB
 MODES = ('simple', 'structured', 'extended')
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def client(srv, port, mode):
     if port:
         c = Client(sock=socket.create_connection(('127.0.0.1', port),

@@ -6,7 +6,6 @@ raw and Parallels exports, over a Unix socket and TCP."""
 
 import errno
 import os
-import socket
 
 from nbdtest import *  # noqa: F401,F403
 
@@ -160,10 +159,7 @@ def test():
     img = make_raw('l.img', SIZE, pattern=False)
     hdd = path('l.hdd')
     run(['qemu-img', 'create', '-q', '-f', 'parallels', hdd, '8M'])
-    s = socket.socket()
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = free_port()
     with Server('-t', '-e', '0', '-b', '127.0.0.1', '-p', port, '-A', img,
                 '--export', 'p=%s,allocation-depth' % hdd) as srv:
         exercise(srv.uri, img, True, 0)

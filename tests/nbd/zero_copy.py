@@ -27,14 +27,6 @@ SIZE = 8 * MiB
 MODES = ('simple', 'structured', 'extended')
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def tcp_client(port):
     s = socket.create_connection(('127.0.0.1', port), timeout=10)
     return Client(sock=s)

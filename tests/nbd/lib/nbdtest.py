@@ -136,6 +136,15 @@ class Server:
             self.proc.wait()
 
 
+def free_port():
+    """A TCP port on 127.0.0.1 free a moment ago, for a server to take."""
+    s = socket.socket()
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 class Closed(Exception):
     """The server closed the connection."""
 
