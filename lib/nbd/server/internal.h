@@ -97,7 +97,7 @@ struct prl_nbd_sock {
     int rcvlowat;     /* rfd's SO_RCVLOWAT as last set (1 at rest) */
     bool w_socket;    /* wfd is a socket: sendmsg(2) */
     bool w_sendfile;  /* large reads go out with sendfile(2): not on TCP
-                       * loopback, see sendfile_pays in sock.c */
+                       * loopback, see prl_nbd_sock_plain */
     int wake_fd;      /* readable when the server stops */
     atomic_bool down; /* shutdown_read was called */
     void *opaque;     /* the layer's state (TLS session) */

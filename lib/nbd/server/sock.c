@@ -296,62 +296,73 @@ const struct prl_nbd_sock_ops prl_nbd_sock_plain_ops = {
     .close = plain_close,
 };
 
-/*
- * Whether sendfile(2) pays off on socket |fd|.  On a Unix socket and on
- * TCP to another host it saves the copy into the socket.  On TCP
- * loopback the receiver then copies out of the page cache pages the
- * packets point at, and that is slower than two copies: fio sequential
- * 1 MiB reads at iodepth 16, 4 rounds, 2137-2943 IOPS with sendfile,
- * 2990-3246 without (Unix: 8491 with, 3741 for nbdkit's copies).
- */
-static bool sendfile_pays(int fd)
+/* What a descriptor is, for the choices the plain layer makes. */
+enum sock_kind {
+    SK_NONE,         /* not a socket (a pipe, -s) */
+    SK_OTHER,        /* a Unix socket, or one not known to be TCP */
+    SK_TCP,          /* TCP to another host (or a peer not known) */
+    SK_TCP_LOOPBACK, /* TCP to this host's loopback address */
+};
+
+static bool loopback_peer(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
+        return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
+        return IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr) ||
+               (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) &&
+                in6->sin6_addr.s6_addr[12] == 127);
+    }
+    return false;
+}
+
+static enum sock_kind sock_kind(int fd)
 {
     struct sockaddr_storage ss;
-    socklen_t len = sizeof(ss);
-    int domain;
-    socklen_t dlen = sizeof(domain);
+    socklen_t sslen = sizeof(ss);
+    int v;
+    socklen_t len = sizeof(v);
 
-    /* Unknown: sendfile, which works on every stream socket. */
-    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &dlen) != 0 ||
-        domain == AF_UNIX ||
-        getpeername(fd, (struct sockaddr *)&ss, &len) != 0) {
-        return true;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &v, &len) != 0) {
+        return SK_NONE;
     }
-    if (ss.ss_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)&ss;
-        return (ntohl(in->sin_addr.s_addr) >> 24) != 127;
+    len = sizeof(v);
+    if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &v, &len) != 0 ||
+        v != IPPROTO_TCP) {
+        return SK_OTHER;
     }
-    if (ss.ss_family == AF_INET6) {
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&ss;
-        if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr)) {
-            return false;
-        }
-        if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
-            return in6->sin6_addr.s6_addr[12] != 127;
-        }
+    if (getpeername(fd, (struct sockaddr *)&ss, &sslen) != 0) {
+        return SK_TCP;
     }
-    return true;
+    return loopback_peer(&ss) ? SK_TCP_LOOPBACK : SK_TCP;
 }
 
 void prl_nbd_sock_plain(struct prl_nbd_sock *s, int rfd, int wfd, bool owned,
                         int wake_fd)
 {
-    int type, proto;
-    socklen_t len = sizeof(type);
+    enum sock_kind rk = sock_kind(rfd);
+    enum sock_kind wk = wfd == rfd ? rk : sock_kind(wfd);
 
     s->ops = &prl_nbd_sock_plain_ops;
     s->rfd = rfd;
     s->wfd = wfd;
     s->owned = owned;
-    s->is_socket = getsockopt(rfd, SOL_SOCKET, SO_TYPE, &type, &len) == 0;
-    len = sizeof(proto);
-    s->r_tcp = s->is_socket && type == SOCK_STREAM &&
-               getsockopt(rfd, SOL_SOCKET, SO_PROTOCOL, &proto, &len) == 0 &&
-               proto == IPPROTO_TCP;
+    s->is_socket = rk != SK_NONE;
+    s->r_tcp = rk == SK_TCP || rk == SK_TCP_LOOPBACK;
     s->rcvlowat = 1;
-    len = sizeof(type);
-    s->w_socket = getsockopt(wfd, SOL_SOCKET, SO_TYPE, &type, &len) == 0;
-    s->w_sendfile = s->w_socket && sendfile_pays(wfd);
+    s->w_socket = wk != SK_NONE;
+    /*
+     * sendfile(2) saves the copy into the socket on a Unix socket and on
+     * TCP to another host.  On TCP loopback the receiver then copies out
+     * of the page cache pages the packets point at, and that is slower
+     * than two copies: fio sequential 1 MiB reads at iodepth 16, 4
+     * rounds, 2137-2943 IOPS with sendfile, 2990-3246 without (Unix: 8491
+     * with, 3741 for nbdkit's copies).
+     */
+    s->w_sendfile = s->w_socket && wk != SK_TCP_LOOPBACK;
     s->wake_fd = wake_fd;
     atomic_init(&s->down, false);
     s->opaque = NULL;

@@ -4,7 +4,7 @@
  * between threads), serve them on the export (inline while that is fast,
  * in parallel once it is not) and send each batch's replies together;
  * large reads go from the image file to the socket with sendfile (but on
- * TCP loopback, see sendfile_pays in sock.c). */
+ * TCP loopback, see prl_nbd_sock_plain). */
 #include "nbd/server/internal.h"
 #include "common/util.h"
 #include "prl/error.h"
