@@ -9,12 +9,8 @@ payload writes nothing and the server goes on serving.  Under strace,
 the server sets SO_RCVLOWAT while it waits for a payload on TCP, puts
 it back to 1, and never sets it on a Unix socket."""
 
-import os
 import random
-import signal
-import socket
 import struct
-import subprocess
 import time
 
 from nbdtest import *  # noqa: F401,F403
@@ -25,13 +21,7 @@ MODES = ('simple', 'structured', 'extended')
 
 
 def client(srv, port, mode):
-    if port:
-        c = Client(sock=socket.create_connection(('127.0.0.1', port),
-                                                 timeout=20))
-    else:
-        c = Client(srv.sock, timeout=20)
-    c.connect(structured=mode == 'structured', extended=mode == 'extended')
-    return c
+    return mode_client(srv.sock, mode, port, timeout=20)
 
 
 def header(c, cmd, off, length, cookie, flags=0):
@@ -165,26 +155,10 @@ def traced_lowat(port):
     """prl-nbd under strace: the SO_RCVLOWAT values it sets while a
     client writes 3 MiB whose payload comes after a pause."""
     img = Image('lw-traced.raw')
-    sock = path('lw-traced.sock')
-    trace = path('lw-traced.trace')
-    extra = ['-b', '127.0.0.1', '-p', str(port)] if port else []
-    proc = subprocess.Popen(
-        ['strace', '-f', '-qq', '-e', 'trace=setsockopt', '-o', trace,
-         PRL_NBD, '-t', img.p, '-k', sock] + extra,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    extra = ('-b', '127.0.0.1', '-p', port) if port else ()
+    t = Traced('-t', *(extra + (img.p,)), calls='setsockopt')
     try:
-        for _ in range(400):
-            if os.path.exists(sock):
-                break
-            time.sleep(0.05)
-        else:
-            raise Failure('prl-nbd under strace did not start')
-        if port:
-            c = Client(sock=socket.create_connection(('127.0.0.1', port),
-                                                     timeout=20))
-        else:
-            c = Client(sock, timeout=20)
-        c.connect()
+        c = mode_client(t.sock, 'simple', port, timeout=20)
         data = img.data(3 * MiB)
         c.send(header(c, CMD_WRITE, 0, len(data), 1) + data[:4096])
         time.sleep(0.3)
@@ -194,14 +168,9 @@ def traced_lowat(port):
         check(r.data == data[:4096], 'traced read back')
         c.disconnect()
     finally:
-        with open('/proc/%d/task/%d/children' % (proc.pid, proc.pid)) as f:
-            kids = f.read().split()
-        if kids:
-            os.kill(int(kids[0]), signal.SIGTERM)
-        proc.wait(60)
-    with open(trace) as f:
-        return [int(line.split('[')[1].split(']')[0]) for line in f
-                if 'SO_RCVLOWAT' in line and line.rstrip().endswith('= 0')]
+        lines = t.stop()
+    return [int(line.split('[')[1].split(']')[0]) for line in lines
+            if 'SO_RCVLOWAT' in line and line.rstrip().endswith('= 0')]
 
 
 def test():

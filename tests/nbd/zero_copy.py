@@ -5,19 +5,15 @@ writable, over a Unix socket and TCP, in simple, structured and extended
 mode, with and without DF, across data/hole/data and at the end of the
 export, all equal to the file's guest data; all-zero granules of data
 still come as holes.  Under strace, the server answers with sendfile(2)
-for each of them on a Unix socket, and copies on TCP loopback.  Reads racing writes see every byte old or new; reads
-of a cluster racing writes and trims of other clusters (whose freed
-space new clusters reuse) never see their bytes, on a Parallels image
-and on a bundle's top layer; reads after a trim read zeroes; the server
-survives and the image checks clean."""
+for each of them on a Unix socket, and copies on TCP loopback.  Reads
+racing writes see every byte old or new; reads of a cluster racing
+writes and trims of other clusters (whose freed space new clusters
+reuse) never see their bytes, on a Parallels image and on a bundle's
+top layer; reads after a trim read zeroes; the server survives and the
+image checks clean."""
 
-import os
 import random
-import signal
-import socket
-import subprocess
 import threading
-import time
 
 from nbdtest import *  # noqa: F401,F403
 from prltest import prl_img, prl_io
@@ -27,15 +23,8 @@ SIZE = 8 * MiB
 MODES = ('simple', 'structured', 'extended')
 
 
-def tcp_client(port):
-    s = socket.create_connection(('127.0.0.1', port), timeout=10)
-    return Client(sock=s)
-
-
 def connect(srv, mode, port=None):
-    c = tcp_client(port) if port else Client(srv.sock)
-    c.connect(structured=mode == 'structured', extended=mode == 'extended')
-    return c
+    return mode_client(srv.sock, mode, port)
 
 
 def make_layout(name):
@@ -102,36 +91,6 @@ def check_reads(srv, want, what, port=None):
         c.disconnect()
 
 
-class Traced:
-    """prl-nbd |args| under strace, which logs its sendfile calls."""
-
-    def __init__(self, *args):
-        self.sock = path('traced-%d.sock' % id(self))
-        self.trace = path('traced-%d.trace' % id(self))
-        self.proc = subprocess.Popen(
-            ['strace', '-f', '-qq', '-e', 'trace=sendfile', '-o', self.trace,
-             PRL_NBD] + [str(a) for a in args] + ['-k', self.sock],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(400):
-            if os.path.exists(self.sock):
-                return
-            time.sleep(0.05)
-        self.proc.kill()
-        raise Failure('prl-nbd under strace did not start')
-
-    def sendfiles(self):
-        """Stop the server (strace's child, by its pid); the number of
-        sendfile calls that moved data."""
-        with open('/proc/%d/task/%d/children' % (self.proc.pid,
-                                                  self.proc.pid)) as f:
-            child = int(f.read().split()[0])
-        os.kill(child, signal.SIGTERM)
-        self.proc.wait(60)
-        with open(self.trace) as f:
-            return sum(1 for line in f if 'sendfile(' in line and
-                       not line.rstrip().endswith('= 0'))
-
-
 def traced(args, want, port=None):
     """Read 2 MiB from prl-nbd |args| under strace: right data, sent
     with sendfile over the Unix socket; over TCP loopback (|port|),
@@ -145,7 +104,9 @@ def traced(args, want, port=None):
         check(r.data == want[:2 * MiB], '%r: traced read' % (args,))
         c.disconnect()
     finally:
-        n = t.sendfiles()
+        # sendfile calls that moved data
+        n = sum(1 for line in t.stop() if 'sendfile(' in line and
+                not line.rstrip().endswith('= 0'))
     if port:
         check(n == 0, '%r: sendfile on TCP loopback (%d calls)' % (args, n))
     else:

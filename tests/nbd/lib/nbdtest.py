@@ -145,6 +145,54 @@ def free_port():
     return port
 
 
+def tcp_client(port, timeout=10):
+    """A Client connected to 127.0.0.1:|port|."""
+    return Client(sock=socket.create_connection(('127.0.0.1', port),
+                                                timeout=timeout))
+
+
+def mode_client(sockpath, mode, port=None, timeout=10):
+    """A Client past the handshake over the Unix socket |sockpath| (or
+    TCP |port|), with |mode| 'simple', 'structured' or 'extended'
+    headers."""
+    c = tcp_client(port, timeout) if port else Client(sockpath,
+                                                      timeout=timeout)
+    c.connect(structured=mode == 'structured', extended=mode == 'extended')
+    return c
+
+
+class Traced:
+    """prl-nbd |args| (and -k on a socket of its own) under strace,
+    which logs its calls of |calls| (strace's -e trace= list)."""
+
+    def __init__(self, *args, calls='sendfile'):
+        self.sock = path('traced-%d.sock' % id(self))
+        self.trace = path('traced-%d.trace' % id(self))
+        self.proc = subprocess.Popen(
+            ['strace', '-f', '-qq', '-e', 'trace=' + calls, '-o', self.trace,
+             PRL_NBD] + [str(a) for a in args] + ['-k', self.sock],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        atexit.register(lambda: self.proc.poll() is None and self.proc.kill())
+        for _ in range(400):
+            if os.path.exists(self.sock):
+                return
+            time.sleep(0.05)
+        self.proc.kill()
+        raise Failure('prl-nbd under strace did not start')
+
+    def stop(self):
+        """Stop the server (strace's child, by its pid); the lines of the
+        trace."""
+        with open('/proc/%d/task/%d/children' % (self.proc.pid,
+                                                  self.proc.pid)) as f:
+            kids = f.read().split()
+        if kids:
+            os.kill(int(kids[0]), signal.SIGTERM)
+        self.proc.wait(60)
+        with open(self.trace) as f:
+            return f.readlines()
+
+
 class Closed(Exception):
     """The server closed the connection."""
 
